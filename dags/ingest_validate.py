@@ -1,0 +1,68 @@
+"""
+### ingest_validate: land one partition per week and put it through the data gate
+
+Each weekly data interval lands as one Parquet partition (from the replay source in the demo,
+from your upstream system in production) and is validated by the Great Expectations suite
+generated from the use case's contract (`include/validate.py`):
+
+* a few bad rows → quarantined with a reason per row; the rest is published;
+* a bad batch (schema, types, row count, freshness, unit change, duplicate, too many bad rows)
+  → quarantined whole, the task fails naming the partition and the failed expectations, and
+  nothing downstream runs. Fix the input and clear the task to re-validate.
+
+A passing partition emits the validated-data Asset event that schedules `train`.
+"""
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import dag, task
+
+from include.assets import VALIDATED_DATA
+from include.config import get_settings
+
+settings = get_settings()
+
+
+@dag(
+    schedule=timedelta(weeks=1),
+    start_date=pendulum.instance(settings.start_datetime),
+    end_date=pendulum.instance(settings.end_datetime),
+    catchup=True,
+    max_active_runs=1,  # partitions arrive in order, as they would from a real feed
+    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(seconds=20)},
+    tags=["loop", "data", "gx"],
+    doc_md=__doc__,
+)
+def ingest_validate():
+    @task
+    def land(data_interval_start=None, data_interval_end=None) -> str:
+        from include.data import Partition, land_partition
+        from include.usecases import get_usecase
+
+        usecase = get_usecase()
+        partition = Partition(usecase.name, data_interval_start, data_interval_end)
+        return land_partition(usecase, partition, replay=settings.replay)
+
+    @task(outlets=[VALIDATED_DATA])
+    def validate(landing_uri: str, data_interval_start=None, data_interval_end=None, outlet_events=None) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from include.data import Partition
+        from include.usecases import get_usecase
+        from include.validate import BatchQuarantined, validate_partition
+
+        usecase = get_usecase()
+        partition = Partition(usecase.name, data_interval_start, data_interval_end)
+        try:
+            record = validate_partition(usecase, partition, max_bad_row_share=settings.max_bad_row_share)
+        except BatchQuarantined as exc:
+            raise AirflowFailException(str(exc)) from exc  # retrying the same bytes cannot help
+        ref = {k: record[k] for k in ("partition", "validated_uri", "validated_sha256", "rows_validated", "rows_quarantined")}
+        outlet_events[VALIDATED_DATA].extra = ref
+        return ref
+
+    validate(land())
+
+
+ingest_validate()

@@ -1,0 +1,144 @@
+"""One settings object, built from the environment.
+
+Every knob has a documented default that runs the embedded demo (local files, SQLite, loopback
+MLflow). Production changes environment variables only; see `.env.example`. Reading settings has
+no side effects: no directories are created, nothing is logged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from datetime import date, datetime, time
+from functools import cache
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def _float(name: str, default: float) -> float:
+    raw = _env(name, str(default))
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+
+
+def _int(name: str, default: int) -> int:
+    raw = _env(name, str(default))
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a whole number") from None
+
+
+def _date(name: str, default: str) -> date:
+    raw = _env(name, default)
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an ISO date (YYYY-MM-DD)") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Settings of the loop. Field docs name the environment variable that sets each one."""
+
+    state_dir: Path
+    """LOOP_STATE_DIR: where the embedded runtime keeps its state (default `.state/`)."""
+    storage_uri: str
+    """LOOP_STORAGE_URI: root of the data zones: a local path or `s3://bucket/prefix`."""
+    s3_endpoint_url: str
+    """LOOP_S3_ENDPOINT_URL: S3 endpoint for MinIO or a moto server; empty for AWS."""
+    usecase: str
+    """LOOP_USECASE: module in `include.usecases` that defines the data and the model task."""
+    start_date: date
+    """LOOP_START_DATE: first data interval the ingest DAG schedules."""
+    end_date: date
+    """LOOP_END_DATE: last day the ingest DAG schedules (the demo stops after a few months)."""
+    replay: bool
+    """LOOP_REPLAY: 1 to land partitions from the use case's replay source when missing."""
+    mlflow_tracking_uri: str
+    """MLFLOW_TRACKING_URI: the tracking server (MLflow's own variable)."""
+    model_name: str
+    """LOOP_MODEL_NAME: registered model name (default: `<usecase>-delay` style from use case)."""
+    max_bad_row_share: float
+    """LOOP_MAX_BAD_ROW_SHARE: above this share of bad rows the whole batch is quarantined."""
+    train_window_weeks: int
+    """LOOP_TRAIN_WINDOW_WEEKS: default rolling window of validated partitions for training."""
+    eval_partitions: int
+    """LOOP_EVAL_PARTITIONS: newest partitions held out as the evaluation slice."""
+    min_train_partitions: int
+    """LOOP_MIN_TRAIN_PARTITIONS: fewer validated partitions than this and training is skipped."""
+    gate_metric: str
+    """LOOP_GATE_METRIC: metric the champion gate compares (higher is better)."""
+    gate_margin: float
+    """LOOP_GATE_MARGIN: the challenger must beat the champion by at least this much."""
+    gate_slice_tolerance: float
+    """LOOP_GATE_SLICE_TOLERANCE: no slice may drop by more than this against the champion."""
+    gate_min_slice_rows: int
+    """LOOP_GATE_MIN_SLICE_ROWS: smaller slices are reported but not gated (too noisy)."""
+    gate_floor: float
+    """LOOP_GATE_FLOOR: absolute floor of the gate metric for the first champion."""
+    operating_threshold: float
+    """LOOP_OPERATING_THRESHOLD: score above which a flight is predicted late."""
+
+    timezone: str
+    """LOOP_TIMEZONE: the timezone data intervals are cut in (midnight to midnight there)."""
+
+    @property
+    def is_s3(self) -> bool:
+        return self.storage_uri.startswith("s3://")
+
+    @property
+    def start_datetime(self) -> datetime:
+        return datetime.combine(self.start_date, time(), ZoneInfo(self.timezone))
+
+    @property
+    def end_datetime(self) -> datetime:
+        return datetime.combine(self.end_date, time(23, 59, 59), ZoneInfo(self.timezone))
+
+
+@cache
+def get_settings() -> Settings:
+    """Settings from the environment, read once per process."""
+    state_dir = Path(_env("LOOP_STATE_DIR", str(PROJECT_ROOT / ".state"))).resolve()
+    settings = Settings(
+        state_dir=state_dir,
+        storage_uri=_env("LOOP_STORAGE_URI", str(state_dir / "data")),
+        s3_endpoint_url=_env("LOOP_S3_ENDPOINT_URL", ""),
+        usecase=_env("LOOP_USECASE", "flights"),
+        start_date=_date("LOOP_START_DATE", "2013-01-01"),
+        end_date=_date("LOOP_END_DATE", "2013-12-31"),
+        replay=_env("LOOP_REPLAY", "1") == "1",
+        mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000"),
+        model_name=_env("LOOP_MODEL_NAME", ""),
+        max_bad_row_share=_float("LOOP_MAX_BAD_ROW_SHARE", 0.01),
+        train_window_weeks=_int("LOOP_TRAIN_WINDOW_WEEKS", 8),
+        eval_partitions=_int("LOOP_EVAL_PARTITIONS", 1),
+        min_train_partitions=_int("LOOP_MIN_TRAIN_PARTITIONS", 3),
+        gate_metric=_env("LOOP_GATE_METRIC", "roc_auc"),
+        gate_margin=_float("LOOP_GATE_MARGIN", 0.002),
+        gate_slice_tolerance=_float("LOOP_GATE_SLICE_TOLERANCE", 0.03),
+        gate_min_slice_rows=_int("LOOP_GATE_MIN_SLICE_ROWS", 300),
+        gate_floor=_float("LOOP_GATE_FLOOR", 0.60),
+        operating_threshold=_float("LOOP_OPERATING_THRESHOLD", 0.5),
+        timezone=_env("LOOP_TIMEZONE", "America/New_York"),
+    )
+    if not 0 <= settings.max_bad_row_share < 1:
+        raise ValueError(f"LOOP_MAX_BAD_ROW_SHARE={settings.max_bad_row_share} must be in [0, 1)")
+    if settings.end_date < settings.start_date:
+        raise ValueError(f"LOOP_END_DATE {settings.end_date} is before LOOP_START_DATE {settings.start_date}")
+    return settings
+
+
+def describe() -> str:
+    """The settings as `name = value` lines, for logs and the demo summary."""
+    s = get_settings()
+    return "\n".join(f"{f.name} = {getattr(s, f.name)}" for f in fields(s))

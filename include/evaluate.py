@@ -1,0 +1,206 @@
+"""Model metrics and the champion gate.
+
+`decide` is the gate itself: a pure function of the two models' metrics on the same evaluation
+slice, used by the `train` DAG and asserted on by the tests. A challenger is promoted only if
+
+* there is no champion yet and its metric clears the absolute floor, or
+* it beats the champion by at least the margin, and no slice with enough rows loses more than
+  the tolerance against the champion.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+HIGHER_IS_BETTER = {"roc_auc", "pr_auc", "precision", "recall", "f1"}
+
+
+def compute_metrics(y_true, y_score, threshold: float) -> dict[str, float]:
+    """Classification metrics of scores `y_score` against 0/1 labels; NaN where undefined."""
+    import numpy as np
+    from sklearn import metrics
+
+    y_true = np.asarray(y_true, dtype=float)
+    y_score = np.asarray(y_score, dtype=float)
+    y_pred = (y_score >= threshold).astype(int)
+    out = {"n": float(len(y_true)), "positive_rate": float(y_true.mean()) if len(y_true) else math.nan}
+    both_classes = len(np.unique(y_true)) == 2
+    out["roc_auc"] = float(metrics.roc_auc_score(y_true, y_score)) if both_classes else math.nan
+    out["pr_auc"] = float(metrics.average_precision_score(y_true, y_score)) if both_classes else math.nan
+    out["log_loss"] = float(metrics.log_loss(y_true, y_score, labels=[0, 1])) if len(y_true) else math.nan
+    out["precision"] = float(metrics.precision_score(y_true, y_pred, zero_division=0))
+    out["recall"] = float(metrics.recall_score(y_true, y_pred, zero_division=0))
+    out["f1"] = float(metrics.f1_score(y_true, y_pred, zero_division=0))
+    return out
+
+
+def slice_metrics(
+    slices: pd.DataFrame, y_true: np.ndarray, y_score: np.ndarray, threshold: float
+) -> dict[str, dict[str, float]]:
+    """Metrics per value of each slice column, keyed `column=value`."""
+    import numpy as np
+
+    y_true, y_score = np.asarray(y_true), np.asarray(y_score)
+    out = {}
+    for column in slices.columns:
+        values = slices[column].astype("object").to_numpy()
+        for value in sorted({v for v in values if v is not None and v == v}, key=str):
+            mask = values == value
+            out[f"{column}={value}"] = compute_metrics(y_true[mask], y_score[mask], threshold)
+    return out
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    metric: str = "roc_auc"
+    margin: float = 0.002
+    slice_tolerance: float = 0.03
+    min_slice_rows: int = 300
+    floor: float = 0.60
+
+    def __post_init__(self):
+        if self.metric not in HIGHER_IS_BETTER:
+            raise ValueError(f"gate metric {self.metric!r} must be one of {sorted(HIGHER_IS_BETTER)}")
+
+    @classmethod
+    def from_settings(cls) -> GateConfig:
+        from include.config import get_settings
+
+        s = get_settings()
+        return cls(s.gate_metric, s.gate_margin, s.gate_slice_tolerance, s.gate_min_slice_rows, s.gate_floor)
+
+
+@dataclass
+class GateDecision:
+    promote: bool
+    reason: str
+    metric: str
+    challenger: float
+    champion: float | None
+    delta: float | None
+    worst_slice: str | None = None
+    worst_slice_delta: float | None = None
+    slice_regressions: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def decide(
+    challenger: dict[str, float],
+    champion: dict[str, float] | None,
+    config: GateConfig,
+    challenger_slices: dict[str, dict[str, float]] | None = None,
+    champion_slices: dict[str, dict[str, float]] | None = None,
+) -> GateDecision:
+    """The champion gate (see module docstring). Metrics must come from the same evaluation rows."""
+    m = config.metric
+    value = challenger.get(m, math.nan)
+    if value != value:
+        return GateDecision(False, f"challenger {m} is undefined on the evaluation slice", m, value, None, None)
+    if champion is None:
+        if value >= config.floor:
+            return GateDecision(True, f"first model: {m} {value:.4f} >= floor {config.floor:.4f}", m, value, None, None)
+        return GateDecision(False, f"first model: {m} {value:.4f} is below the floor {config.floor:.4f}", m, value, None, None)
+
+    base = champion[m]
+    delta = value - base
+    regressions, worst, worst_delta = {}, None, None
+    for key, ch in (challenger_slices or {}).items():
+        cp = (champion_slices or {}).get(key)
+        if cp is None or ch.get("n", 0) < config.min_slice_rows:
+            continue
+        d = ch[m] - cp[m]
+        if d != d:  # undefined on this slice (one class only)
+            continue
+        if worst_delta is None or d < worst_delta:
+            worst, worst_delta = key, d
+        if d < -config.slice_tolerance:
+            regressions[key] = d
+    decision = GateDecision(False, "", m, value, base, delta, worst, worst_delta, regressions)
+    if delta < config.margin:
+        decision.reason = f"{m} {value:.4f} vs champion {base:.4f}: gain {delta:+.4f} is under the margin {config.margin:.4f}"
+    elif regressions:
+        listed = ", ".join(f"{k} {v:+.4f}" for k, v in sorted(regressions.items(), key=lambda kv: kv[1]))
+        decision.reason = f"{m} gain {delta:+.4f}, but slices regress beyond {config.slice_tolerance:.4f}: {listed}"
+    else:
+        decision.promote = True
+        decision.reason = f"{m} {value:.4f} beats champion {base:.4f} by {delta:+.4f}; no slice regresses beyond tolerance"
+    return decision
+
+
+def run_champion_gate(usecase, settings, model_name: str, version: str, storage=None) -> dict:
+    """Score challenger `version` and the current champion on the challenger's evaluation slice,
+    decide, record the decision on the version and its run, and move `champion` on promotion.
+
+    Idempotent: a version that already has a decision returns it (finishing an interrupted alias
+    move) instead of deciding again.
+    """
+    import mlflow
+
+    from include.data import read_validated
+    from include.registry import CHAMPION, alias_version, connect, tag_version
+    from include.train import labelled
+
+    client = connect(settings.mlflow_tracking_uri)
+    mv = client.get_model_version(model_name, version)
+    champion = alias_version(client, model_name, CHAMPION)
+    result = {"model_name": model_name, "version": str(version), "run_id": mv.run_id}
+
+    if "gate.decision" in mv.tags:
+        promote = mv.tags["gate.decision"] == "promote"
+        if promote and mv.tags.get("gate.applied") != "true":
+            client.set_registered_model_alias(model_name, CHAMPION, version)
+            tag_version(client, model_name, version, {"gate.applied": "true"})
+        return result | {"promoted": promote, "reason": mv.tags.get("gate.reason", ""),
+                         "previous_champion": mv.tags.get("gate.champion_version") or None, "reused": True}
+
+    lineage = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/lineage/partitions.json")
+    X, y, slices = labelled(usecase, read_validated(lineage["eval"], storage))
+    config = GateConfig.from_settings()
+    threshold = settings.operating_threshold
+
+    def score(v: str):
+        model = mlflow.xgboost.load_model(f"models:/{model_name}/{v}")
+        try:
+            s = model.predict_proba(X)[:, 1]
+        except Exception as exc:
+            raise RuntimeError(
+                f"{model_name} version {v} cannot score the evaluation slice of version {version} "
+                f"(feature schema changed?): {exc}. Compare them by hand and move the alias if intended."
+            ) from exc
+        return compute_metrics(y, s, threshold), slice_metrics(slices, y.to_numpy(), s, threshold)
+
+    ch_metrics, ch_slices = score(version)
+    cp_metrics = cp_slices = None
+    if champion is not None:
+        cp_metrics, cp_slices = score(champion.version)
+    decision = decide(ch_metrics, cp_metrics, config, ch_slices, cp_slices)
+
+    record = decision.as_dict() | {"champion_version": champion.version if champion else None,
+                                   "config": asdict(config), "eval_partitions": [r["partition"] for r in lineage["eval"]]}
+    client.log_dict(mv.run_id, record, "gate/decision.json")
+    for k, v in {f"gate_challenger_{config.metric}": ch_metrics[config.metric],
+                 f"gate_champion_{config.metric}": cp_metrics[config.metric] if cp_metrics else None}.items():
+        if v is not None and v == v:
+            client.log_metric(mv.run_id, k, v)
+    client.set_tag(mv.run_id, "gate.decision", "promote" if decision.promote else "reject")
+    tag_version(client, model_name, version, {
+        "gate.decision": "promote" if decision.promote else "reject",
+        "gate.reason": decision.reason,
+        "gate.metric": config.metric,
+        "gate.challenger": f"{decision.challenger:.6f}",
+        "gate.champion": "" if decision.champion is None else f"{decision.champion:.6f}",
+        "gate.champion_version": champion.version if champion else "",
+    })
+    if decision.promote:
+        client.set_registered_model_alias(model_name, CHAMPION, version)
+        tag_version(client, model_name, version, {"gate.applied": "true"})
+    return result | {"promoted": decision.promote, "reason": decision.reason,
+                     "previous_champion": champion.version if champion else None, "reused": False}

@@ -1,0 +1,260 @@
+"""The data gate: a Great Expectations suite generated from the use case's contract, and the
+quarantine policy that acts on its result.
+
+Policy (each expectation carries its level in `meta["level"]`):
+
+* ``row`` expectations (nulls, ranges, allowed sets, key uniqueness, rows inside the interval)
+  flag single rows. Flagged rows go to quarantine with one reason per row; the rest of the batch
+  passes if the flagged share stays at or under LOOP_MAX_BAD_ROW_SHARE.
+* ``batch`` expectations (schema, types, row count for the interval, freshness, column means)
+  judge the partition as a whole. Any failure, an unreadable file, a batch identical to another
+  partition, or too many bad rows sends the whole batch to quarantine with the GX result and a
+  readable report, and the task fails naming the partition and the failed expectations.
+
+The landing input is never modified or deleted: quarantine stores a copy keyed by the input's
+hash, so clearing the task after the upstream fix re-validates and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from include.data import Partition, list_validated, read_json, sha256, write_json
+from include.storage import MalformedPartitionError, Storage, get_storage, parse_parquet, write_parquet
+from include.usecases import GX_TYPES, Contract, UseCase
+
+if TYPE_CHECKING:
+    import great_expectations as gx
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+ROW = "row"
+BATCH = "batch"
+
+
+class BatchQuarantined(Exception):
+    """The whole partition failed the gate; its message names the partition and the failures."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    expectation: str
+    column: str | None
+    level: str
+    detail: str
+
+    def __str__(self) -> str:
+        where = f"[{self.column}]" if self.column else ""
+        return f"{self.expectation}{where}: {self.detail}"
+
+
+def import_gx():
+    """Import great_expectations without its INFO flood in the task log (progress bars are
+    switched off per context in `run_suite`)."""
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    import great_expectations as gx
+
+    return gx
+
+
+def build_suite(contract: Contract, partition: Partition) -> gx.ExpectationSuite:
+    """The expectation suite for one partition of `contract` (bounds depend on the interval)."""
+    gx = import_gx()
+    import great_expectations.expectations as gxe
+
+    row, batch = {"level": ROW}, {"level": BATCH}
+    lo, hi = contract.rows_per_day
+    exps = [
+        gxe.ExpectTableColumnsToMatchSet(column_set=contract.names, exact_match=True, meta=batch),
+        gxe.ExpectTableRowCountToBeBetween(
+            min_value=int(lo * partition.days), max_value=int(hi * partition.days) + 1, meta=batch
+        ),
+        gxe.ExpectColumnMaxToBeBetween(
+            column=contract.event_time,
+            min_value=partition.end - timedelta(hours=contract.freshness_hours),
+            max_value=partition.end,
+            meta=batch,
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column=contract.event_time,
+            min_value=partition.start,
+            max_value=partition.end - timedelta(microseconds=1),
+            meta=row,
+        ),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=list(contract.key), meta=row),
+    ]
+    for col in contract.columns:
+        exps.append(gxe.ExpectColumnValuesToBeOfType(column=col.name, type_=GX_TYPES[col.kind], meta=batch))
+        if not col.nullable:
+            exps.append(gxe.ExpectColumnValuesToNotBeNull(column=col.name, meta=row))
+        if col.min is not None or col.max is not None:
+            exps.append(gxe.ExpectColumnValuesToBeBetween(column=col.name, min_value=col.min, max_value=col.max, meta=row))
+        if col.allowed is not None:
+            exps.append(gxe.ExpectColumnValuesToBeInSet(column=col.name, value_set=list(col.allowed), meta=row))
+        if col.mean_between is not None:
+            lo_mean, hi_mean = col.mean_between
+            exps.append(gxe.ExpectColumnMeanToBeBetween(column=col.name, min_value=lo_mean, max_value=hi_mean, meta=batch))
+    return gx.ExpectationSuite(name=f"{partition.usecase}.landing", expectations=exps)
+
+
+def run_suite(df: pd.DataFrame, suite: gx.ExpectationSuite):
+    """Validate `df` with `suite` in an ephemeral GX context; COMPLETE results carry row indices."""
+    gx = import_gx()
+
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    batch_def = (
+        context.data_sources.add_pandas("landing")
+        .add_dataframe_asset("partition")
+        .add_batch_definition_whole_dataframe("whole")
+    )
+    suite = context.suites.add(suite)
+    batch = batch_def.get_batch(batch_parameters={"dataframe": df})
+    return batch.validate(suite, result_format={"result_format": "COMPLETE"})
+
+
+def _describe(result) -> str:
+    cfg, res = result.expectation_config, result.result or {}
+    if result.exception_info and result.exception_info.get("raised_exception"):
+        return "could not be evaluated: " + str(result.exception_info.get("exception_message", "")).splitlines()[0]
+    if "observed_value" in res:
+        bounds = {k: v for k, v in cfg.kwargs.items() if k in ("min_value", "max_value", "type_", "column_set")}
+        return f"observed {res['observed_value']!r}, expected {bounds}"
+    sample = res.get("partial_unexpected_list", [])[:5]
+    return f"{res.get('unexpected_count', '?')} rows ({res.get('unexpected_percent', 0):.2f}%), e.g. {sample}"
+
+
+def assess(df: pd.DataFrame, gx_result, max_bad_row_share: float) -> tuple[list[Failure], dict[int, list[str]]]:
+    """Apply the policy to a GX result: batch-level failures, and reasons per bad row index."""
+    batch_failures: list[Failure] = []
+    bad_rows: dict[int, list[str]] = {}
+    for r in gx_result.results:
+        if r.success:
+            continue
+        cfg = r.expectation_config
+        column = cfg.kwargs.get("column") or (",".join(cfg.kwargs.get("column_list", [])) or None)
+        failure = Failure(cfg.type, column, cfg.meta.get("level", BATCH), _describe(r))
+        indices = (r.result or {}).get("unexpected_index_list")
+        if failure.level == ROW and indices is not None and not r.exception_info.get("raised_exception"):
+            reason = f"{cfg.type}[{column}]" if column else cfg.type
+            for i in indices:
+                bad_rows.setdefault(int(i), []).append(reason)
+        else:
+            batch_failures.append(failure)
+    share = len(bad_rows) / len(df) if len(df) else 0.0
+    if share > max_bad_row_share:
+        batch_failures.append(
+            Failure("bad_row_share", None, BATCH, f"{len(bad_rows)} of {len(df)} rows ({share:.2%}) fail row checks; "
+                    f"the limit is {max_bad_row_share:.2%}")
+        )
+    return batch_failures, bad_rows
+
+
+def _report(partition: Partition, landing_uri: str, status: str, failures: list[Failure], bad_rows: dict, n_rows: int) -> str:
+    lines = [f"# Validation of {partition.usecase} {partition.id}: {status}", "",
+             f"- input: `{landing_uri}`", f"- interval: {partition.start.isoformat()} – {partition.end.isoformat()}",
+             f"- rows: {n_rows}, rows failing row checks: {len(bad_rows)}", ""]
+    if failures:
+        lines += ["## Batch-level failures", ""] + [f"- {f}" for f in failures] + [""]
+    if bad_rows:
+        counts: dict[str, int] = {}
+        for reasons in bad_rows.values():
+            for reason in reasons:
+                counts[reason] = counts.get(reason, 0) + 1
+        lines += ["## Row-level failures", ""] + [f"- {k}: {v} rows" for k, v in sorted(counts.items())] + [""]
+    return "\n".join(lines)
+
+
+def validate_partition(
+    usecase: UseCase, partition: Partition, *, max_bad_row_share: float, storage: Storage | None = None
+) -> dict:
+    """Run the gate on a landing partition; returns the validation record of a passing batch.
+
+    Raises `BatchQuarantined` for a rejected batch (after writing the quarantine record).
+    """
+    storage = storage or get_storage()
+    landing_uri = storage.uri(partition.landing_key)
+    data = storage.read_bytes(partition.landing_key)
+    content_sha = sha256(data)
+    qprefix = partition.quarantine_prefix(content_sha)
+    record = {
+        "partition": partition.id,
+        "usecase": partition.usecase,
+        "interval_start": partition.start.isoformat(),
+        "interval_end": partition.end.isoformat(),
+        "landing_uri": landing_uri,
+        "landing_sha256": content_sha,
+    }
+
+    def quarantine_batch(failures: list[Failure], gx_json: dict | None, bad_rows: dict, n_rows: int):
+        storage.write_bytes(f"{qprefix}/data.parquet", data)
+        result_uri = write_json(storage, f"{qprefix}/validation.json", {
+            **record, "status": "quarantined", "failures": [str(f) for f in failures], "gx_result": gx_json,
+        })
+        report_uri = storage.write_bytes(
+            f"{qprefix}/report.md", _report(partition, landing_uri, "QUARANTINED", failures, bad_rows, n_rows).encode()
+        )
+        summary = "; ".join(str(f) for f in failures[:8]) + (f"; and {len(failures) - 8} more" if len(failures) > 8 else "")
+        raise BatchQuarantined(
+            f"partition {partition.id} ({landing_uri}) quarantined: {summary}. "
+            f"Report: {report_uri}; GX result: {result_uri}. Fix the input upstream and clear this task to re-run."
+        )
+
+    try:
+        df = parse_parquet(data, landing_uri)
+    except MalformedPartitionError as exc:
+        quarantine_batch([Failure("readable_parquet", None, BATCH, str(exc))], None, {}, 0)
+
+    twins = [r["partition"] for r in list_validated(partition.usecase, storage)
+             if r["landing_sha256"] == content_sha and r["partition"] != partition.id]
+    duplicate = [Failure("unique_batch", None, BATCH, f"identical to already validated partition(s) {twins}")] if twins else []
+
+    df = df.reset_index(drop=True)
+    suite = build_suite(usecase.contract, partition)
+    gx_result = run_suite(df, suite)
+    gx_json = gx_result.to_json_dict()
+    failures, bad_rows = assess(df, gx_result, max_bad_row_share)
+    failures = duplicate + failures
+    if failures:
+        quarantine_batch(failures, gx_json, bad_rows, len(df))
+
+    import pandas as pd
+
+    bad_index = sorted(bad_rows)
+    if bad_index:
+        rows = df.loc[bad_index].copy()
+        rows["_quarantine_reason"] = pd.Series({i: "; ".join(bad_rows[i]) for i in bad_index})
+        write_parquet(storage, f"{qprefix}/rows.parquet", rows)
+        storage.write_bytes(
+            f"{qprefix}/report.md", _report(partition, landing_uri, "PASSED, rows quarantined", [], bad_rows, len(df)).encode()
+        )
+    good = df.drop(index=bad_index).reset_index(drop=True)
+    validated_uri = write_parquet(storage, partition.validated_key, good)
+    gx_uri = write_json(storage, f"validated/{partition.usecase}/{partition.id}/gx_result.json", gx_json)
+    record |= {
+        "status": "passed",
+        "validated_key": partition.validated_key,
+        "validated_uri": validated_uri,
+        "validated_sha256": sha256(storage.read_bytes(partition.validated_key)),
+        "gx_result_uri": gx_uri,
+        "gx_statistics": gx_json.get("statistics", {}),
+        "suite": suite.name,
+        "rows_landed": len(df),
+        "rows_validated": len(good),
+        "rows_quarantined": len(bad_index),
+        "quarantine_uri": storage.uri(f"{qprefix}/rows.parquet") if bad_index else None,
+    }
+    # validation.json is written last: its presence is what marks the partition validated.
+    write_json(storage, partition.validation_key, record)
+    log.info("partition %s passed: %d rows validated, %d quarantined", partition.id, len(good), len(bad_index))
+    return record
+
+
+def read_record(partition: Partition, storage: Storage | None = None) -> dict:
+    return read_json(storage or get_storage(), partition.validation_key)
