@@ -16,7 +16,7 @@ A passing partition emits the validated-data Asset event that schedules `train`.
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import dag, task
+from airflow.sdk import DeltaDataIntervalTimetable, dag, task
 
 from include.assets import VALIDATED_DATA
 from include.config import get_settings
@@ -25,7 +25,7 @@ settings = get_settings()
 
 
 @dag(
-    schedule=timedelta(weeks=1),
+    schedule=DeltaDataIntervalTimetable(timedelta(weeks=1)),  # one partition per week
     start_date=pendulum.instance(settings.start_datetime),
     end_date=pendulum.instance(settings.end_datetime),
     catchup=True,
@@ -42,7 +42,7 @@ def ingest_validate():
 
         usecase = get_usecase()
         partition = Partition(usecase.name, data_interval_start, data_interval_end)
-        return land_partition(usecase, partition, replay=settings.replay)
+        return land_partition(usecase, partition, replay=get_settings().replay)
 
     @task(outlets=[VALIDATED_DATA])
     def validate(landing_uri: str, data_interval_start=None, data_interval_end=None, outlet_events=None) -> dict:
@@ -55,7 +55,7 @@ def ingest_validate():
         usecase = get_usecase()
         partition = Partition(usecase.name, data_interval_start, data_interval_end)
         try:
-            record = validate_partition(usecase, partition, max_bad_row_share=settings.max_bad_row_share)
+            record = validate_partition(usecase, partition, max_bad_row_share=get_settings().max_bad_row_share)
         except BatchQuarantined as exc:
             raise AirflowFailException(str(exc)) from exc  # retrying the same bytes cannot help
         ref = {k: record[k] for k in ("partition", "validated_uri", "validated_sha256", "rows_validated", "rows_quarantined")}

@@ -20,9 +20,7 @@ settings = get_settings()
 
 
 @dag(
-    schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 6 * * 1", timezone="UTC"), assets=VALIDATED_DATA
-    ),
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 6 * * 1", timezone="UTC"), assets=VALIDATED_DATA),
     start_date=pendulum.instance(settings.start_datetime),
     catchup=False,
     max_active_runs=1,
@@ -30,20 +28,42 @@ settings = get_settings()
     tags=["loop", "model", "mlflow"],
     doc_md=__doc__,
     params={
-        "window_weeks": Param(settings.train_window_weeks, type="integer", minimum=2, maximum=104,
-                              title="Training window (weeks)", description="Validated partitions this far back from the newest."),
-        "eval_partitions": Param(settings.eval_partitions, type="integer", minimum=1, maximum=8,
-                                 title="Evaluation partitions", description="Newest partitions held out for evaluation."),
-        "as_of": Param(None, type=["null", "string"], format="date", title="As of (optional)",
-                       description="Train as if this date were today: use partitions starting on or before it."),
+        "window_weeks": Param(
+            settings.train_window_weeks,
+            type="integer",
+            minimum=2,
+            maximum=104,
+            title="Training window (weeks)",
+            description="Validated partitions this far back from the newest.",
+        ),
+        "eval_partitions": Param(
+            settings.eval_partitions,
+            type="integer",
+            minimum=1,
+            maximum=8,
+            title="Evaluation partitions",
+            description="Newest partitions held out for evaluation.",
+        ),
+        "as_of": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="As of (optional)",
+            description="Train as if this date were today: use partitions starting on or before it.",
+        ),
         "n_estimators": Param(300, type="integer", minimum=10, maximum=5000, title="Trees"),
         "max_depth": Param(6, type="integer", minimum=1, maximum=16, title="Max depth"),
         "learning_rate": Param(0.1, type="number", exclusiveMinimum=0, maximum=1, title="Learning rate"),
         "subsample": Param(0.9, type="number", exclusiveMinimum=0, maximum=1, title="Row subsample"),
         "colsample_bytree": Param(0.8, type="number", exclusiveMinimum=0, maximum=1, title="Column subsample"),
         "min_child_weight": Param(1.0, type="number", minimum=0, maximum=1000, title="Min child weight"),
-        "reason": Param("", type="string", maxLength=500, title="Reason",
-                        description="Why this run: recorded on the MLflow run (e.g. 'alert 1234: drift on temp')."),
+        "reason": Param(
+            "",
+            type="string",
+            maxLength=500,
+            title="Reason",
+            description="Why this run: recorded on the MLflow run (e.g. 'alert 1234: drift on temp').",
+        ),
     },
 )
 def train():
@@ -55,8 +75,9 @@ def train():
         from include.usecases import get_usecase
 
         try:
-            return train_candidate(get_usecase(), TrainParams.from_mapping(params), settings,
-                                   dag_id=dag_run.dag_id, dag_run_id=dag_run.run_id)
+            return train_candidate(
+                get_usecase(), TrainParams.from_mapping(params), get_settings(), dag_id=dag_run.dag_id, dag_run_id=dag_run.run_id
+            )
         except NotEnoughData as exc:
             raise AirflowSkipException(str(exc)) from exc
 
@@ -65,7 +86,7 @@ def train():
         from include.evaluate import run_champion_gate
         from include.usecases import get_usecase
 
-        return run_champion_gate(get_usecase(), settings, candidate["model_name"], candidate["version"])
+        return run_champion_gate(get_usecase(), get_settings(), candidate["model_name"], candidate["version"])
 
     @task(outlets=[CHAMPION_MODEL])
     def announce_champion(decision: dict, outlet_events=None) -> dict:

@@ -40,9 +40,7 @@ def compute_metrics(y_true, y_score, threshold: float) -> dict[str, float]:
     return out
 
 
-def slice_metrics(
-    slices: pd.DataFrame, y_true: np.ndarray, y_score: np.ndarray, threshold: float
-) -> dict[str, dict[str, float]]:
+def slice_metrics(slices: pd.DataFrame, y_true: np.ndarray, y_score: np.ndarray, threshold: float) -> dict[str, dict[str, float]]:
     """Metrics per value of each slice column, keyed `column=value`."""
     import numpy as np
 
@@ -158,8 +156,12 @@ def run_champion_gate(usecase, settings, model_name: str, version: str, storage=
         if promote and mv.tags.get("gate.applied") != "true":
             client.set_registered_model_alias(model_name, CHAMPION, version)
             tag_version(client, model_name, version, {"gate.applied": "true"})
-        return result | {"promoted": promote, "reason": mv.tags.get("gate.reason", ""),
-                         "previous_champion": mv.tags.get("gate.champion_version") or None, "reused": True}
+        return result | {
+            "promoted": promote,
+            "reason": mv.tags.get("gate.reason", ""),
+            "previous_champion": mv.tags.get("gate.champion_version") or None,
+            "reused": True,
+        }
 
     lineage = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/lineage/partitions.json")
     X, y, slices = labelled(usecase, read_validated(lineage["eval"], storage))
@@ -183,24 +185,38 @@ def run_champion_gate(usecase, settings, model_name: str, version: str, storage=
         cp_metrics, cp_slices = score(champion.version)
     decision = decide(ch_metrics, cp_metrics, config, ch_slices, cp_slices)
 
-    record = decision.as_dict() | {"champion_version": champion.version if champion else None,
-                                   "config": asdict(config), "eval_partitions": [r["partition"] for r in lineage["eval"]]}
+    record = decision.as_dict() | {
+        "champion_version": champion.version if champion else None,
+        "config": asdict(config),
+        "eval_partitions": [r["partition"] for r in lineage["eval"]],
+    }
     client.log_dict(mv.run_id, record, "gate/decision.json")
-    for k, v in {f"gate_challenger_{config.metric}": ch_metrics[config.metric],
-                 f"gate_champion_{config.metric}": cp_metrics[config.metric] if cp_metrics else None}.items():
+    for k, v in {
+        f"gate_challenger_{config.metric}": ch_metrics[config.metric],
+        f"gate_champion_{config.metric}": cp_metrics[config.metric] if cp_metrics else None,
+    }.items():
         if v is not None and v == v:
             client.log_metric(mv.run_id, k, v)
     client.set_tag(mv.run_id, "gate.decision", "promote" if decision.promote else "reject")
-    tag_version(client, model_name, version, {
-        "gate.decision": "promote" if decision.promote else "reject",
-        "gate.reason": decision.reason,
-        "gate.metric": config.metric,
-        "gate.challenger": f"{decision.challenger:.6f}",
-        "gate.champion": "" if decision.champion is None else f"{decision.champion:.6f}",
-        "gate.champion_version": champion.version if champion else "",
-    })
+    tag_version(
+        client,
+        model_name,
+        version,
+        {
+            "gate.decision": "promote" if decision.promote else "reject",
+            "gate.reason": decision.reason,
+            "gate.metric": config.metric,
+            "gate.challenger": f"{decision.challenger:.6f}",
+            "gate.champion": "" if decision.champion is None else f"{decision.champion:.6f}",
+            "gate.champion_version": champion.version if champion else "",
+        },
+    )
     if decision.promote:
         client.set_registered_model_alias(model_name, CHAMPION, version)
         tag_version(client, model_name, version, {"gate.applied": "true"})
-    return result | {"promoted": decision.promote, "reason": decision.reason,
-                     "previous_champion": champion.version if champion else None, "reused": False}
+    return result | {
+        "promoted": decision.promote,
+        "reason": decision.reason,
+        "previous_champion": champion.version if champion else None,
+        "reused": False,
+    }

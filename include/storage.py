@@ -79,11 +79,7 @@ class LocalStorage:
         if not base.exists():
             return []
         root = self.root.resolve()
-        return sorted(
-            p.relative_to(root).as_posix()
-            for p in base.rglob("*")
-            if p.is_file() and not p.name.startswith(".")
-        )
+        return sorted(p.relative_to(root).as_posix() for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
 @dataclass(frozen=True)

@@ -74,8 +74,10 @@ class TrainParams:
         return cls(**known)
 
     def xgb_params(self) -> dict:
-        return {k: getattr(self, k) for k in
-                ("n_estimators", "max_depth", "learning_rate", "subsample", "colsample_bytree", "min_child_weight")}
+        return {
+            k: getattr(self, k)
+            for k in ("n_estimators", "max_depth", "learning_rate", "subsample", "colsample_bytree", "min_child_weight")
+        }
 
 
 def select_partitions(
@@ -114,8 +116,14 @@ def fit(X: pd.DataFrame, y: pd.Series, params: TrainParams, categorical: tuple[s
     from xgboost import XGBClassifier
 
     model = XGBClassifier(
-        tree_method="hist", enable_categorical=True, feature_types=["c" if c in categorical else "q" for c in X.columns],
-        objective="binary:logistic", eval_metric="logloss", random_state=0, n_jobs=2, **params.xgb_params(),
+        tree_method="hist",
+        enable_categorical=True,
+        feature_types=["c" if c in categorical else "q" for c in X.columns],
+        objective="binary:logistic",
+        eval_metric="logloss",
+        random_state=0,
+        n_jobs=2,
+        **params.xgb_params(),
     )
     return model.fit(X, y)
 
@@ -130,8 +138,19 @@ def git_commit() -> str:
 
 
 def _lineage(records: list[dict]) -> list[dict]:
-    keys = ("partition", "interval_start", "interval_end", "validated_key", "validated_uri", "validated_sha256", "landing_uri",
-            "landing_sha256", "gx_result_uri", "rows_validated", "rows_quarantined")
+    keys = (
+        "partition",
+        "interval_start",
+        "interval_end",
+        "validated_key",
+        "validated_uri",
+        "validated_sha256",
+        "landing_uri",
+        "landing_sha256",
+        "gx_result_uri",
+        "rows_validated",
+        "rows_quarantined",
+    )
     return [{k: r.get(k) for k in keys} for r in records]
 
 
@@ -168,6 +187,14 @@ def train_candidate(
 
     storage = storage or get_storage()
     model_name = settings.model_name or usecase.model_name
+    # Selecting first is cheap and makes "not enough data yet" a quick skip.
+    train_recs, eval_recs = select_partitions(
+        list_validated(usecase.name, storage),
+        params.window_weeks,
+        params.eval_partitions,
+        settings.min_train_partitions,
+        params.as_of,
+    )
     client = connect(settings.mlflow_tracking_uri)
     exp_id = experiment_id(client, model_name)
     identity = {"airflow.dag_id": dag_id, "airflow.dag_run_id": dag_run_id}
@@ -182,12 +209,13 @@ def train_candidate(
             return {"run_id": run.info.run_id, "model_name": model_name, "version": mv.version, "reused": True}
         client.set_terminated(run.info.run_id, "FAILED")  # an interrupted attempt; train afresh
 
-    train_recs, eval_recs = select_partitions(
-        list_validated(usecase.name, storage), params.window_weeks, params.eval_partitions,
-        settings.min_train_partitions, params.as_of,
+    log.info(
+        "training on %d partitions (%s … %s), evaluating on %s",
+        len(train_recs),
+        train_recs[0]["partition"],
+        train_recs[-1]["partition"],
+        [r["partition"] for r in eval_recs],
     )
-    log.info("training on %d partitions (%s … %s), evaluating on %s", len(train_recs), train_recs[0]["partition"],
-             train_recs[-1]["partition"], [r["partition"] for r in eval_recs])
     train_df, eval_df = read_validated(train_recs, storage), read_validated(eval_recs, storage)
     X_train, y_train, _ = labelled(usecase, train_df)
     X_eval, y_eval, eval_slices = labelled(usecase, eval_df)
@@ -208,25 +236,50 @@ def train_candidate(
         "loop.eval_partitions": ",".join(r["partition"] for r in eval_recs),
     }
     with mlflow.start_run(experiment_id=exp_id, run_name=f"{dag_id}/{dag_run_id}", tags=tags) as run:
-        mlflow.log_params({**asdict(params), "tree_method": "hist", "n_train_partitions": len(train_recs),
-                           "n_train_rows": len(X_train), "n_eval_rows": len(X_eval),
-                           "n_unlabelled_dropped": len(train_df) + len(eval_df) - len(X_train) - len(X_eval)})
+        mlflow.log_params(
+            {
+                **asdict(params),
+                "tree_method": "hist",
+                "n_train_partitions": len(train_recs),
+                "n_train_rows": len(X_train),
+                "n_eval_rows": len(X_eval),
+                "n_unlabelled_dropped": len(train_df) + len(eval_df) - len(X_train) - len(X_eval),
+            }
+        )
         mlflow.log_dict(lineage, "lineage/partitions.json")
-        mlflow.log_input(mlflow.data.from_pandas(train_df.drop(columns="_partition"), source=train_recs[0]["validated_uri"],
-                                                 name=f"{usecase.name}-train"), context="training")
-        mlflow.log_input(mlflow.data.from_pandas(eval_df.drop(columns="_partition"), source=eval_recs[0]["validated_uri"],
-                                                 name=f"{usecase.name}-eval"), context="evaluation")
+        mlflow.log_input(
+            mlflow.data.from_pandas(
+                train_df.drop(columns="_partition"), source=train_recs[0]["validated_uri"], name=f"{usecase.name}-train"
+            ),
+            context="training",
+        )
+        mlflow.log_input(
+            mlflow.data.from_pandas(
+                eval_df.drop(columns="_partition"), source=eval_recs[0]["validated_uri"], name=f"{usecase.name}-eval"
+            ),
+            context="evaluation",
+        )
 
         model = fit(X_train, y_train, params, usecase.categorical)
         score = model.predict_proba(X_eval)[:, 1]
         metrics = compute_metrics(y_eval, score, settings.operating_threshold)
         mlflow.log_metrics({f"eval_{k}": v for k, v in metrics.items()})
-        mlflow.log_metrics({f"train_{k}": v for k, v in
-                            compute_metrics(y_train, model.predict_proba(X_train)[:, 1], settings.operating_threshold).items()})
+        mlflow.log_metrics(
+            {
+                f"train_{k}": v
+                for k, v in compute_metrics(y_train, model.predict_proba(X_train)[:, 1], settings.operating_threshold).items()
+            }
+        )
         slices = slice_metrics(eval_slices, y_eval.to_numpy(), score, settings.operating_threshold)
         mlflow.log_dict(slices, "evaluation/slices.json")
-        mlflow.log_metrics({f"slice.{k.replace('=', '.')}.{m}": v for k, s in slices.items()
-                            for m, v in s.items() if m in ("roc_auc", "n") and v == v})
+        mlflow.log_metrics(
+            {
+                f"slice.{k.replace('=', '.')}.{m}": v
+                for k, s in slices.items()
+                for m, v in s.items()
+                if m in ("roc_auc", "n") and v == v
+            }
+        )
 
         fig = _importance_figure(model)
         mlflow.log_figure(fig, "plots/feature_importance.png")
@@ -238,16 +291,27 @@ def train_candidate(
 
         example = X_eval.head(5)
         info = mlflow.xgboost.log_model(
-            model, name=MODEL_ARTIFACT, model_format="ubj",
+            model,
+            name=MODEL_ARTIFACT,
+            model_format="ubj",
             signature=infer_signature(example, model.predict_proba(example)[:, 1]),
             input_example=example,
             pip_requirements=[f"{p}=={installed_version(p)}" for p in RUNTIME_PACKAGES],
         )
     # Registered after the run is FINISHED: a crash in between leaves a finished run without a
     # version, which the rerun above registers, instead of a second run.
-    mv = mlflow.register_model(info.model_uri, model_name, tags={**identity, "loop.data_window": window,
-                                                               "loop.git_commit": commit, "loop.partitions_sha256": digest})
+    mv = mlflow.register_model(
+        info.model_uri,
+        model_name,
+        tags={**identity, "loop.data_window": window, "loop.git_commit": commit, "loop.partitions_sha256": digest},
+    )
     client.set_registered_model_alias(model_name, CHALLENGER, mv.version)
-    log.info("run %s: eval %s; registered %s version %s as %s", run.info.run_id,
-             json.dumps({k: round(v, 4) for k, v in metrics.items()}), model_name, mv.version, CHALLENGER)
+    log.info(
+        "run %s: eval %s; registered %s version %s as %s",
+        run.info.run_id,
+        json.dumps({k: round(v, 4) for k, v in metrics.items()}),
+        model_name,
+        mv.version,
+        CHALLENGER,
+    )
     return {"run_id": run.info.run_id, "model_name": model_name, "version": mv.version, "reused": False}

@@ -110,9 +110,7 @@ def run_suite(df: pd.DataFrame, suite: gx.ExpectationSuite):
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     batch_def = (
-        context.data_sources.add_pandas("landing")
-        .add_dataframe_asset("partition")
-        .add_batch_definition_whole_dataframe("whole")
+        context.data_sources.add_pandas("landing").add_dataframe_asset("partition").add_batch_definition_whole_dataframe("whole")
     )
     suite = context.suites.add(suite)
     batch = batch_def.get_batch(batch_parameters={"dataframe": df})
@@ -124,8 +122,16 @@ def _describe(result) -> str:
     if result.exception_info and result.exception_info.get("raised_exception"):
         return "could not be evaluated: " + str(result.exception_info.get("exception_message", "")).splitlines()[0]
     if "observed_value" in res:
-        bounds = {k: v for k, v in cfg.kwargs.items() if k in ("min_value", "max_value", "type_", "column_set")}
-        return f"observed {res['observed_value']!r}, expected {bounds}"
+        observed = res["observed_value"]
+        observed = observed.item() if hasattr(observed, "item") else observed  # numpy scalar → plain
+        if isinstance(observed, float):
+            observed = round(observed, 3)
+        bounds = {k: v for k, v in cfg.kwargs.items() if k in ("min_value", "max_value", "type_")}
+        if "column_set" in cfg.kwargs and isinstance(observed, list):
+            missing = sorted(set(cfg.kwargs["column_set"]) - set(observed))
+            extra = sorted(set(observed) - set(cfg.kwargs["column_set"]))
+            return f"missing columns {missing}, unexpected columns {extra}"
+        return f"observed {observed!r}, expected {bounds}"
     sample = res.get("partial_unexpected_list", [])[:5]
     return f"{res.get('unexpected_count', '?')} rows ({res.get('unexpected_percent', 0):.2f}%), e.g. {sample}"
 
@@ -150,16 +156,25 @@ def assess(df: pd.DataFrame, gx_result, max_bad_row_share: float) -> tuple[list[
     share = len(bad_rows) / len(df) if len(df) else 0.0
     if share > max_bad_row_share:
         batch_failures.append(
-            Failure("bad_row_share", None, BATCH, f"{len(bad_rows)} of {len(df)} rows ({share:.2%}) fail row checks; "
-                    f"the limit is {max_bad_row_share:.2%}")
+            Failure(
+                "bad_row_share",
+                None,
+                BATCH,
+                f"{len(bad_rows)} of {len(df)} rows ({share:.2%}) fail row checks; the limit is {max_bad_row_share:.2%}",
+            )
         )
     return batch_failures, bad_rows
 
 
 def _report(partition: Partition, landing_uri: str, status: str, failures: list[Failure], bad_rows: dict, n_rows: int) -> str:
-    lines = [f"# Validation of {partition.usecase} {partition.id}: {status}", "",
-             f"- input: `{landing_uri}`", f"- interval: {partition.start.isoformat()} – {partition.end.isoformat()}",
-             f"- rows: {n_rows}, rows failing row checks: {len(bad_rows)}", ""]
+    lines = [
+        f"# Validation of {partition.usecase} {partition.id}: {status}",
+        "",
+        f"- input: `{landing_uri}`",
+        f"- interval: {partition.start.isoformat()} – {partition.end.isoformat()}",
+        f"- rows: {n_rows}, rows failing row checks: {len(bad_rows)}",
+        "",
+    ]
     if failures:
         lines += ["## Batch-level failures", ""] + [f"- {f}" for f in failures] + [""]
     if bad_rows:
@@ -194,9 +209,16 @@ def validate_partition(
 
     def quarantine_batch(failures: list[Failure], gx_json: dict | None, bad_rows: dict, n_rows: int):
         storage.write_bytes(f"{qprefix}/data.parquet", data)
-        result_uri = write_json(storage, f"{qprefix}/validation.json", {
-            **record, "status": "quarantined", "failures": [str(f) for f in failures], "gx_result": gx_json,
-        })
+        result_uri = write_json(
+            storage,
+            f"{qprefix}/validation.json",
+            {
+                **record,
+                "status": "quarantined",
+                "failures": [str(f) for f in failures],
+                "gx_result": gx_json,
+            },
+        )
         report_uri = storage.write_bytes(
             f"{qprefix}/report.md", _report(partition, landing_uri, "QUARANTINED", failures, bad_rows, n_rows).encode()
         )
@@ -211,8 +233,11 @@ def validate_partition(
     except MalformedPartitionError as exc:
         quarantine_batch([Failure("readable_parquet", None, BATCH, str(exc))], None, {}, 0)
 
-    twins = [r["partition"] for r in list_validated(partition.usecase, storage)
-             if r["landing_sha256"] == content_sha and r["partition"] != partition.id]
+    twins = [
+        r["partition"]
+        for r in list_validated(partition.usecase, storage)
+        if r["landing_sha256"] == content_sha and r["partition"] != partition.id
+    ]
     duplicate = [Failure("unique_batch", None, BATCH, f"identical to already validated partition(s) {twins}")] if twins else []
 
     df = df.reset_index(drop=True)

@@ -71,8 +71,16 @@ CONTRACT = Contract(
 )
 
 NUMERIC_FEATURES = (
-    "month", "day_of_week", "dep_hour", "dep_minute_of_day", "arr_minute_of_day", "distance",
-    *WEATHER_COLUMNS, "plane_year", "engines", "seats",
+    "month",
+    "day_of_week",
+    "dep_hour",
+    "dep_minute_of_day",
+    "arr_minute_of_day",
+    "distance",
+    *WEATHER_COLUMNS,
+    "plane_year",
+    "engines",
+    "seats",
 )
 CATEGORICAL_FEATURES = {"carrier": CARRIERS, "origin": ORIGINS, "engine": ENGINES}
 

@@ -1,0 +1,40 @@
+# Two commands on a fresh machine (Python 3.11 and make): `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.8
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: install demo up stop status test test-fast lint lock clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip sync --python $(BIN)/python requirements.txt
+	@touch $@
+
+demo: install  ## the whole first half of the loop on embedded defaults; services keep running
+	$(BIN)/python -m include.demo
+
+stop:  ## stop the services `make demo` started
+	$(BIN)/python -m include.stack stop
+
+status:
+	$(BIN)/python -m include.stack status
+
+test: install  ## every test: DAG integrity, unit, integration (real MLflow, GX, dag.test), e2e
+	$(BIN)/python -m pytest
+
+test-fast: install  ## the tests that need no server
+	$(BIN)/python -m pytest -m "not integration and not e2e"
+
+lint: install
+	$(BIN)/ruff check dags include plugins tests
+
+lock:  ## re-resolve requirements.txt from requirements.in
+	$(BIN)/uv pip compile requirements.in -o requirements.txt --python-version 3.11
+
+clean: stop
+	rm -rf .state

@@ -1,0 +1,77 @@
+"""The short report `make demo` ends with: data zones, model versions, champion, where to look."""
+
+from __future__ import annotations
+
+import json
+
+from include.config import Settings
+from include.data import list_validated
+from include.storage import get_storage
+from include.usecases import get_usecase
+
+
+def quarantined_batches(usecase: str, storage=None) -> list[dict]:
+    """Whole-batch quarantine records (one per distinct rejected input), oldest first."""
+    storage = storage or get_storage()
+    keys = [k for k in storage.list(f"quarantine/{usecase}/") if k.endswith("/validation.json")]
+    return sorted((json.loads(storage.read_bytes(k)) for k in keys), key=lambda r: r["interval_start"])
+
+
+def summarize(settings: Settings, ports, airflow=None) -> str:
+    from include.registry import CHAMPION, alias_version, connect
+
+    usecase = get_usecase()
+    validated = list_validated(usecase.name)
+    rejected = quarantined_batches(usecase.name)
+    rows_q = sum(r.get("rows_quarantined", 0) for r in validated)
+    lines = [
+        "",
+        "=" * 78,
+        f"Continuous-training loop, first half: {usecase.name} ({usecase.description})",
+        "=" * 78,
+        f"Partitions validated: {len(validated)}  ({sum(r['rows_validated'] for r in validated):,} rows; "
+        f"{rows_q} single rows quarantined)",
+        f"Batches quarantined:  {len(rejected)}",
+    ]
+    passed = {r["partition"] for r in validated}
+    for r in rejected:
+        fixed = " (since re-delivered and validated)" if r["partition"] in passed else ""
+        lines.append(f"  - {r['partition']}{fixed}: {r['failures'][0][:150]}")
+
+    client = connect(settings.mlflow_tracking_uri, attempts=2)
+    name = settings.model_name or usecase.model_name
+    versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+    champion = alias_version(client, name, CHAMPION)
+    lines.append(f"Model versions of '{name}': {len(versions)}")
+    for v in versions:
+        start, _, end = v.tags.get("loop.data_window", "? … ?").partition(" … ")
+        decision = v.tags.get("gate.decision", "pending")
+        if decision in ("promote", "reject"):
+            against = (
+                f"vs champion v{v.tags['gate.champion_version']} {v.tags['gate.champion']}"
+                if v.tags.get("gate.champion_version")
+                else "vs floor"
+            )
+            decision = f"{decision} ({v.tags.get('gate.metric')} {v.tags.get('gate.challenger')} {against})"
+        flag = "  <- champion" if champion and v.version == champion.version else ""
+        lines.append(f"  v{v.version}: data {start[:10]} … {end[:10]}, gate: {decision}{flag}")
+    if champion:
+        m = client.get_run(champion.run_id).data.metrics
+        lines.append(
+            f"Champion v{champion.version} on its evaluation week: "
+            + ", ".join(
+                f"{k} {m[f'eval_{k}']:.4f}" for k in ("roc_auc", "pr_auc", "log_loss", "precision", "recall") if f"eval_{k}" in m
+            )
+        )
+    else:
+        lines.append("No champion yet.")
+    password_file = settings.state_dir / "airflow" / "simple_auth_manager_passwords.json.generated"
+    lines += [
+        "",
+        f"Airflow UI: http://127.0.0.1:{ports.airflow}   user 'admin', password in {password_file}",
+        f"MLflow UI:  http://127.0.0.1:{ports.mlflow}   (no login on the embedded runtime)",
+        f"Data zones: {settings.storage_uri}   logs: {settings.state_dir / 'logs'}",
+        "The services keep running; `make stop` stops them, `make demo` resumes.",
+        "=" * 78,
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+"""Training against a real MLflow server, the champion gate, idempotency and lineage."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import mlflow
+import pytest
+
+from include.config import get_settings
+from include.data import Partition, land_partition, list_validated
+from include.evaluate import run_champion_gate
+from include.registry import CHALLENGER, CHAMPION, TrackingServerUnreachable, alias_version, connect
+from include.stack import free_port
+from include.train import TrainParams, train_candidate
+from include.validate import validate_partition
+
+pytestmark = pytest.mark.integration
+NY = ZoneInfo("America/New_York")
+WEAK = TrainParams(window_weeks=8, n_estimators=5, max_depth=1, learning_rate=0.05)
+STRONG = TrainParams(window_weeks=8, n_estimators=200, max_depth=6, learning_rate=0.1)
+
+
+@pytest.fixture(scope="module")
+def validated_weeks(tmp_path_factory, flights):
+    """Six validated weeks of May–June 2013 in a storage root shared by this module's tests."""
+    root = tmp_path_factory.mktemp("zones")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOOP_STORAGE_URI", str(root))
+        get_settings.cache_clear()
+        for i in range(6):
+            start = datetime(2013, 5, 7, tzinfo=NY) + timedelta(weeks=i)
+            p = Partition("flights", start, start + timedelta(weeks=1))
+            land_partition(flights, p, replay=True)
+            validate_partition(flights, p, max_bad_row_share=0.01)
+        yield root
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def env(validated_weeks, mlflow_env, monkeypatch):
+    monkeypatch.setenv("LOOP_STORAGE_URI", str(validated_weeks))
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def test_training_logs_a_traceable_challenger(env, flights, tmp_path):
+    out = train_candidate(flights, STRONG, env, dag_id="train", dag_run_id="manual__lineage")
+    client = connect(env.mlflow_tracking_uri)
+    mv = client.get_model_version(out["model_name"], out["version"])
+    assert CHALLENGER in mv.aliases
+    run = client.get_run(mv.run_id)
+    # from MLflow alone: partitions with hashes and GX results, code commit, Airflow DAG run
+    assert run.data.tags["airflow.dag_id"] == "train" and run.data.tags["airflow.dag_run_id"] == "manual__lineage"
+    assert len(run.data.tags["mlflow.source.git.commit"]) in (40, 7) or run.data.tags["mlflow.source.git.commit"] == "unknown"
+    lineage = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/lineage/partitions.json")
+    validated = {r["partition"]: r for r in list_validated("flights")}
+    assert [r["partition"] for r in lineage["train"]] == list(validated)[:5]
+    assert [r["partition"] for r in lineage["eval"]] == list(validated)[5:]
+    for r in lineage["train"] + lineage["eval"]:
+        assert r["validated_sha256"] == validated[r["partition"]]["validated_sha256"]
+        assert r["gx_result_uri"].endswith("gx_result.json")
+    m = run.data.metrics
+    for key in ("eval_roc_auc", "eval_log_loss", "eval_pr_auc", "eval_precision", "eval_recall"):
+        assert key in m
+    assert 0.6 < m["eval_roc_auc"] < 0.95
+    assert any(k.startswith("slice.carrier.") for k in m) and any(k.startswith("slice.origin.") for k in m)
+    artifacts = {a.path for a in client.list_artifacts(mv.run_id)}
+    assert {"lineage", "evaluation", "plots"} <= artifacts
+    model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{out['model_name']}/{out['version']}", dst_path=str(tmp_path)))
+    model_files = {p.name for p in model_dir.rglob("*")}
+    assert "model.ubj" in model_files, "the model must be XGBoost's native format"
+    assert not any(p.endswith((".pkl", ".pickle")) for p in model_files)
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"flights-train", "flights-eval"}
+
+
+def test_rerunning_the_same_dag_run_creates_no_duplicate(env, flights):
+    first = train_candidate(flights, WEAK, env, dag_id="train", dag_run_id="manual__rerun")
+    again = train_candidate(flights, WEAK, env, dag_id="train", dag_run_id="manual__rerun")
+    assert again == first | {"reused": True}
+    client = connect(env.mlflow_tracking_uri)
+    assert len(client.search_model_versions(f"name = '{first['model_name']}'")) == 1
+    g1 = run_champion_gate(flights, env, first["model_name"], first["version"])
+    g2 = run_champion_gate(flights, env, first["model_name"], first["version"])
+    assert g1["promoted"] and g2["promoted"] and g2["reused"]
+
+
+def test_a_better_challenger_is_promoted_and_a_worse_one_is_not(env, flights):
+    client = connect(env.mlflow_tracking_uri)
+    weak = train_candidate(flights, WEAK, env, dag_id="train", dag_run_id="r1")
+    name = weak["model_name"]
+    first = run_champion_gate(flights, env, name, weak["version"])
+    assert first["promoted"] and "first model" in first["reason"]
+
+    strong = train_candidate(flights, STRONG, env, dag_id="train", dag_run_id="r2")
+    better = run_champion_gate(flights, env, name, strong["version"])
+    assert better["promoted"], better["reason"]
+    assert better["previous_champion"] == weak["version"]
+    assert alias_version(client, name, CHAMPION).version == strong["version"]
+
+    worse = train_candidate(flights, WEAK.__class__(**{**WEAK.__dict__, "n_estimators": 3}), env, dag_id="train", dag_run_id="r3")
+    rejected = run_champion_gate(flights, env, name, worse["version"])
+    assert not rejected["promoted"] and "margin" in rejected["reason"]
+    assert alias_version(client, name, CHAMPION).version == strong["version"]
+    mv = client.get_model_version(name, worse["version"])
+    assert mv.tags["gate.decision"] == "reject" and mv.tags["gate.champion_version"] == strong["version"]
+    assert float(mv.tags["gate.champion"]) > float(mv.tags["gate.challenger"])
+    decision = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/gate/decision.json")
+    assert decision["champion_version"] == strong["version"] and decision["promote"] is False
+
+
+def test_unreachable_tracking_server_fails_with_its_url():
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(TrackingServerUnreachable, match=rf"{url} is unreachable after 2 attempts"):
+        connect(url, attempts=2, wait_seconds=0.1)

@@ -1,0 +1,51 @@
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from include.train import NotEnoughData, TrainParams, select_partitions
+
+
+def recs(n, start=datetime(2013, 1, 1, 5, tzinfo=UTC)):
+    out = []
+    for i in range(n):
+        s = start + timedelta(weeks=i)
+        out.append({"partition": f"p{i}", "interval_start": s.isoformat(), "interval_end": (s + timedelta(weeks=1)).isoformat()})
+    return out
+
+
+def test_time_split_holds_out_the_newest_partitions():
+    train, ev = select_partitions(recs(10), window_weeks=4, eval_partitions=1, min_partitions=3)
+    assert [r["partition"] for r in train] == ["p6", "p7", "p8"]
+    assert [r["partition"] for r in ev] == ["p9"]
+
+
+def test_order_of_input_does_not_matter():
+    assert select_partitions(list(reversed(recs(6))), 8, 2, 3) == select_partitions(recs(6), 8, 2, 3)
+
+
+def test_as_of_trains_as_if_it_were_that_day():
+    train, ev = select_partitions(recs(10), window_weeks=3, eval_partitions=1, min_partitions=2, as_of="2013-02-01")
+    assert [r["partition"] for r in ev] == ["p4"]  # starts 2013-01-29, the last on or before Feb 1
+    assert [r["partition"] for r in train] == ["p2", "p3"]
+
+
+def test_a_gap_in_the_data_shrinks_the_window_instead_of_reaching_further_back():
+    data = [r for r in recs(8) if r["partition"] not in ("p5", "p6")]
+    train, ev = select_partitions(data, window_weeks=4, eval_partitions=1, min_partitions=2)
+    assert [r["partition"] for r in train] == ["p4"] and [r["partition"] for r in ev] == ["p7"]
+
+
+def test_too_little_data_is_a_skip_reason_not_a_crash():
+    with pytest.raises(NotEnoughData, match="1 validated partition"):
+        select_partitions(recs(1), 8, 1, 3)
+
+
+@pytest.mark.parametrize("bad", [{"max_depth": 0}, {"learning_rate": 0}, {"subsample": 1.5}, {"as_of": "last week"}])
+def test_invalid_params_are_rejected(bad):
+    with pytest.raises(ValueError):
+        TrainParams(**bad)
+
+
+def test_params_from_a_form_ignore_unknown_keys():
+    p = TrainParams.from_mapping({"max_depth": 3, "reason": "alert 42", "unrelated": 1})
+    assert p.max_depth == 3 and p.reason == "alert 42"
