@@ -24,7 +24,8 @@ stop:  ## stop the services `make demo` started
 status:
 	$(BIN)/python -m include.stack status
 
-test: install  ## every test: DAG integrity, unit, integration (real MLflow, GX, dag.test), e2e
+test: install  ## lint, then every test: DAG integrity, unit, integration (real MLflow, GX, dag.test), e2e
+	$(BIN)/ruff check dags include plugins tests
 	$(BIN)/python -m pytest
 
 test-fast: install  ## the tests that need no server

@@ -4,6 +4,8 @@ Starts a loopback MLflow server and Airflow (scheduler, dag-processor, API serve
 LocalExecutor), plants two realistic faults in the landing zone, lets the scheduler catch up on
 the first months of 2013, shows progress, and prints a summary. The services keep running;
 `make stop` stops them. Run it again and it resumes from the state in `.state/`.
+
+The end-to-end test drives the same functions on free ports and a shorter window.
 """
 
 from __future__ import annotations
@@ -13,21 +15,28 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import requests
 
+from include.config import Settings
+from include.stack import BIN, Ports, Stack, airflow_env, port_in_use, start_mlflow, wait_http
+
 DEMO_END_DATE = "2013-03-31"
-DEMO_FAULTS = {  # week index → fault planted in the landing zone before the scheduler runs
-    4: "truncated",
-    8: "distance_in_km",
-}
+DEMO_FAULTS = {4: "truncated", 8: "distance_in_km"}  # week index → fault planted before the scheduler runs
+DAG_IDS = ("ingest_validate", "train")
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 class AirflowAPI:
     """The few calls of Airflow's REST API (v2) the demo needs, with a token from the simple auth manager."""
 
-    def __init__(self, base: str, home):
+    def __init__(self, base: str, home: Path):
         self.base = base.rstrip("/")
         self.home = home
         self.session = requests.Session()
@@ -40,132 +49,140 @@ class AirflowAPI:
         r.raise_for_status()
         self.session.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
 
-    def get(self, path: str, **params) -> dict:
-        r = self.session.get(f"{self.base}/api/v2/{path}", params=params, timeout=20)
-        if r.status_code == 401:
+    def request(self, method: str, path: str, **kwargs) -> requests.Response:
+        r = self.session.request(method, f"{self.base}/api/v2/{path}", timeout=20, **kwargs)
+        if r.status_code == 401:  # token expired
             self.login()
-            r = self.session.get(f"{self.base}/api/v2/{path}", params=params, timeout=20)
-        r.raise_for_status()
-        return r.json()
+            r = self.session.request(method, f"{self.base}/api/v2/{path}", timeout=20, **kwargs)
+        return r
 
-    def patch(self, path: str, body: dict) -> dict:
-        r = self.session.patch(f"{self.base}/api/v2/{path}", json=body, timeout=20)
+    def get(self, path: str, **params) -> dict:
+        r = self.request("GET", path, params=params)
         r.raise_for_status()
         return r.json()
 
     def runs(self, dag_id: str) -> list[dict]:
         return self.get(f"dags/{dag_id}/dagRuns", limit=500, order_by="run_after")["dag_runs"]
 
+    def trigger(self, dag_id: str, conf: dict) -> requests.Response:
+        return self.request("POST", f"dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
 
-def _say(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+def plant_faults(settings: Settings, faults: dict[int, str]) -> None:
+    from include.data import Partition
+    from include.faults import plant_fault
+    from include.storage import get_storage
+    from include.usecases import get_usecase
+
+    usecase, storage = get_usecase(), get_storage()
+    for week, fault in faults.items():
+        start = settings.start_datetime + timedelta(weeks=week)
+        partition = Partition(usecase.name, start, start + timedelta(weeks=1))
+        if not storage.exists(partition.landing_key):
+            plant_fault(usecase, partition, fault, storage)
+            say(f"planted fault '{fault}' in landing partition {partition.id}")
 
 
-def _intervals(settings) -> int:
+def start_stack(
+    settings: Settings, ports: Ports, stack: Stack, before_scheduler: Callable[[], None] = lambda: None
+) -> AirflowAPI:
+    """Start MLflow and Airflow's components, wait until the DAGs are parsed, unpause them."""
+    for port in (ports.airflow, ports.mlflow):
+        if port_in_use(port):
+            raise RuntimeError(f"port {port} is in use by another program: free it or set LOOP_AIRFLOW_PORT / LOOP_MLFLOW_PORT")
+    env = airflow_env(settings, ports)
+    home = Path(env["AIRFLOW_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    stack.log_dir.mkdir(parents=True, exist_ok=True)
+
+    say(f"starting MLflow on 127.0.0.1:{ports.mlflow} and migrating Airflow's SQLite database")
+    with open(stack.log_dir / "airflow-db-migrate.log", "ab") as log:
+        migrate = subprocess.Popen(
+            [str(BIN / "airflow"), "db", "migrate"], env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+        )
+    start_mlflow(stack, ports.mlflow, settings.state_dir / "mlflow")
+    if migrate.wait() != 0:
+        raise RuntimeError(f"`airflow db migrate` failed: see {stack.log_dir / 'airflow-db-migrate.log'}")
+    before_scheduler()
+
+    say(f"starting Airflow: scheduler, dag-processor, API server on 127.0.0.1:{ports.airflow}")
+    for name in ("scheduler", "dag-processor"):
+        stack.start(f"airflow-{name}", [str(BIN / "airflow"), name], env)
+    api = stack.start("airflow-api-server", [str(BIN / "airflow"), "api-server", "--port", str(ports.airflow)], env)
+    wait_http(f"http://127.0.0.1:{ports.airflow}/api/v2/monitor/health", 180, api, stack.log_dir / "airflow-api-server.log")
+    client = AirflowAPI(f"http://127.0.0.1:{ports.airflow}", home)
+    client.login()
+
+    deadline = time.monotonic() + 300
+    while {d["dag_id"] for d in client.get("dags", limit=100)["dags"]} < set(DAG_IDS):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the DAGs were not parsed within 5 minutes: see {stack.log_dir / 'airflow-dag-processor.log'}")
+        time.sleep(3)
+    errors = client.get("importErrors")["import_errors"]
+    if errors:
+        raise RuntimeError(f"DAG import errors: {errors}")
+    for dag_id in DAG_IDS:
+        client.request("PATCH", f"dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+    return client
+
+
+def count_intervals(settings: Settings) -> int:
     n, start = 0, settings.start_datetime
     while start <= settings.end_datetime:
         n, start = n + 1, start + timedelta(weeks=1)
     return n
 
 
+def wait_until_idle(client: AirflowAPI, expected: int, timeout: float, poll: float = 15) -> bool:
+    """Print progress until every ingest interval has run and training has nothing left to do."""
+    last, idle_polls, deadline = "", 0, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ingest, train = client.runs("ingest_validate"), client.runs("train")
+        n = {
+            dag: {s: sum(r["state"] == s for r in runs) for s in ("success", "failed", "running", "queued")}
+            for dag, runs in (("ingest", ingest), ("train", train))
+        }
+        done = n["ingest"]["success"] + n["ingest"]["failed"]
+        line = (
+            f"ingest_validate {done}/{expected} done ({n['ingest']['success']} passed, {n['ingest']['failed']} quarantined, "
+            f"{n['ingest']['running']} running) · train {len(train)} runs ({n['train']['success']} done, "
+            f"{n['train']['running'] + n['train']['queued']} active)"
+        )
+        if line != last:
+            say(line)
+            last = line
+        queued = client.get("dags/train/assets/queuedEvents").get("queued_events", [])
+        idle = done >= expected and not n["train"]["running"] + n["train"]["queued"] and not queued
+        idle_polls = idle_polls + 1 if idle else 0
+        if idle_polls >= 2:
+            return True
+        time.sleep(poll)
+    return False
+
+
 def main() -> int:
     os.environ.setdefault("LOOP_END_DATE", DEMO_END_DATE)
 
     from include.config import get_settings
-    from include.data import Partition
-    from include.faults import plant_fault
-    from include.stack import BIN, Ports, Stack, airflow_env, port_in_use, start_mlflow, wait_http
-    from include.storage import get_storage
-    from include.usecases import get_usecase
+    from include.summary import summarize
 
     settings, ports = get_settings(), Ports()
     stack = Stack(settings.state_dir)
     if stack.running():
-        _say(f"stopping the services left running: {', '.join(stack.stop())}")
-    for port in (ports.airflow, ports.mlflow):
-        if port_in_use(port):
-            _say(f"port {port} is in use by another program: free it or set LOOP_AIRFLOW_PORT / LOOP_MLFLOW_PORT")
-            return 2
-    env = airflow_env(settings, ports)
-    os.environ.update(env)
-    home = settings.state_dir / "airflow"
-    home.mkdir(parents=True, exist_ok=True)
-
-    _say(f"state in {settings.state_dir}; replaying {settings.start_date} … {settings.end_date} weekly")
-    _say(f"starting MLflow on 127.0.0.1:{ports.mlflow} and migrating Airflow's SQLite database")
-    stack.log_dir.mkdir(parents=True, exist_ok=True)
-    with open(stack.log_dir / "airflow-db-migrate.log", "ab") as migrate_log:
-        migrate = subprocess.Popen(
-            [str(BIN / "airflow"), "db", "migrate"], env=os.environ, stdout=migrate_log, stderr=subprocess.STDOUT
-        )
-    start_mlflow(stack, ports.mlflow, settings.state_dir / "mlflow")
-    if migrate.wait() != 0:
-        _say(f"`airflow db migrate` failed: see {stack.log_dir / 'airflow-db-migrate.log'}")
+        say(f"stopping the services left running: {', '.join(stack.stop())}")
+    say(f"state in {settings.state_dir}; replaying {settings.start_date} … {settings.end_date} weekly")
+    try:
+        client = start_stack(settings, ports, stack, before_scheduler=lambda: plant_faults(settings, DEMO_FAULTS))
+    except (RuntimeError, TimeoutError) as exc:
+        say(str(exc))
         return 1
-
-    usecase, storage = get_usecase(), get_storage()
-    for week, fault in DEMO_FAULTS.items():
-        start = settings.start_datetime + timedelta(weeks=week)
-        partition = Partition(usecase.name, start, start + timedelta(weeks=1))
-        if not storage.exists(partition.landing_key):
-            plant_fault(usecase, partition, fault, storage)
-            _say(f"planted fault '{fault}' in landing partition {partition.id}")
-
-    _say(f"starting Airflow (scheduler, dag-processor, API server on 127.0.0.1:{ports.airflow})")
-    for name in ("scheduler", "dag-processor"):
-        stack.start(f"airflow-{name}", [str(BIN / "airflow"), name], {})
-    api = stack.start("airflow-api-server", [str(BIN / "airflow"), "api-server", "--port", str(ports.airflow)], {})
-    wait_http(f"http://127.0.0.1:{ports.airflow}/api/v2/monitor/health", 180, api, stack.log_dir / "airflow-api-server.log")
-    client = AirflowAPI(f"http://127.0.0.1:{ports.airflow}", home)
-    client.login()
-
-    dag_ids = ("ingest_validate", "train")
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        known = {d["dag_id"] for d in client.get("dags", limit=100)["dags"]}
-        if set(dag_ids) <= known:
-            break
-        time.sleep(3)
-    else:
-        _say(f"the DAGs were not parsed within 5 minutes: see {stack.log_dir / 'airflow-dag-processor.log'}")
-        return 1
-    errors = client.get("importErrors")["import_errors"]
-    if errors:
-        _say(f"DAG import errors: {errors}")
-        return 1
-    for dag_id in dag_ids:
-        client.patch(f"dags/{dag_id}", {"is_paused": False})
-    expected = _intervals(settings)
-    _say(f"DAGs unpaused; the scheduler now catches up {expected} weekly intervals (progress every 15 s)")
-
-    last, stable, deadline = "", 0, time.monotonic() + 45 * 60
-    while time.monotonic() < deadline:
-        ingest, train = client.runs("ingest_validate"), client.runs("train")
-        count = lambda runs, state: sum(r["state"] == state for r in runs)  # noqa: E731
-        line = (
-            f"ingest_validate {count(ingest, 'success') + count(ingest, 'failed')}/{expected} done "
-            f"({count(ingest, 'success')} passed, {count(ingest, 'failed')} quarantined, {count(ingest, 'running')} running) · "
-            f"train {len(train)} runs ({count(train, 'success')} ok, {count(train, 'running') + count(train, 'queued')} active)"
-        )
-        if line != last:
-            _say(line)
-            last = line
-        queued = client.get("dags/train/assets/queuedEvents").get("queued_events", []) if train or ingest else []
-        idle = (
-            count(ingest, "success") + count(ingest, "failed") >= expected
-            and not any(r["state"] in ("running", "queued") for r in train)
-            and not queued
-        )
-        stable = stable + 1 if idle else 0
-        if stable >= 2:
-            break
-        time.sleep(15)
-    else:
-        _say("the catch-up did not finish within 45 minutes; the summary shows where it stands")
-
-    from include.summary import summarize
-
-    print(summarize(settings, ports, client))
+    expected = count_intervals(settings)
+    say(f"DAGs unpaused; the scheduler catches up {expected} weekly intervals (progress every 15 s)")
+    if not wait_until_idle(client, expected, timeout=45 * 60):
+        say("the catch-up did not finish within 45 minutes; the summary shows where it stands")
+    os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{ports.mlflow}"
+    get_settings.cache_clear()
+    print(summarize(get_settings(), ports))
     return 0
 
 

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
@@ -37,8 +37,8 @@ def port_in_use(port: int) -> bool:
 
 @dataclass(frozen=True)
 class Ports:
-    airflow: int = int(os.environ.get("LOOP_AIRFLOW_PORT", "8080"))
-    mlflow: int = int(os.environ.get("LOOP_MLFLOW_PORT", "5000"))
+    airflow: int = field(default_factory=lambda: int(os.environ.get("LOOP_AIRFLOW_PORT", "8080")))
+    mlflow: int = field(default_factory=lambda: int(os.environ.get("LOOP_MLFLOW_PORT", "5000")))
 
 
 def mlflow_command(port: int, store: Path) -> list[str]:

@@ -117,10 +117,24 @@ def run_suite(df: pd.DataFrame, suite: gx.ExpectationSuite):
     return batch.validate(suite, result_format={"result_format": "COMPLETE"})
 
 
+def _exception(result) -> str | None:
+    """The message of an exception GX raised while evaluating `result`, if any.
+
+    GX reports it either at the top of `exception_info` or per metric in a nested dict.
+    """
+    info = result.exception_info or {}
+    candidates = [info] + [v for v in info.values() if isinstance(v, dict)]
+    for item in candidates:
+        if item.get("raised_exception"):
+            return (str(item.get("exception_message") or "exception").splitlines() or ["exception"])[0]
+    return None
+
+
 def _describe(result) -> str:
     cfg, res = result.expectation_config, result.result or {}
-    if result.exception_info and result.exception_info.get("raised_exception"):
-        return "could not be evaluated: " + str(result.exception_info.get("exception_message", "")).splitlines()[0]
+    error = _exception(result)
+    if error:
+        return f"could not be evaluated: {error}"
     if "observed_value" in res:
         observed = res["observed_value"]
         observed = observed.item() if hasattr(observed, "item") else observed  # numpy scalar → plain
@@ -139,6 +153,7 @@ def _describe(result) -> str:
 def assess(df: pd.DataFrame, gx_result, max_bad_row_share: float) -> tuple[list[Failure], dict[int, list[str]]]:
     """Apply the policy to a GX result: batch-level failures, and reasons per bad row index."""
     batch_failures: list[Failure] = []
+    unevaluated: list[Failure] = []
     bad_rows: dict[int, list[str]] = {}
     for r in gx_result.results:
         if r.success:
@@ -147,10 +162,13 @@ def assess(df: pd.DataFrame, gx_result, max_bad_row_share: float) -> tuple[list[
         column = cfg.kwargs.get("column") or (",".join(cfg.kwargs.get("column_list", [])) or None)
         failure = Failure(cfg.type, column, cfg.meta.get("level", BATCH), _describe(r))
         indices = (r.result or {}).get("unexpected_index_list")
-        if failure.level == ROW and indices is not None and not r.exception_info.get("raised_exception"):
+        errored = _exception(r) is not None
+        if failure.level == ROW and indices is not None and not errored:
             reason = f"{cfg.type}[{column}]" if column else cfg.type
             for i in indices:
                 bad_rows.setdefault(int(i), []).append(reason)
+        elif errored:
+            unevaluated.append(failure)  # a consequence (e.g. of a missing column): reported last
         else:
             batch_failures.append(failure)
     share = len(bad_rows) / len(df) if len(df) else 0.0
@@ -163,7 +181,7 @@ def assess(df: pd.DataFrame, gx_result, max_bad_row_share: float) -> tuple[list[
                 f"{len(bad_rows)} of {len(df)} rows ({share:.2%}) fail row checks; the limit is {max_bad_row_share:.2%}",
             )
         )
-    return batch_failures, bad_rows
+    return batch_failures + unevaluated, bad_rows
 
 
 def _report(partition: Partition, landing_uri: str, status: str, failures: list[Failure], bad_rows: dict, n_rows: int) -> str:

@@ -1,0 +1,95 @@
+"""The whole first half of the loop through a real Airflow scheduler, dag-processor and API server,
+and a real MLflow server, on free loopback ports: what `make demo` does, on five weeks."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+
+from include.config import get_settings
+from include.data import list_validated
+from include.demo import count_intervals, plant_faults, start_stack, wait_until_idle
+from include.registry import CHAMPION, alias_version, connect
+from include.stack import Ports, Stack, free_port
+from include.summary import quarantined_batches
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory):
+    state = tmp_path_factory.mktemp("e2e-state")
+    ports = Ports(airflow=free_port(), mlflow=free_port())
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {
+            "LOOP_STATE_DIR": str(state),
+            "LOOP_STORAGE_URI": str(state / "data"),
+            "LOOP_START_DATE": "2013-06-04",
+            "LOOP_END_DATE": "2013-07-02",
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports.mlflow}",
+            "LOOP_MODEL_NAME": "e2e-flights",
+        }.items():
+            mp.setenv(key, value)
+        get_settings.cache_clear()
+        settings = get_settings()
+        stack = Stack(state)
+        try:
+            client = start_stack(settings, ports, stack, before_scheduler=lambda: plant_faults(settings, {2: "renamed_column"}))
+            finished = wait_until_idle(client, count_intervals(settings), timeout=600, poll=5)
+            yield settings, client, finished, stack
+        finally:
+            stopped = stack.stop()
+            assert set(stopped) >= {"mlflow", "airflow-scheduler", "airflow-dag-processor", "airflow-api-server"}
+            assert not stack.running()
+    get_settings.cache_clear()
+
+
+def test_the_scheduler_runs_every_interval_and_quarantines_the_broken_one(loop):
+    settings, client, finished, stack = loop
+    assert finished, f"the loop did not finish; logs in {stack.log_dir}"
+    runs = client.runs("ingest_validate")
+    assert len(runs) == 5
+    failed = [r for r in runs if r["state"] == "failed"]
+    assert [r["data_interval_start"][:10] for r in failed] == ["2013-06-18"]
+    assert len(list_validated("flights")) == 4
+    [batch] = quarantined_batches("flights")
+    assert "expect_table_columns_to_match_set" in batch["failures"][0] and "arrival_delay" in batch["failures"][0]
+
+
+def test_training_ran_on_asset_events_and_a_champion_exists(loop):
+    settings, client, _, _ = loop
+    runs = client.runs("train")
+    asset_runs = [r for r in runs if r["run_type"] == "asset_triggered"]
+    assert asset_runs and all(r["state"] == "success" for r in asset_runs)
+    assert len(asset_runs) <= 4, "one training per validated partition at most; queued events coalesce"
+    mlc = connect(settings.mlflow_tracking_uri)
+    champion = alias_version(mlc, settings.model_name, CHAMPION)
+    assert champion is not None and champion.tags["gate.decision"] == "promote"
+    lineage = mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/lineage/partitions.json")
+    assert "dt=2013-06-18T0400Z" not in json.dumps(lineage), "the quarantined week must never be trained on"
+
+
+def test_an_invalid_form_value_is_rejected_by_the_api_before_any_task_runs(loop):
+    _, client, _, _ = loop
+    before = len(client.runs("train"))
+    r = client.trigger("train", {"max_depth": 100})
+    assert r.status_code == 400 and "max_depth" in r.text
+    assert len(client.runs("train")) == before
+
+
+def test_an_alert_driven_rerun_through_the_rest_api(loop):
+    settings, client, _, _ = loop
+    r = client.trigger("train", {"reason": "alert 1234: late-rate drift", "n_estimators": 50})
+    assert r.status_code == 200, r.text
+    run_id = r.json()["dag_run_id"]
+    assert wait_until_idle(client, count_intervals(settings), timeout=300, poll=5)
+    run = client.get(f"dags/train/dagRuns/{run_id}")
+    assert run["state"] == "success"
+    mlc = connect(settings.mlflow_tracking_uri)
+    [mlrun] = mlc.search_runs(
+        [mlc.get_experiment_by_name(settings.model_name).experiment_id], filter_string=f"tags.`airflow.dag_run_id` = '{run_id}'"
+    )
+    assert mlrun.data.tags["loop.reason"] == "alert 1234: late-rate drift"
+    assert mlrun.data.params["n_estimators"] == "50"
