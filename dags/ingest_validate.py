@@ -16,7 +16,7 @@ A passing partition emits the validated-data Asset event that schedules `train`.
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DeltaDataIntervalTimetable, dag, task
+from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 from include.assets import VALIDATED_DATA
 from include.config import get_settings
@@ -25,7 +25,8 @@ settings = get_settings()
 
 
 @dag(
-    schedule=DeltaDataIntervalTimetable(timedelta(weeks=1)),  # one partition per week
+    # One partition per week, midnight to midnight in LOOP_TIMEZONE (DST-aware), on the start date's weekday.
+    schedule=CronDataIntervalTimetable(f"0 0 * * {settings.start_date.isoweekday() % 7}", timezone=settings.timezone),
     start_date=pendulum.instance(settings.start_datetime),
     end_date=pendulum.instance(settings.end_datetime),
     catchup=True,

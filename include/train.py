@@ -247,18 +247,12 @@ def train_candidate(
             }
         )
         mlflow.log_dict(lineage, "lineage/partitions.json")
-        mlflow.log_input(
-            mlflow.data.from_pandas(
-                train_df.drop(columns="_partition"), source=train_recs[0]["validated_uri"], name=f"{usecase.name}-train"
-            ),
-            context="training",
-        )
-        mlflow.log_input(
-            mlflow.data.from_pandas(
-                eval_df.drop(columns="_partition"), source=eval_recs[0]["validated_uri"], name=f"{usecase.name}-eval"
-            ),
-            context="evaluation",
-        )
+        # The exact partitions and hashes are in lineage/partitions.json; the datasets give
+        # MLflow's UI the schema, row counts and a digest of each split.
+        zone = storage.uri(f"validated/{usecase.name}")
+        for split, frame in (("train", train_df), ("eval", eval_df)):
+            dataset = mlflow.data.from_pandas(frame.drop(columns="_partition"), source=zone, name=f"{usecase.name}-{split}")
+            mlflow.log_input(dataset, context="training" if split == "train" else "evaluation")
 
         model = fit(X_train, y_train, params, usecase.categorical)
         score = model.predict_proba(X_eval)[:, 1]

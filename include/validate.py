@@ -58,6 +58,8 @@ def import_gx():
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     import great_expectations as gx
 
+    for name in ("great_expectations", "great_expectations.data_context.types.base"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # GX sets some levels while importing
     return gx
 
 
@@ -260,6 +262,9 @@ def validate_partition(
 
     df = df.reset_index(drop=True)
     suite = build_suite(usecase.contract, partition)
+    log.info(
+        "validating %s (%d rows) against suite %s (%d expectations)", landing_uri, len(df), suite.name, len(suite.expectations)
+    )
     gx_result = run_suite(df, suite)
     gx_json = gx_result.to_json_dict()
     failures, bad_rows = assess(df, gx_result, max_bad_row_share)
