@@ -5,6 +5,12 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 export PYTHONPATH := $(CURDIR)
 
+# Optional local settings (see .env.example): a value set in .env applies to every command here.
+ifneq (,$(wildcard .env))
+include .env
+export $(shell sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' .env)
+endif
+
 .PHONY: install demo up stop status test test-fast lint lock clean
 
 install: $(VENV)/.installed

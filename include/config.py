@@ -8,11 +8,15 @@ no side effects: no directories are created, nothing is logged.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import date, datetime, time
 from functools import cache
 from pathlib import Path
+from typing import TypeVar
 from zoneinfo import ZoneInfo
+
+T = TypeVar("T")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,28 +26,24 @@ def _env(name: str, default: str) -> str:
     return value or default
 
 
-def _float(name: str, default: float) -> float:
+def _parsed(name: str, default: object, parse: Callable[[str], T], expected: str) -> T:
     raw = _env(name, str(default))
     try:
-        return float(raw)
+        return parse(raw)
     except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number") from None
+        raise ValueError(f"{name}={raw!r} is not {expected}") from None
+
+
+def _float(name: str, default: float) -> float:
+    return _parsed(name, default, float, "a number")
 
 
 def _int(name: str, default: int) -> int:
-    raw = _env(name, str(default))
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a whole number") from None
+    return _parsed(name, default, int, "a whole number")
 
 
 def _date(name: str, default: str) -> date:
-    raw = _env(name, default)
-    try:
-        return date.fromisoformat(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an ISO date (YYYY-MM-DD)") from None
+    return _parsed(name, default, date.fromisoformat, "an ISO date (YYYY-MM-DD)")
 
 
 @dataclass(frozen=True)
