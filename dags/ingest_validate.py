@@ -30,7 +30,7 @@ settings = get_settings()
     start_date=pendulum.instance(settings.start_datetime),
     end_date=pendulum.instance(settings.end_datetime),
     catchup=True,
-    max_active_runs=1,  # partitions arrive in order, as they would from a real feed
+    max_active_runs=settings.ingest_max_active_runs,  # intervals validated side by side in a catch-up
     default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(seconds=20)},
     tags=["loop", "data", "gx"],
     doc_md=__doc__,

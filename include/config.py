@@ -70,6 +70,8 @@ class Settings:
     """LOOP_MODEL_NAME: registered model name (default: `<usecase>-delay` style from use case)."""
     max_bad_row_share: float
     """LOOP_MAX_BAD_ROW_SHARE: above this share of bad rows the whole batch is quarantined."""
+    ingest_max_active_runs: int
+    """LOOP_INGEST_MAX_ACTIVE_RUNS: intervals the ingest DAG validates at once during a catch-up."""
     train_window_weeks: int
     """LOOP_TRAIN_WINDOW_WEEKS: default rolling window of validated partitions for training."""
     eval_partitions: int
@@ -120,6 +122,7 @@ def get_settings() -> Settings:
         mlflow_tracking_uri=_env("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000"),
         model_name=_env("LOOP_MODEL_NAME", ""),
         max_bad_row_share=_float("LOOP_MAX_BAD_ROW_SHARE", 0.01),
+        ingest_max_active_runs=_int("LOOP_INGEST_MAX_ACTIVE_RUNS", 2),
         train_window_weeks=_int("LOOP_TRAIN_WINDOW_WEEKS", 8),
         eval_partitions=_int("LOOP_EVAL_PARTITIONS", 1),
         min_train_partitions=_int("LOOP_MIN_TRAIN_PARTITIONS", 3),

@@ -18,6 +18,7 @@ def quarantined_batches(usecase: str, storage=None) -> list[dict]:
 
 
 def summarize(settings: Settings, ports, airflow=None) -> str:
+    """The summary; with `airflow` (an AirflowAPI), it also counts the DAG runs."""
     from include.registry import CHAMPION, alias_version, connect
 
     usecase = get_usecase()
@@ -38,6 +39,13 @@ def summarize(settings: Settings, ports, airflow=None) -> str:
         fixed = " (since re-delivered and validated)" if r["partition"] in passed else ""
         lines.append(f"  - {r['partition']}{fixed}: {r['failures'][0][:150]}")
 
+    if airflow is not None:
+        runs = airflow.runs("train")
+        by_type = {t: sum(r["run_type"] == t for r in runs) for t in ("asset_triggered", "scheduled", "manual")}
+        lines.append(
+            f"Training runs:        {len(runs)} ({by_type['asset_triggered']} on validated-data events, which "
+            f"coalesce while a run is active; {by_type['scheduled']} scheduled; {by_type['manual']} manual)"
+        )
     client = connect(settings.mlflow_tracking_uri, attempts=2)
     name = settings.model_name or usecase.model_name
     versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
