@@ -164,7 +164,7 @@ def _importance_figure(model):
     items = sorted(gain.items(), key=lambda kv: kv[1])[-20:]
     fig, ax = plt.subplots(figsize=(7, 0.3 * len(items) + 1.2))
     ax.barh([k for k, _ in items], [v for _, v in items], color="#3b75af")
-    ax.set_xlabel("total gain per split (XGBoost 'gain')")
+    ax.set_xlabel("average gain per split (XGBoost 'gain')")
     ax.set_title("Feature importance")
     fig.tight_layout()
     return fig

@@ -132,17 +132,23 @@ def _exception(result) -> str | None:
     return None
 
 
+def _plain(value):
+    """A value as a reader wants it in a report: no numpy or Timestamp reprs, floats rounded."""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "item"):  # numpy scalar
+        value = value.item()
+    return round(value, 3) if isinstance(value, float) else value
+
+
 def _describe(result) -> str:
     cfg, res = result.expectation_config, result.result or {}
     error = _exception(result)
     if error:
         return f"could not be evaluated: {error}"
     if "observed_value" in res:
-        observed = res["observed_value"]
-        observed = observed.item() if hasattr(observed, "item") else observed  # numpy scalar → plain
-        if isinstance(observed, float):
-            observed = round(observed, 3)
-        bounds = {k: v for k, v in cfg.kwargs.items() if k in ("min_value", "max_value", "type_")}
+        observed = _plain(res["observed_value"])
+        bounds = {k: _plain(v) for k, v in cfg.kwargs.items() if k in ("min_value", "max_value", "type_")}
         if "column_set" in cfg.kwargs and isinstance(observed, list):
             missing = sorted(set(cfg.kwargs["column_set"]) - set(observed))
             extra = sorted(set(observed) - set(cfg.kwargs["column_set"]))
