@@ -99,10 +99,11 @@ def write_json(storage: Storage, key: str, payload: dict) -> str:
 
 
 def list_validated(usecase: str, storage: Storage | None = None) -> list[dict]:
-    """Validation records of every validated partition, oldest first."""
+    """Validation records of every partition currently validated (not superseded), oldest first."""
     storage = storage or get_storage()
     keys = [k for k in storage.list(f"validated/{usecase}/") if k.endswith("/validation.json")]
-    return sorted((read_json(storage, k) for k in keys), key=lambda r: r["interval_start"])
+    records = (read_json(storage, k) for k in keys)
+    return sorted((r for r in records if r.get("status") == "passed"), key=lambda r: r["interval_start"])
 
 
 def read_validated(records: list[dict], storage: Storage | None = None):

@@ -235,6 +235,12 @@ def validate_partition(
 
     def quarantine_batch(failures: list[Failure], gx_json: dict | None, bad_rows: dict, n_rows: int):
         storage.write_bytes(f"{qprefix}/data.parquet", data)
+        if storage.exists(partition.validation_key):
+            earlier = read_json(storage, partition.validation_key)
+            if earlier.get("status") == "passed" and earlier["landing_sha256"] != content_sha:
+                # Upstream replaced a delivery that had passed: withdraw it from training (the
+                # record and its data stay, marked superseded).
+                write_json(storage, partition.validation_key, earlier | {"status": "superseded", "superseded_by": content_sha})
         result_uri = write_json(
             storage,
             f"{qprefix}/validation.json",

@@ -155,3 +155,16 @@ def test_wrong_types_in_a_row_level_check_do_not_crash_the_gate(storage_root, fl
     with pytest.raises(BatchQuarantined, match=r"expect_column_values_to_be_of_type\[distance\]"):
         validate_partition(flights, p, max_bad_row_share=0.01)
     assert isinstance(df, pd.DataFrame)
+
+
+def test_a_passed_partition_replaced_by_a_broken_delivery_is_withdrawn(storage_root, flights):
+    p = week(0)
+    land_partition(flights, p, replay=True)
+    validate_partition(flights, p, max_bad_row_share=0.01)
+    (storage_root / p.landing_key).unlink()  # upstream re-delivers, and this time it is broken
+    plant_fault(flights, p, "renamed_column")
+    with pytest.raises(BatchQuarantined):
+        validate_partition(flights, p, max_bad_row_share=0.01)
+    assert list_validated("flights") == [], "training must not keep using the replaced delivery"
+    record = json.loads(get_storage().read_bytes(p.validation_key))
+    assert record["status"] == "superseded" and get_storage().exists(p.validated_key)
