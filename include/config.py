@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import date, datetime, time
 from functools import cache
 from pathlib import Path
@@ -95,10 +95,6 @@ class Settings:
     """LOOP_TIMEZONE: the timezone data intervals are cut in (midnight to midnight there)."""
 
     @property
-    def is_s3(self) -> bool:
-        return self.storage_uri.startswith("s3://")
-
-    @property
     def start_datetime(self) -> datetime:
         return datetime.combine(self.start_date, time(), ZoneInfo(self.timezone))
 
@@ -139,9 +135,3 @@ def get_settings() -> Settings:
     if settings.end_date < settings.start_date:
         raise ValueError(f"LOOP_END_DATE {settings.end_date} is before LOOP_START_DATE {settings.start_date}")
     return settings
-
-
-def describe() -> str:
-    """The settings as `name = value` lines, for logs and the demo summary."""
-    s = get_settings()
-    return "\n".join(f"{f.name} = {getattr(s, f.name)}" for f in fields(s))

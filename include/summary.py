@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 from include.config import Settings
-from include.data import list_validated
+from include.data import list_validated, read_json
 from include.storage import get_storage
 from include.usecases import get_usecase
 
@@ -14,7 +12,7 @@ def quarantined_batches(usecase: str, storage=None) -> list[dict]:
     """Whole-batch quarantine records (one per distinct rejected input), oldest first."""
     storage = storage or get_storage()
     keys = [k for k in storage.list(f"quarantine/{usecase}/") if k.endswith("/validation.json")]
-    return sorted((json.loads(storage.read_bytes(k)) for k in keys), key=lambda r: r["interval_start"])
+    return sorted((read_json(storage, k) for k in keys), key=lambda r: r["interval_start"])
 
 
 def summarize(settings: Settings, ports, airflow=None) -> str:

@@ -314,7 +314,3 @@ def validate_partition(
     write_json(storage, partition.validation_key, record)
     log.info("partition %s passed: %d rows validated, %d quarantined", partition.id, len(good), len(bad_index))
     return record
-
-
-def read_record(partition: Partition, storage: Storage | None = None) -> dict:
-    return read_json(storage or get_storage(), partition.validation_key)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
@@ -79,7 +79,6 @@ class UseCase:
     slices: tuple[str, ...] = ()
     """Columns whose values the gate and the reports break metrics down by."""
     description: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def get_usecase(name: str | None = None) -> UseCase:
