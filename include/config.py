@@ -46,6 +46,20 @@ def _date(name: str, default: str) -> date:
     return _parsed(name, default, date.fromisoformat, "an ISO date (YYYY-MM-DD)")
 
 
+def _two_ints(raw: str) -> tuple[int, int]:
+    a, b = (int(x) for x in raw.split(","))
+    if a == b:
+        raise ValueError(raw)
+    return a, b
+
+
+def _percent_steps(raw: str) -> tuple[int, ...]:
+    steps = tuple(int(x) for x in raw.split(","))
+    if not steps or steps[-1] != 100 or any(b <= a for a, b in zip((0, *steps), steps, strict=False)):
+        raise ValueError(raw)
+    return steps
+
+
 @dataclass(frozen=True)
 class Settings:
     """Settings of the loop. Field docs name the environment variable that sets each one."""
@@ -94,6 +108,35 @@ class Settings:
     timezone: str
     """LOOP_TIMEZONE: the timezone data intervals are cut in (midnight to midnight there)."""
 
+    bentoml_home: Path
+    """BENTOML_HOME: BentoML's model and bento stores (BentoML's own variable; default under the state dir)."""
+    serving_host: str
+    """LOOP_SERVING_HOST: interface Traefik and the slots listen on (loopback by default)."""
+    serving_port: int
+    """LOOP_SERVING_PORT: the serving entry (Traefik), the one address clients use."""
+    traefik_metrics_port: int
+    """LOOP_TRAEFIK_METRICS_PORT: Traefik's Prometheus metrics and ping (never the Airflow port)."""
+    slot_ports: tuple[int, int]
+    """LOOP_SLOT_PORTS: ports of the blue and green slots, `blue,green`."""
+    slot_workers: int
+    """LOOP_SLOT_WORKERS: BentoML worker processes per slot."""
+    canary_steps: tuple[int, ...]
+    """LOOP_CANARY_STEPS: traffic percentages the new slot gets in turn, ending at 100."""
+    canary_bake_seconds: float
+    """LOOP_CANARY_BAKE_SECONDS: how long each canary step is watched before the next."""
+    canary_check_seconds: float
+    """LOOP_CANARY_CHECK_SECONDS: how often the new slot's metrics are checked during the bake."""
+    canary_max_error_rate: float
+    """LOOP_CANARY_MAX_ERROR_RATE: share of 5xx answers from the new slot that triggers a rollback."""
+    canary_max_latency_ms: float
+    """LOOP_CANARY_MAX_LATENCY_MS: mean latency of the new slot (ms) that triggers a rollback."""
+    canary_min_requests: int
+    """LOOP_CANARY_MIN_REQUESTS: answers needed in a check before the error rate is judged."""
+    golden_rows: int
+    """LOOP_GOLDEN_ROWS: records of the infra validation's golden set."""
+    golden_latency_ms: float
+    """LOOP_GOLDEN_LATENCY_MS: p99 budget (ms) of one golden request sent straight to the new slot."""
+
     @property
     def start_datetime(self) -> datetime:
         return datetime.combine(self.start_date, time(), ZoneInfo(self.timezone))
@@ -129,6 +172,20 @@ def get_settings() -> Settings:
         gate_floor=_float("LOOP_GATE_FLOOR", 0.60),
         operating_threshold=_float("LOOP_OPERATING_THRESHOLD", 0.5),
         timezone=_env("LOOP_TIMEZONE", "America/New_York"),
+        bentoml_home=Path(_env("BENTOML_HOME", str(state_dir / "bentoml"))).resolve(),
+        serving_host=_env("LOOP_SERVING_HOST", "127.0.0.1"),
+        serving_port=_int("LOOP_SERVING_PORT", 8000),
+        traefik_metrics_port=_int("LOOP_TRAEFIK_METRICS_PORT", 8082),
+        slot_ports=_parsed("LOOP_SLOT_PORTS", "3001,3002", _two_ints, "two ports, `blue,green`"),
+        slot_workers=_int("LOOP_SLOT_WORKERS", 1),
+        canary_steps=_parsed("LOOP_CANARY_STEPS", "10,50,100", _percent_steps, "rising percentages ending at 100"),
+        canary_bake_seconds=_float("LOOP_CANARY_BAKE_SECONDS", 30),
+        canary_check_seconds=_float("LOOP_CANARY_CHECK_SECONDS", 2),
+        canary_max_error_rate=_float("LOOP_CANARY_MAX_ERROR_RATE", 0.02),
+        canary_max_latency_ms=_float("LOOP_CANARY_MAX_LATENCY_MS", 250),
+        canary_min_requests=_int("LOOP_CANARY_MIN_REQUESTS", 20),
+        golden_rows=_int("LOOP_GOLDEN_ROWS", 200),
+        golden_latency_ms=_float("LOOP_GOLDEN_LATENCY_MS", 200),
     )
     if not 0 <= settings.max_bad_row_share < 1:
         raise ValueError(f"LOOP_MAX_BAD_ROW_SHARE={settings.max_bad_row_share} must be in [0, 1)")

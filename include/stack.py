@@ -105,9 +105,12 @@ class Stack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        full_env = {**os.environ, **env}
+        if full_env.get("PYTHONPATH") == "":
+            del full_env["PYTHONPATH"]
         proc = subprocess.Popen(
             cmd,
-            env={**os.environ, **env},
+            env=full_env,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -127,6 +130,24 @@ class Stack:
             except ProcessLookupError:
                 pidfile.unlink()
         return alive
+
+    def stop_one(self, name: str, timeout: float = 20) -> bool:
+        """Stop one service's process group; True if it was running. Checks nothing is left."""
+        pid = self.running().get(name)
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _group_alive(pid):
+            time.sleep(0.2)
+        if _group_alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+            time.sleep(0.5)
+        if _group_alive(pid):
+            raise RuntimeError(f"{name} (process group {pid}) survived SIGKILL")
+        (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
+        return True
 
     def stop(self, timeout: float = 20) -> list[str]:
         """Stop every service's whole process group: TERM, then KILL after `timeout`."""

@@ -8,7 +8,7 @@ its name; nothing else changes.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
@@ -78,6 +78,14 @@ class UseCase:
     """Feature columns holding category codes (XGBoost feature type `c`)."""
     slices: tuple[str, ...] = ()
     """Columns whose values the gate and the reports break metrics down by."""
+    serving_inputs: tuple[str, ...] = ()
+    """Contract columns a prediction request carries (the service's request schema is generated
+    from their contract types and bounds); must include the key and the event time."""
+    encode_records: Callable[[Sequence[Mapping]], list[list[float]]] | None = None
+    """The features of `build_features` for request records, without pandas (the serving hot path);
+    a unit test checks both give the same numbers."""
+    features: tuple[str, ...] = ()
+    """Model input columns in order: the columns of `build_features`, the items of `encode_records`."""
     description: str = ""
 
 
