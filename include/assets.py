@@ -1,6 +1,6 @@
 """Every Asset of the loop, declared once; producers and consumers import these objects.
 
-validated data ──► train ──► champion model ──► (deploy, a later stage)
+validated data ──► train ──► champion model ──► deploy ──► deployment (serving)
 """
 
 from __future__ import annotations
@@ -16,3 +16,6 @@ VALIDATED_DATA = Asset(name=f"{_usecase}.validated_data", uri=f"loop://{_usecase
 
 CHAMPION_MODEL = Asset(name=f"{_usecase}.champion_model", uri=f"loop://{_usecase}/champion", group="model")
 """The `champion` alias moved; event extra: model name, version, MLflow run id."""
+
+DEPLOYMENT = Asset(name=f"{_usecase}.deployment", uri=f"loop://{_usecase}/serving", group="serving")
+"""A model version took 100% of traffic on the serving entry; event extra: version, bento tag, slot."""

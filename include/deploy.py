@@ -48,7 +48,10 @@ class InfraValidationFailed(DeployError):
 
 
 class CanaryRolledBack(DeployError):
-    pass
+    def __init__(self, message: str, detected_at: float, restored_at: float):
+        super().__init__(message)
+        self.detected_at = detected_at
+        self.restored_at = restored_at
 
 
 def other(slot: str) -> str:
@@ -182,13 +185,28 @@ def plan(settings: Settings, model_name: str, version: str) -> dict:
     return {"action": "rollout", "slot": target, "previous": live}
 
 
-def start_candidate(settings: Settings, slot: str, bento_tag: str, model_version: str, args: dict | None = None) -> dict:
+def start_candidate(
+    settings: Settings, model_name: str, version: str, slot: str, bento_tag: str, args: dict | None = None, timeout: float = 180
+) -> dict:
+    """Serve the candidate's bento in the idle `slot`, with no traffic, until `/readyz` answers."""
     serving = Serving(settings)
     serving.ensure_proxy()
     live = serving.live()
     if live and live["slot"] == slot:
         raise DeployError(f"slot {slot} is live ({live['bento_tag']}); a candidate goes to the idle slot")
-    return serving.start_slot(slot, bento_tag, model_version, args)
+    try:
+        return serving.start_slot(slot, bento_tag, version, args, timeout=timeout)
+    except InfraValidationFailed as exc:
+        reject(settings, model_name, version, str(exc), {"slot": slot, "bento_tag": bento_tag})
+        raise
+
+
+def reject(settings: Settings, model_name: str, version: str, reason: str, details: dict) -> None:
+    """Tag the version `deploy.rejected` with the reason and alert; it never got traffic."""
+    from include.alerts import send_alert
+
+    _tag(settings, model_name, version, {"deploy.rejected": reason[:4000], "deploy.rejected_at": _now()})
+    send_alert(settings, "infra_validation_failed", f"{model_name} v{version} rejected before any traffic: {reason}", details)
 
 
 def golden_records(settings: Settings, usecase, rows: int) -> list[dict]:
@@ -269,42 +287,49 @@ def infra_validate(settings: Settings, usecase, slot: str, model_name: str, vers
     if problems:
         serving.stop_slot(slot)
         reason = "; ".join(problems)
-        _tag(settings, model_name, version, {"deploy.rejected": reason[:4000], "deploy.rejected_at": _now()})
-        from include.alerts import send_alert
-
-        send_alert(settings, "infra_validation_failed", f"{model_name} v{version} rejected before any traffic: {reason}", report)
+        reject(settings, model_name, version, reason, report)
         raise InfraValidationFailed(f"{model_name} version {version} failed infra validation in slot {slot}: {reason}")
     return report
 
 
-def canary(settings: Settings, model_name: str, version: str, slot: str) -> dict:
-    """Shift traffic to `slot` step by step, watching it; roll back on the first breach."""
+def canary(
+    settings: Settings, model_name: str, version: str, slot: str, steps: tuple[int, ...] | None = None, bake_seconds: float | None = None
+) -> dict:
+    """Shift traffic to `slot` step by step (LOOP_CANARY_STEPS unless `steps`), baking and watching
+    each step; roll back on the first breach. With no live slot to fall back on (the first
+    deployment) traffic goes straight to 100% and is watched for one short bake."""
     serving = Serving(settings)
     serving.ensure_proxy()
     previous = other(slot)
     live = serving.live()
-    old_live = live is not None and live["slot"] == previous and serving.slot_running(previous)
-    steps = settings.canary_steps if old_live else (100,)
+    fallback = live is not None and live["slot"] == previous and serving.slot_running(previous)
+    steps = (steps or settings.canary_steps) if fallback else (100,)
+    bake = settings.canary_bake_seconds if bake_seconds is None else bake_seconds
     watcher = SlotWatcher(serving.proxy, slot, settings)
     history = []
     for pct in steps:
         # At 100% the old slot leaves the routing but keeps running until `finalize`: a breach
         # while baking at 100% can still send everything back to it.
         serving.proxy.set_weights({slot: pct, previous: 100 - pct} if pct < 100 else {slot: 100})
-        log.info("canary: %s gets %d%% of traffic; baking %.0fs", slot, pct, settings.canary_bake_seconds)
-        breach = watcher.bake(settings.canary_bake_seconds if old_live else min(settings.canary_bake_seconds, 5))
+        log.info("canary: slot %s (version %s) gets %d%% of traffic; baking %.0fs", slot, version, pct, bake)
+        breach = watcher.bake(bake)
         history.append({"percent": pct, **watcher.totals})
         if breach:
-            rollback(settings, model_name, version, slot, breach, restore=previous if old_live else None)
-            raise CanaryRolledBack(f"{model_name} version {version} rolled back at {pct}% traffic: {breach}")
+            detected_at = time.time()
+            restored_at = rollback(settings, model_name, version, slot, breach, restore=previous if fallback else None)
+            message = f"{model_name} version {version} rolled back at {pct}% traffic: {breach}"
+            raise CanaryRolledBack(message, detected_at, restored_at)
+        log.info("canary: %d%% step passed (%s)", pct, watcher.totals)
     return {"slot": slot, "steps": history}
 
 
-def rollback(settings: Settings, model_name: str, version: str, slot: str, reason: str, restore: str | None) -> None:
-    """All traffic back to `restore`, `slot` stopped, the version tagged, an alert sent."""
+def rollback(settings: Settings, model_name: str, version: str, slot: str, reason: str, restore: str | None) -> float:
+    """All traffic back to `restore`, `slot` stopped, the version tagged, an alert sent.
+    Returns the time Traefik confirmed the old routing."""
     serving = Serving(settings)
     if restore:
         serving.proxy.set_weights({restore: 100})
+    restored_at = time.time()
     serving.stop_slot(slot, drain_seconds=1)
     _tag(settings, model_name, version, {"deploy.rolled_back": reason[:4000], "deploy.rolled_back_at": _now()})
     from include.alerts import send_alert
@@ -315,6 +340,7 @@ def rollback(settings: Settings, model_name: str, version: str, slot: str, reaso
         f"{model_name} v{version} rolled back from slot {slot}: {reason}",
         {"slot": slot, "restored": restore},
     )
+    return restored_at
 
 
 def finalize(settings: Settings, model_name: str, version: str, slot: str, bento_tag: str, dag_run_id: str) -> dict:
@@ -414,3 +440,48 @@ def stop_all(settings: Settings) -> None:
         serving.stop_slot(slot)
     with contextlib.suppress(Exception):
         serving.stack.stop_one("traefik")
+
+
+def resolve(settings: Settings, usecase, version: str | None = None) -> dict:
+    """The model version to roll out: `version` if given, else the current `champion`."""
+    from include.registry import CHAMPION, alias_version, connect
+
+    model_name = settings.model_name or usecase.model_name
+    client = connect(settings.mlflow_tracking_uri)
+    if version:
+        mv = client.get_model_version(model_name, str(version))
+    else:
+        mv = alias_version(client, model_name, CHAMPION)
+        if mv is None:
+            raise DeployError(f"model {model_name} has no `{CHAMPION}` alias yet: nothing to deploy")
+    return {"model_name": model_name, "version": str(mv.version), "run_id": mv.run_id}
+
+
+@contextlib.contextmanager
+def fail_fast():
+    """Inside an Airflow task: a rejected or rolled-back version fails the task without retries
+    (retrying cannot make a bad model good); other errors keep the task's retries."""
+    try:
+        yield
+    except (InfraValidationFailed, CanaryRolledBack) as exc:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(str(exc)) from exc
+
+
+def restore_version(settings: Settings, usecase, ref: dict, reason: str, dag_run_id: str) -> dict:
+    """Manual rollback of `ref` (model name, version, target slot): build or reuse its bento,
+    start and validate it in the idle slot, switch all traffic at once, move `champion` to it."""
+    from include.package import build_bento
+    from include.registry import CHAMPION, connect, tag_version
+
+    name, version, slot = ref["model_name"], ref["version"], ref["slot"]
+    bento = build_bento(settings, name, version)
+    start_candidate(settings, name, version, slot, bento["bento_tag"])
+    infra_validate(settings, usecase, slot, name, version)
+    canary(settings, name, version, slot, steps=(100,), bake_seconds=min(settings.canary_bake_seconds, 10))
+    live = finalize(settings, name, version, slot, bento["bento_tag"], dag_run_id)
+    client = connect(settings.mlflow_tracking_uri)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    tag_version(client, name, version, {"rollback.reason": reason or "manual rollback", "rollback.dag_run_id": dag_run_id})
+    return live

@@ -12,8 +12,8 @@ contract; a client mistake is a 4xx naming the field, never a 5xx.
 The hot path is plain Python and one `inplace_predict` call: no DataFrame per request.
 
 Bento argument `fault` (chaos testing only, empty by default) makes a slot misbehave on purpose:
-`errors`, `slow`, `skew` (scores off by 0.01) or `unready`, starting `fault_after` seconds after
-start-up. The rollout tests use it to prove that a bad slot never keeps traffic.
+`errors`, `slow`, `skew` (scores off by 0.01) or `unready`, once it has answered `fault_after`
+scoring requests. The rollout tests use it to prove that a bad slot never keeps traffic.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ class Predictor:
         classifier = bentoml.mlflow.load_model(self.model).get_raw_model()
         self.booster = classifier.get_booster()
         self.fault = str(getattr(ARGS, "fault", "") or "")
-        self.fault_at = time.monotonic() + float(getattr(ARGS, "fault_after", 0) or 0)
+        self.fault_after = int(getattr(ARGS, "fault_after", 0) or 0)
+        self.served = 0
         self.sink = None
         if os.environ.get("LOOP_INFERENCE_LOG", "1") == "1":
             from include.serving.inference_log import InferenceLog
@@ -75,9 +76,10 @@ class Predictor:
             self.sink.close()
 
     def _faulty(self, kind: str) -> bool:
-        return self.fault == kind and time.monotonic() >= self.fault_at
+        return self.fault == kind and self.served >= self.fault_after
 
     def _score(self, records: list[dict]) -> list[Prediction]:
+        self.served += 1
         if self._faulty("errors"):
             raise RuntimeError("fault injected: errors")
         if self._faulty("slow"):

@@ -1,0 +1,100 @@
+"""
+### deploy: roll the champion out blue/green behind Traefik
+
+Runs when the `champion` alias moves (the champion-model Asset), or from the UI for a chosen
+version. Steps (`include/package.py`, `include/deploy.py`):
+
+1. **plan** — nothing to do if the version already serves 100% of traffic (the run ends here);
+2. **build_bento** — one bento per model version (reused if built), pinned to the project's lock,
+   labelled with its lineage;
+3. **start_candidate** — the idle slot (blue or green) serves the bento, with no traffic yet;
+4. **infra_validate** — a golden set sent straight to the slot must score exactly as the MLflow
+   registry's model does, within the latency budget; a failure stops the slot, tags the version
+   `deploy.rejected` and alerts, and traffic never moves;
+5. **canary** — 10% → 50% → 100% of traffic (LOOP_CANARY_STEPS), each step baked while Traefik's
+   per-slot 5xx rate and latency are watched; a breach rolls back at once (tag `deploy.rolled_back`,
+   alert);
+6. **finalize** — the old slot drains and stops; the deployment is recorded on the model version.
+"""
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag, task
+
+from include.assets import CHAMPION_MODEL, DEPLOYMENT
+from include.config import get_settings
+
+settings = get_settings()
+
+
+@dag(
+    schedule=[CHAMPION_MODEL],
+    start_date=pendulum.instance(settings.start_datetime),
+    catchup=False,
+    max_active_runs=1,  # one rollout at a time: two would fight over the idle slot
+    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(seconds=15)},
+    tags=["loop", "serving", "bentoml"],
+    doc_md=__doc__,
+    params={
+        "version": Param(
+            None,
+            type=["null", "string"],
+            pattern=r"^[0-9]+$",
+            title="Model version (optional)",
+            description="Registered version to roll out; empty means the current `champion`.",
+        ),
+    },
+)
+def deploy():
+    @task.short_circuit
+    def plan(params=None) -> dict | bool:
+        from include.deploy import plan, resolve
+        from include.usecases import get_usecase
+
+        ref = resolve(get_settings(), get_usecase(), params["version"])
+        step = plan(get_settings(), ref["model_name"], ref["version"])
+        print(f"plan for {ref['model_name']} v{ref['version']}: {step}")
+        return False if step["action"] == "noop" else {**ref, "slot": step["slot"]}
+
+    @task
+    def build_bento(ref: dict) -> dict:
+        from include.package import build_bento
+
+        return {**ref, **build_bento(get_settings(), ref["model_name"], ref["version"])}
+
+    @task
+    def start_candidate(ref: dict) -> dict:
+        from include.deploy import fail_fast, start_candidate
+
+        with fail_fast():
+            start_candidate(get_settings(), ref["model_name"], ref["version"], ref["slot"], ref["bento_tag"])
+        return ref
+
+    @task
+    def infra_validate(ref: dict) -> dict:
+        from include.deploy import fail_fast, infra_validate
+        from include.usecases import get_usecase
+
+        with fail_fast():
+            return {**ref, "infra": infra_validate(get_settings(), get_usecase(), ref["slot"], ref["model_name"], ref["version"])}
+
+    @task(execution_timeout=timedelta(minutes=30))
+    def canary(ref: dict) -> dict:
+        from include.deploy import canary, fail_fast
+
+        with fail_fast():
+            return {**ref, "canary": canary(get_settings(), ref["model_name"], ref["version"], ref["slot"])}
+
+    @task(outlets=[DEPLOYMENT])
+    def finalize(ref: dict, dag_run=None, outlet_events=None) -> dict:
+        from include.deploy import finalize
+
+        live = finalize(get_settings(), ref["model_name"], ref["version"], ref["slot"], ref["bento_tag"], dag_run.run_id)
+        outlet_events[DEPLOYMENT].extra = live
+        return live
+
+    finalize(canary(infra_validate(start_candidate(build_bento(plan())))))
+
+
+deploy()
