@@ -111,11 +111,12 @@ class Serving:
         return f"slot-{slot}" in self.stack.running()
 
     def start_slot(
-        self, slot: str, bento_tag: str, model_version: str, args: dict[str, str] | None = None, timeout: float = 180
+        self, slot: str, bento_tag: str, model_version: str, env: dict[str, str] | None = None, timeout: float = 180
     ) -> dict:
-        """Serve `bento_tag` in `slot` and wait for `/readyz`; a slot already serving it is reused."""
+        """Serve `bento_tag` in `slot` and wait for `/readyz`; a slot already serving it is reused.
+        `env` adds variables to the slot's environment (the tests inject faults this way)."""
         record = self.slot_record(slot)
-        same = record is not None and record["bento_tag"] == bento_tag and record.get("args") == (args or {})
+        same = record is not None and record["bento_tag"] == bento_tag and record.get("env") == (env or {})
         if same and self.slot_running(slot) and _ready(self.proxy.slot_url(slot)):
             return record
         self.stop_slot(slot)
@@ -131,21 +132,20 @@ class Serving:
             "--port",
             str(port),
         ]
-        for key, value in (args or {}).items():
-            cmd += ["--arg", f"{key}={value}"]
-        env = {
+        proc_env = {
+            **(env or {}),
             "LOOP_SLOT": slot,
             "BENTOML_HOME": str(self.settings.bentoml_home),
             "BENTOML_DO_NOT_TRACK": "true",
             "PYTHONPATH": "",  # the bento's own copy of the code, not the checkout's
         }
-        proc = self.stack.start(f"slot-{slot}", cmd, env)
+        proc = self.stack.start(f"slot-{slot}", cmd, proc_env)
         record = {
             "slot": slot,
             "bento_tag": bento_tag,
             "model_version": str(model_version),
             "pid": proc.pid,
-            "args": args or {},
+            "env": env or {},
             "started_at": datetime.now(UTC).isoformat(),
         }
         self._write_json(self.proxy.dir / f"slot-{slot}.json", record)
@@ -186,7 +186,7 @@ def plan(settings: Settings, model_name: str, version: str) -> dict:
 
 
 def start_candidate(
-    settings: Settings, model_name: str, version: str, slot: str, bento_tag: str, args: dict | None = None, timeout: float = 180
+    settings: Settings, model_name: str, version: str, slot: str, bento_tag: str, env: dict | None = None, timeout: float = 180
 ) -> dict:
     """Serve the candidate's bento in the idle `slot`, with no traffic, until `/readyz` answers."""
     serving = Serving(settings)
@@ -195,7 +195,7 @@ def start_candidate(
     if live and live["slot"] == slot:
         raise DeployError(f"slot {slot} is live ({live['bento_tag']}); a candidate goes to the idle slot")
     try:
-        return serving.start_slot(slot, bento_tag, version, args, timeout=timeout)
+        return serving.start_slot(slot, bento_tag, version, env, timeout=timeout)
     except InfraValidationFailed as exc:
         reject(settings, model_name, version, str(exc), {"slot": slot, "bento_tag": bento_tag})
         raise
@@ -293,7 +293,12 @@ def infra_validate(settings: Settings, usecase, slot: str, model_name: str, vers
 
 
 def canary(
-    settings: Settings, model_name: str, version: str, slot: str, steps: tuple[int, ...] | None = None, bake_seconds: float | None = None
+    settings: Settings,
+    model_name: str,
+    version: str,
+    slot: str,
+    steps: tuple[int, ...] | None = None,
+    bake_seconds: float | None = None,
 ) -> dict:
     """Shift traffic to `slot` step by step (LOOP_CANARY_STEPS unless `steps`), baking and watching
     each step; roll back on the first breach. With no live slot to fall back on (the first

@@ -132,39 +132,50 @@ class Stack:
         return alive
 
     def stop_one(self, name: str, timeout: float = 20) -> bool:
-        """Stop one service's process group; True if it was running. Checks nothing is left."""
+        """Stop one service and everything it started; True if it was running.
+
+        TERM goes to the service's process group (a supervisor such as BentoML's stops its
+        workers gracefully); descendants that live in process groups of their own (BentoML's
+        workers do) and are still there after `timeout` get KILL, so nothing is left behind."""
         pid = self.running().get(name)
         if pid is None:
             return False
+        tree = descendants(pid)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _group_alive(pid):
+        while time.monotonic() < deadline and (_group_alive(pid) or any(p.is_running() and p.status() != "zombie" for p in tree)):
             time.sleep(0.2)
-        if _group_alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-            time.sleep(0.5)
-        if _group_alive(pid):
-            raise RuntimeError(f"{name} (process group {pid}) survived SIGKILL")
+        kill_tree(pid, tree)
         (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
         return True
 
     def stop(self, timeout: float = 20) -> list[str]:
-        """Stop every service's whole process group: TERM, then KILL after `timeout`."""
-        stopped = []
-        for name, pid in self.running().items():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGTERM)
-            stopped.append(name)
-        deadline = time.monotonic() + timeout
-        for pid in self.running().values():
-            while time.monotonic() < deadline and _group_alive(pid):
-                time.sleep(0.3)
-            if _group_alive(pid):
-                os.killpg(pid, signal.SIGKILL)
-        for pidfile in self.run_dir.glob("*.pid") if self.run_dir.exists() else []:
-            pidfile.unlink()
-        return stopped
+        """Stop every service (see `stop_one`)."""
+        return [name for name in list(self.running()) if self.stop_one(name, timeout)]
+
+
+def descendants(pid: int) -> list:
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def kill_tree(pid: int, tree: list | None = None) -> None:
+    """SIGKILL a process group and every process in `tree` (default: the descendants of `pid`)."""
+    import psutil
+
+    tree = descendants(pid) if tree is None else tree
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    for proc in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(tree, timeout=5)
+    _group_alive(pid)  # reaps our own child
 
 
 def _group_alive(pgid: int) -> bool:

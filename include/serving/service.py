@@ -11,9 +11,10 @@ contract; a client mistake is a 4xx naming the field, never a 5xx.
 
 The hot path is plain Python and one `inplace_predict` call: no DataFrame per request.
 
-Bento argument `fault` (chaos testing only, empty by default) makes a slot misbehave on purpose:
-`errors`, `slow`, `skew` (scores off by 0.01) or `unready`, once it has answered `fault_after`
-scoring requests. The rollout tests use it to prove that a bad slot never keeps traffic.
+LOOP_SLOT_FAULT=<kind>[:<n>] in a slot's environment (chaos testing only; unset in normal
+operation) makes the slot misbehave on purpose once it has answered n scoring requests: `errors`,
+`slow`, `skew` (scores off by 0.01) or `unready`. The rollout tests use it to prove that a bad
+slot never keeps traffic. The rollout tests use it to prove that a bad slot never keeps traffic.
 """
 
 from __future__ import annotations
@@ -57,9 +58,8 @@ class Predictor:
         self.slot = os.environ.get("LOOP_SLOT", "dev")
         classifier = bentoml.mlflow.load_model(self.model).get_raw_model()
         self.booster = classifier.get_booster()
-        self.fault = str(getattr(ARGS, "fault", "") or "")
-        self.fault_after = int(getattr(ARGS, "fault_after", 0) or 0)
-        self.served = 0
+        fault, _, after = os.environ.get("LOOP_SLOT_FAULT", "").partition(":")
+        self.fault, self.fault_after, self.served = fault, int(after or 0), 0
         self.sink = None
         if os.environ.get("LOOP_INFERENCE_LOG", "1") == "1":
             from include.serving.inference_log import InferenceLog

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
 import pytest
 
 from include.config import get_settings
+from include.data import Partition, land_partition
 from include.stack import Stack, free_port, start_mlflow
+from include.validate import validate_partition
+
+NY = ZoneInfo("America/New_York")
 
 
 @pytest.fixture(scope="session")
@@ -27,4 +34,20 @@ def mlflow_env(mlflow_server, monkeypatch, request):
     monkeypatch.setenv("LOOP_MODEL_NAME", f"it-{request.node.name[:40]}".replace("[", "-").replace("]", ""))
     get_settings.cache_clear()
     yield get_settings()
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def validated_weeks(tmp_path_factory, flights):
+    """Six validated weeks of May–June 2013 in a storage root shared by one module's tests."""
+    root = tmp_path_factory.mktemp("zones")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOOP_STORAGE_URI", str(root))
+        get_settings.cache_clear()
+        for i in range(6):
+            start = datetime(2013, 5, 7, tzinfo=NY) + timedelta(weeks=i)
+            p = Partition("flights", start, start + timedelta(weeks=1))
+            land_partition(flights, p, replay=True)
+            validate_partition(flights, p, max_bad_row_share=0.01)
+        yield root
     get_settings.cache_clear()

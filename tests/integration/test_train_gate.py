@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -10,33 +9,16 @@ import mlflow
 import pytest
 
 from include.config import get_settings
-from include.data import Partition, land_partition, list_validated
+from include.data import list_validated
 from include.evaluate import run_champion_gate
 from include.registry import CHALLENGER, CHAMPION, TrackingServerUnreachable, alias_version, connect
 from include.stack import free_port
 from include.train import TrainParams, train_candidate
-from include.validate import validate_partition
 
 pytestmark = pytest.mark.integration
 NY = ZoneInfo("America/New_York")
 WEAK = TrainParams(window_weeks=8, n_estimators=5, max_depth=1, learning_rate=0.05)
 STRONG = TrainParams(window_weeks=8, n_estimators=200, max_depth=6, learning_rate=0.1)
-
-
-@pytest.fixture(scope="module")
-def validated_weeks(tmp_path_factory, flights):
-    """Six validated weeks of May–June 2013 in a storage root shared by this module's tests."""
-    root = tmp_path_factory.mktemp("zones")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LOOP_STORAGE_URI", str(root))
-        get_settings.cache_clear()
-        for i in range(6):
-            start = datetime(2013, 5, 7, tzinfo=NY) + timedelta(weeks=i)
-            p = Partition("flights", start, start + timedelta(weeks=1))
-            land_partition(flights, p, replay=True)
-            validate_partition(flights, p, max_bad_row_share=0.01)
-        yield root
-    get_settings.cache_clear()
 
 
 @pytest.fixture

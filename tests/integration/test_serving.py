@@ -1,0 +1,311 @@
+"""Serving and rollout against real processes on loopback: an MLflow server, bentos built from its
+registry, `bentoml serve` slots and the real Traefik binary.
+
+The tests of this module run in order and share one serving runtime, like the life of a
+deployment: first rollout, a blue/green switch under load, bad candidates that must never get
+traffic, a rollback during the bake, a slot that dies, a manual rollback. Numbers each test
+measures (failed requests, detection delay) are printed in the test output (`-s` or the report).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from include.config import get_settings
+from include.data import list_validated, read_validated
+from include.deploy import (
+    CanaryRolledBack,
+    InfraValidationFailed,
+    Serving,
+    canary,
+    finalize,
+    golden_records,
+    infra_validate,
+    plan,
+    restore_version,
+    start_candidate,
+)
+from include.package import build_bento
+from include.registry import CHAMPION, alias_version, connect
+from include.stack import descendants, free_port, kill_tree
+from include.traffic import replay
+from include.train import TrainParams, train_candidate
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+NY = ZoneInfo("America/New_York")
+GOLDEN = 40
+CHECK_SECONDS = 1.0
+
+
+@pytest.fixture(scope="module")
+def env(validated_weeks, mlflow_server, flights):
+    """Settings for this module: its own model name, free ports, short bakes; three versions."""
+    ports = [free_port() for _ in range(4)]
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {
+            "LOOP_STORAGE_URI": str(validated_weeks),
+            "MLFLOW_TRACKING_URI": mlflow_server,
+            "LOOP_MODEL_NAME": "it-serving",
+            "LOOP_SERVING_PORT": str(ports[0]),
+            "LOOP_TRAEFIK_METRICS_PORT": str(ports[1]),
+            "LOOP_SLOT_PORTS": f"{ports[2]},{ports[3]}",
+            "LOOP_CANARY_STEPS": "10,50,100",
+            "LOOP_CANARY_BAKE_SECONDS": "4",
+            "LOOP_CANARY_CHECK_SECONDS": str(CHECK_SECONDS),
+            "LOOP_CANARY_MIN_REQUESTS": "5",
+            "LOOP_GOLDEN_ROWS": str(GOLDEN),
+            "LOOP_GOLDEN_LATENCY_MS": "1000",
+        }.items():
+            mp.setenv(key, value)
+        get_settings.cache_clear()
+        settings = get_settings()
+        for i, trees in enumerate((20, 40, 60)):
+            params = TrainParams(window_weeks=8, n_estimators=trees, max_depth=4)
+            out = train_candidate(flights, params, settings, dag_id="train", dag_run_id=f"serving_{i}")
+            assert out["version"] == str(i + 1)
+        yield settings
+        Serving(settings).stack.stop()
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def records(env, flights):
+    return golden_records(env, flights, 300)
+
+
+def prepare(settings, flights, version: str) -> dict:
+    """The deploy DAG's steps up to the switch: plan, build, start the candidate, infra validation."""
+    name = settings.model_name
+    step = plan(settings, name, version)
+    assert step["action"] == "rollout"
+    bento = build_bento(settings, name, version)
+    start_candidate(settings, name, version, step["slot"], bento["bento_tag"], timeout=60)
+    infra_validate(settings, flights, step["slot"], name, version)
+    return {**step, **bento}
+
+
+def switch(settings, version: str, ref: dict) -> dict:
+    """The deploy DAG's remaining steps: canary, then finalize."""
+    canary(settings, settings.model_name, version, ref["slot"])
+    return finalize(settings, settings.model_name, version, ref["slot"], ref["bento_tag"], "test")
+
+
+def entry_version(settings, record) -> str:
+    r = requests.post(f"http://127.0.0.1:{settings.serving_port}/predict", json=record, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()["model_version"]
+
+
+class Load:
+    """A bounded concurrent client loop against the serving entry, in the background."""
+
+    def __init__(self, settings, records, clients=3, limit=6000):
+        self.stop = threading.Event()
+        self.result = None
+        url = f"http://127.0.0.1:{settings.serving_port}"
+        self.thread = threading.Thread(
+            target=lambda: setattr(self, "result", replay(url, records, clients=clients, loop=True, limit=limit, stop=self.stop))
+        )
+
+    def __enter__(self):
+        self.thread.start()
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(60)
+
+
+def test_bento_is_built_once_per_version_with_lineage_labels(env):
+    first = build_bento(env, env.model_name, "1")
+    again = build_bento(env, env.model_name, "1")
+    assert again["reused"] and again["bento_tag"] == first["bento_tag"] == "it-serving-service:v1"
+    mv = connect(env.mlflow_tracking_uri).get_model_version(env.model_name, "1")
+    labels = again["labels"]
+    assert labels["model_version"] == "1" and labels["mlflow_run_id"] == mv.run_id
+    assert labels["data_window"] == mv.tags["loop.data_window"] and labels["git_commit"] == mv.tags["loop.git_commit"]
+
+
+def test_first_rollout_serves_the_version_on_the_entry(env, flights, records):
+    live = switch(env, "1", prepare(env, flights, "1"))
+    assert live["slot"] == "blue" and live["model_version"] == "1"
+    assert entry_version(env, records[0]) == "1"
+    tags = connect(env.mlflow_tracking_uri).get_model_version(env.model_name, "1").tags
+    assert tags["deploy.bento_tag"] == "it-serving-service:v1" and tags["deploy.slot"] == "blue"
+    # a rerun for the live version does nothing
+    assert plan(env, env.model_name, "1")["action"] == "noop"
+
+
+def test_blue_green_switch_under_load_fails_no_request(env, flights, records):
+    ref = prepare(env, flights, "2")
+    old_slot = descendants(Serving(env).stack.running()["slot-blue"])
+    assert old_slot, "BentoML's supervisor should have worker processes"
+    with Load(env, records, limit=20000) as load:
+        live = switch(env, "2", ref)
+    summary = load.result.summary()
+    print(f"\nswitch v1→v2 under load: {summary}")
+    assert summary["requests"] > 500
+    assert summary["failed"] == 0, summary
+    assert set(summary["versions"]) == {"1", "2"}
+    assert live["slot"] == "green" and entry_version(env, records[0]) == "2"
+    serving = Serving(env)
+    assert not serving.slot_running("blue") and serving.proxy.weights() == {"green": 100}
+    assert not [p for p in old_slot if p.is_running() and p.status() != "zombie"], "the old slot left processes behind"
+
+
+def test_routing_survives_a_proxy_restart(env, records):
+    serving = Serving(env)
+    assert serving.stack.stop_one("traefik")
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{env.serving_port}/readyz", timeout=2)
+    serving.ensure_proxy()
+    serving.proxy.wait_applied({"green": 100})
+    assert entry_version(env, records[0]) == "2"
+
+
+@pytest.mark.parametrize("fault", ["unready", "skew"])
+def test_a_bad_candidate_never_receives_traffic(env, flights, records, fault):
+    serving = Serving(env)
+    bento = build_bento(env, env.model_name, "3")
+    with Load(env, records, limit=3000) as load, pytest.raises(InfraValidationFailed):
+        start_candidate(env, env.model_name, "3", "blue", bento["bento_tag"], env={"LOOP_SLOT_FAULT": fault}, timeout=30)
+        infra_validate(env, flights, "blue", env.model_name, "3")
+    assert load.result.summary()["versions"] == {"2": len(load.result.outcomes)}
+    assert load.result.summary()["failed"] == 0
+    assert serving.proxy.weights() == {"green": 100} and not serving.slot_running("blue")
+    tags = connect(env.mlflow_tracking_uri).get_model_version(env.model_name, "3").tags
+    assert "deploy.rejected" in tags and "deploy.bento_tag" not in tags
+    print(f"\n{fault} candidate rejected: {tags['deploy.rejected'][:160]}")
+
+
+def test_errors_during_the_bake_roll_back_within_one_check(env, flights, records):
+    serving = Serving(env)
+    bento = build_bento(env, env.model_name, "3")
+    # healthy through infra validation (GOLDEN single requests + 1 batch), then every request fails
+    start_candidate(env, env.model_name, "3", "blue", bento["bento_tag"], env={"LOOP_SLOT_FAULT": f"errors:{GOLDEN + 50}"})
+    infra_validate(env, flights, "blue", env.model_name, "3")
+    with Load(env, records, limit=8000) as load, pytest.raises(CanaryRolledBack) as rolled:
+        canary(env, env.model_name, "3", "blue")
+    outcomes = load.result.outcomes
+    failed = [o for o in outcomes if o.status != 200]
+    assert failed, "the faulty canary should have failed some requests"
+    after = [o for o in failed if o.started > rolled.value.restored_at]
+    delay = rolled.value.detected_at - min(o.started for o in failed)
+    print(
+        f"\nerrors at canary: {len(failed)} of {len(outcomes)} requests failed before rollback; detected {delay:.2f}s after the first error; {len(after)} after"
+    )
+    assert not after
+    assert delay <= CHECK_SECONDS + 1.0
+    assert {o.status for o in failed} <= {500}
+    assert serving.proxy.weights() == {"green": 100} and not serving.slot_running("blue")
+    assert "deploy.rolled_back" in connect(env.mlflow_tracking_uri).get_model_version(env.model_name, "3").tags
+
+
+def test_a_slot_dying_during_the_bake_costs_only_its_in_flight_requests(env, flights, records):
+    serving = Serving(env)
+    bento = build_bento(env, env.model_name, "3")
+    start_candidate(env, env.model_name, "3", "blue", bento["bento_tag"])
+    infra_validate(env, flights, "blue", env.model_name, "3")
+    errors: list[Exception] = []
+
+    def bake():
+        try:
+            canary(env, env.model_name, "3", "blue", bake_seconds=6)
+        except Exception as exc:  # noqa: BLE001 - inspected below
+            errors.append(exc)
+
+    clients = 3
+    with Load(env, records, clients=clients, limit=10000) as load:
+        t = threading.Thread(target=bake)
+        t.start()
+        deadline = time.monotonic() + 30
+        while serving.proxy.weights().get("blue") != 50 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1)
+        killed_at = time.time()
+        kill_tree(serving.stack.running()["slot-blue"])  # supervisor and workers, as an OOM kill would
+        t.join(60)
+    failed = load.result.failed
+    detail = [(o.status, round(o.started - killed_at, 3), round(o.latency_ms)) for o in failed]
+    print(f"\nslot killed at 50%: {len(failed)} of {len(load.result.outcomes)} requests failed (clients: {clients}): {detail}")
+    assert len(errors) == 1 and isinstance(errors[0], CanaryRolledBack) and "down" in str(errors[0])
+    assert len(failed) <= clients  # at most the requests in flight on the slot when it died
+    assert not [o for o in failed if o.started > killed_at + 0.5]
+    assert serving.proxy.weights() == {"green": 100}
+
+
+def test_manual_rollback_restores_the_requested_version(env, flights, records):
+    ref = {"model_name": env.model_name, "version": "1", "slot": plan(env, env.model_name, "1")["slot"]}
+    live = restore_version(env, flights, ref, "test: v2 misbehaves", "manual__test")
+    assert live["model_version"] == "1" and entry_version(env, records[0]) == "1"
+    client = connect(env.mlflow_tracking_uri)
+    assert alias_version(client, env.model_name, CHAMPION).version == "1"
+    assert client.get_model_version(env.model_name, "1").tags["rollback.reason"] == "test: v2 misbehaves"
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_malformed_requests_never_get_a_5xx(env, records, data):
+    """Property: whatever a client sends (a valid record with one field broken, dropped or added,
+    a batch too big, a body that is no JSON at all), the answer is never a 5xx, and it is a 4xx
+    whenever the request is invalid."""
+    url = f"http://127.0.0.1:{env.serving_port}"
+    record = dict(data.draw(st.sampled_from(records)))
+    kind = data.draw(st.sampled_from(["replace", "drop", "add", "batch", "raw"]))
+    path, valid = "/predict", False
+    if kind == "replace":
+        field = data.draw(st.sampled_from(sorted(record)))
+        record[field] = data.draw(JSON_VALUES)
+        body = json.dumps(record, allow_nan=True)
+        valid = None  # may happen to be valid (e.g. null for a nullable field)
+    elif kind == "drop":
+        field = data.draw(st.sampled_from([k for k in record if record[k] is not None]))
+        del record[field]
+        body = json.dumps(record)
+        valid = None
+    elif kind == "add":
+        record[data.draw(st.text(min_size=1, max_size=10).filter(lambda k: k not in record))] = data.draw(JSON_VALUES)
+        body = json.dumps(record, allow_nan=True)
+    elif kind == "batch":
+        path = "/predict_batch"
+        body = json.dumps({"records": [record] * data.draw(st.sampled_from([0, 1001, 5000]))})
+    else:
+        body = data.draw(st.binary(max_size=200)).decode("latin-1")
+    r = requests.post(url + path, data=body.encode(), headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code < 500, (kind, body[:300], r.status_code, r.text[:300])
+    if valid is False:
+        assert 400 <= r.status_code < 500, (kind, body[:300], r.status_code)
+        assert r.json().get("detail") or r.json().get("error")
+
+
+def test_every_prediction_is_logged_and_joins_its_label(env, flights):
+    from include.serving.inference_log import FEATURE_PREFIX, join_labels, read_inference_log
+
+    Serving(env).stack.stop_one("slot-blue")  # shutdown flushes the buffer
+    newest = list_validated("flights")[-1]
+    start, end = datetime.fromisoformat(newest["interval_start"]), datetime.fromisoformat(newest["interval_end"])
+    log = read_inference_log(flights, start - timedelta(days=1), end + timedelta(days=1))
+    assert len(log) > 1000
+    assert {"1", "2", "3"} <= set(log["model_version"])
+    assert log["request_id"].notna().all() and log["score"].between(0, 1).all()
+    assert [c for c in log.columns if c.startswith(FEATURE_PREFIX)] == [FEATURE_PREFIX + f for f in flights.features]
+    joined = join_labels(flights, log, read_validated([newest]))
+    assert len(joined) == len(log)
+    assert joined["label"].notna().mean() > 0.9  # a few cancelled flights have no label
