@@ -1,19 +1,24 @@
-"""`make demo`: the loop's first half on the embedded runtime, end to end.
+"""`make demo`: the loop on the embedded runtime, end to end, through deployment.
 
 Starts a loopback MLflow server and Airflow (scheduler, dag-processor, API server; SQLite,
-LocalExecutor), plants two realistic faults in the landing zone, lets the scheduler catch up on
-the first months of 2013, shows progress, and prints a summary. The services keep running;
-`make stop` stops them. Run it again and it resumes from the state in `.state/`.
+LocalExecutor), plants realistic faults in the landing zone, and lets the scheduler catch up on
+the first months of 2013: validation, training, the champion gate, and a blue/green rollout
+behind Traefik for every new champion. Once a model serves, background clients replay the
+flights against the serving entry. It shows progress and ends with a summary and a sample
+`curl`. The services keep running; `make stop` stops them. Run it again and it resumes from the
+state in `.state/`.
 
 The end-to-end test drives the same functions on free ports and a shorter window.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -28,7 +33,8 @@ DEMO_END_DATE = "2013-03-31"
 # Week index → fault planted before the scheduler runs: two whole-batch rejections and one batch
 # that passes with a handful of impossible rows quarantined.
 DEMO_FAULTS = {4: "truncated", 8: "distance_in_km", 10: "some_bad_rows"}
-DAG_IDS = ("ingest_validate", "train")
+DAG_IDS = ("ingest_validate", "train", "deploy", "rollback")
+TRAFFIC_RATE = 20  # requests/s of background traffic once a model serves: the canary watches it
 
 
 def say(msg: str) -> None:
@@ -139,27 +145,63 @@ def wait_until_idle(client: AirflowAPI, expected: int, timeout: float, poll: flo
     """Print progress until every ingest interval has run and training has nothing left to do."""
     last, idle_polls, deadline = "", 0, time.monotonic() + timeout
     while time.monotonic() < deadline:
-        ingest, train = client.runs("ingest_validate"), client.runs("train")
+        ingest, train, deploy = client.runs("ingest_validate"), client.runs("train"), client.runs("deploy")
         n = {
             dag: {s: sum(r["state"] == s for r in runs) for s in ("success", "failed", "running", "queued")}
-            for dag, runs in (("ingest", ingest), ("train", train))
+            for dag, runs in (("ingest", ingest), ("train", train), ("deploy", deploy))
         }
         done = n["ingest"]["success"] + n["ingest"]["failed"]
         line = (
             f"ingest_validate {done}/{expected} done ({n['ingest']['success']} passed, {n['ingest']['failed']} quarantined, "
             f"{n['ingest']['running']} running) · train {len(train)} runs ({n['train']['success']} done, "
-            f"{n['train']['running'] + n['train']['queued']} active)"
+            f"{n['train']['running'] + n['train']['queued']} active) · deploy {len(deploy)} runs "
+            f"({n['deploy']['success']} done, {n['deploy']['failed']} failed, {n['deploy']['running'] + n['deploy']['queued']} active)"
         )
         if line != last:
             say(line)
             last = line
-        queued = client.get("dags/train/assets/queuedEvents").get("queued_events", [])
-        idle = done >= expected and not n["train"]["running"] + n["train"]["queued"] and not queued
+        queued = [
+            e for dag in ("train", "deploy") for e in client.get(f"dags/{dag}/assets/queuedEvents").get("queued_events", [])
+        ]
+        active = sum(n[dag]["running"] + n[dag]["queued"] for dag in ("train", "deploy"))
+        idle = done >= expected and not active and not queued
         idle_polls = idle_polls + 1 if idle else 0
         if idle_polls >= 2:
             return True
         time.sleep(poll)
     return False
+
+
+class BackgroundTraffic(threading.Thread):
+    """Clients of the serving entry during the demo: once a model serves, the demo's flights are
+    replayed in time order at TRAFFIC_RATE requests/s, so every canary bakes under real traffic
+    and the inference log fills."""
+
+    def __init__(self, settings: Settings):
+        super().__init__(daemon=True, name="demo-traffic")
+        self.settings = settings
+        self.stop = threading.Event()
+        self.report = None
+
+    def run(self):
+        from include.traffic import interval_records, replay
+        from include.usecases import get_usecase
+
+        url = f"http://{self.settings.serving_host}:{self.settings.serving_port}"
+        while not self.stop.wait(5):
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{url}/readyz", timeout=2).ok:
+                    break
+        if self.stop.is_set():
+            return
+        records = interval_records(get_usecase(), self.settings.start_datetime, self.settings.end_datetime)
+        say(f"a model serves on {url}: replaying {len(records):,} flights to it at {TRAFFIC_RATE} requests/s")
+        self.report = replay(url, records, clients=2, loop=True, stop=self.stop, rate=TRAFFIC_RATE)
+
+    def finish(self):
+        self.stop.set()
+        self.join(30)
+        return self.report
 
 
 def main() -> int:
@@ -180,11 +222,14 @@ def main() -> int:
         return 1
     expected = count_intervals(settings)
     say(f"DAGs unpaused; the scheduler catches up {expected} weekly intervals (progress every 15 s)")
+    traffic = BackgroundTraffic(settings)
+    traffic.start()
     if not wait_until_idle(client, expected, timeout=45 * 60):
         say("the catch-up did not finish within 45 minutes; the summary shows where it stands")
+    report = traffic.finish()
     os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{ports.mlflow}"
     get_settings.cache_clear()
-    print(summarize(get_settings(), ports, client))
+    print(summarize(get_settings(), ports, client, traffic=report))
     return 0
 
 

@@ -220,7 +220,9 @@ def golden_records(settings: Settings, usecase, rows: int) -> list[dict]:
         raise DeployError("no validated partition to draw a golden set from")
     df = read_validated(records[-1:])
     df = df.sample(min(rows, len(df)), random_state=0).sort_index()
-    return _json.loads(df[list(usecase.serving_inputs)].to_json(orient="records", date_format="iso", date_unit="us"))
+    return _json.loads(
+        df[list(usecase.serving_inputs)].to_json(orient="records", date_format="iso", date_unit="us", double_precision=15)
+    )
 
 
 def reference_scores(settings: Settings, usecase, model_name: str, version: str, records: list[dict]) -> list[float]:

@@ -15,8 +15,9 @@ def quarantined_batches(usecase: str, storage=None) -> list[dict]:
     return sorted((read_json(storage, k) for k in keys), key=lambda r: r["interval_start"])
 
 
-def summarize(settings: Settings, ports, airflow=None) -> str:
-    """The summary; with `airflow` (an AirflowAPI), it also counts the DAG runs."""
+def summarize(settings: Settings, ports, airflow=None, traffic=None) -> str:
+    """The summary; with `airflow` (an AirflowAPI), it also counts the DAG runs; with `traffic`
+    (a replay report), what the demo's clients saw."""
     from include.registry import CHAMPION, alias_version, connect
 
     usecase = get_usecase()
@@ -60,7 +61,7 @@ def summarize(settings: Settings, ports, airflow=None) -> str:
             )
             decision = f"{decision} ({v.tags.get('gate.metric')} {v.tags.get('gate.challenger')} {against})"
         flag = "  <- champion" if champion and v.version == champion.version else ""
-        lines.append(f"  v{v.version}: data {start[:10]} … {end[:10]}, gate: {decision}{flag}")
+        lines.append(f"  v{v.version}: data {start[:10]} … {end[:10]}, gate: {decision}{_deployment(v.tags)}{flag}")
     if champion:
         m = client.get_run(champion.run_id).data.metrics
         lines.append(
@@ -71,6 +72,7 @@ def summarize(settings: Settings, ports, airflow=None) -> str:
         )
     else:
         lines.append("No champion yet.")
+    lines += _serving(settings, airflow, traffic)
     password_file = settings.state_dir / "airflow" / "simple_auth_manager_passwords.json.generated"
     lines += [
         "",
@@ -81,3 +83,58 @@ def summarize(settings: Settings, ports, airflow=None) -> str:
         "=" * 78,
     ]
     return "\n".join(lines)
+
+
+def _deployment(tags: dict) -> str:
+    if "deploy.rolled_back" in tags:
+        return f"; rolled back: {tags['deploy.rolled_back'][:80]}"
+    if "deploy.rejected" in tags:
+        return f"; rejected before traffic: {tags['deploy.rejected'][:80]}"
+    if "deploy.deployed_at" in tags:
+        return f"; deployed {tags['deploy.deployed_at'][11:19]} UTC in slot {tags['deploy.slot']}"
+    return ""
+
+
+def _serving(settings: Settings, airflow, traffic) -> list[str]:
+    import json
+
+    from include.deploy import Serving
+
+    serving = Serving(settings)
+    live = serving.live()
+    if not live:
+        return ["Serving: nothing deployed yet."]
+    lines = [
+        f"Serving: v{live['model_version']} ({live['bento_tag']}) takes 100% of traffic from slot {live['slot']} "
+        f"behind Traefik on {serving.proxy.entry_url}"
+    ]
+    if airflow is not None:
+        runs = airflow.runs("deploy")
+        lines.append(
+            f"Deploy runs:          {len(runs)} ({sum(r['state'] == 'success' for r in runs)} succeeded, "
+            f"{sum(r['state'] == 'failed' for r in runs)} failed)"
+        )
+    if traffic is not None and traffic.outcomes:
+        t = traffic.summary()
+        lines.append(
+            f"Demo clients:         {t['requests']:,} requests, {t['failed']} failed, p50 {t['p50_ms']} ms, "
+            f"p99 {t['p99_ms']} ms; answered by versions {t['versions']}"
+        )
+    usecase = get_usecase()
+    records = _sample_record(settings, usecase)
+    if records:
+        lines += [
+            "Try it:",
+            f"  curl -s {serving.proxy.entry_url}/predict -H 'Content-Type: application/json' \\",
+            f"    -d '{json.dumps(records[0])}'",
+        ]
+    return lines
+
+
+def _sample_record(settings: Settings, usecase) -> list[dict]:
+    from include.deploy import golden_records
+
+    try:
+        return golden_records(settings, usecase, 1)
+    except Exception:  # noqa: BLE001 - the summary must not fail on a missing sample
+        return []

@@ -66,7 +66,9 @@ def interval_records(usecase: UseCase, start: datetime, end: datetime) -> list[d
     df = usecase.load_interval(start, end)
     if df.empty:
         raise ValueError(f"no {usecase.name} records between {start} and {end}")
-    return json.loads(df[list(usecase.serving_inputs)].to_json(orient="records", date_format="iso", date_unit="us"))
+    return json.loads(
+        df[list(usecase.serving_inputs)].to_json(orient="records", date_format="iso", date_unit="us", double_precision=15)
+    )
 
 
 def replay(
@@ -79,9 +81,11 @@ def replay(
     loop: bool = False,
     stop: threading.Event | None = None,
     timeout: float = 10,
+    rate: float | None = None,
 ) -> Report:
     """Send `records` to `url` from `clients` threads until they are all sent (or `limit`
-    requests, or `stop` is set; with `loop` the records repeat)."""
+    requests, or `stop` is set; with `loop` the records repeat). `rate` caps the requests per
+    second of all clients together (None: as fast as the service answers)."""
     report = Report()
     source = itertools.cycle(records) if loop else iter(records)
     lock = threading.Lock()
@@ -108,6 +112,8 @@ def replay(
                 except requests.RequestException:
                     status, version = 0, None
                 report.outcomes.append(Outcome(t0, (time.time() - t0) * 1000, status, version))
+                if rate:
+                    stop.wait(max(0.0, clients / rate - (time.time() - t0)))
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     for t in threads:
@@ -131,13 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--rate", type=float, default=None, help="requests per second, all clients together")
     args = parser.parse_args(argv)
     tz = ZoneInfo(settings.timezone)
     start = datetime.fromisoformat(args.start).replace(tzinfo=tz)
     end = datetime.fromisoformat(args.end).replace(tzinfo=tz)
     records = interval_records(get_usecase(), start, end)
     print(f"replaying {len(records)} records of {args.start} … {args.end} to {args.url} with {args.clients} clients")
-    report = replay(args.url, records, clients=args.clients, batch_size=args.batch_size, limit=args.limit)
+    report = replay(args.url, records, clients=args.clients, batch_size=args.batch_size, limit=args.limit, rate=args.rate)
     print(json.dumps(report.summary(), indent=2))
     return 1 if report.failed else 0
 

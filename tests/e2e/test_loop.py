@@ -1,5 +1,6 @@
-"""The whole first half of the loop through a real Airflow scheduler, dag-processor and API server,
-and a real MLflow server, on free loopback ports: what `make demo` does, on five weeks."""
+"""The loop through a real Airflow scheduler, dag-processor and API server, a real MLflow server,
+and the serving runtime (Traefik and bento slots), on free loopback ports: what `make demo` does,
+on five weeks."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import json
 
 import mlflow
 import pytest
+import requests
 
 from include.config import get_settings
 from include.data import list_validated
 from include.demo import count_intervals, plant_faults, start_stack, wait_until_idle
+from include.deploy import golden_records
 from include.registry import CHAMPION, alias_version, connect
 from include.stack import Ports, Stack, free_port
 from include.summary import quarantined_batches
+from include.usecases import get_usecase
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -30,6 +34,10 @@ def loop(tmp_path_factory):
             "LOOP_END_DATE": "2013-07-02",
             "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports.mlflow}",
             "LOOP_MODEL_NAME": "e2e-flights",
+            "LOOP_SERVING_PORT": str(free_port()),
+            "LOOP_TRAEFIK_METRICS_PORT": str(free_port()),
+            "LOOP_SLOT_PORTS": f"{free_port()},{free_port()}",
+            "LOOP_CANARY_BAKE_SECONDS": "3",
         }.items():
             mp.setenv(key, value)
         get_settings.cache_clear()
@@ -41,7 +49,7 @@ def loop(tmp_path_factory):
             yield settings, client, finished, stack
         finally:
             stopped = stack.stop()
-            assert set(stopped) >= {"mlflow", "airflow-scheduler", "airflow-dag-processor", "airflow-api-server"}
+            assert set(stopped) >= {"mlflow", "airflow-scheduler", "airflow-dag-processor", "airflow-api-server", "traefik"}
             assert not stack.running()
     get_settings.cache_clear()
 
@@ -69,6 +77,18 @@ def test_training_ran_on_asset_events_and_a_champion_exists(loop):
     assert champion is not None and champion.tags["gate.decision"] == "promote"
     lineage = mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/lineage/partitions.json")
     assert "dt=2013-06-18T0400Z" not in json.dumps(lineage), "the quarantined week must never be trained on"
+
+
+def test_each_new_champion_was_rolled_out_and_serves_on_the_entry(loop):
+    settings, client, _, _ = loop
+    runs = client.runs("deploy")
+    assert runs and all(r["state"] == "success" for r in runs), [(r["dag_run_id"], r["state"]) for r in runs]
+    assert {r["run_type"] for r in runs} == {"asset_triggered"}
+    champion = alias_version(connect(settings.mlflow_tracking_uri), settings.model_name, CHAMPION)
+    assert champion.tags["deploy.dag_run_id"] in {r["dag_run_id"] for r in runs}
+    [record] = golden_records(settings, get_usecase(), 1)
+    r = requests.post(f"http://127.0.0.1:{settings.serving_port}/predict", json=record, timeout=10)
+    assert r.status_code == 200 and r.json()["model_version"] == champion.version
 
 
 def test_an_invalid_form_value_is_rejected_by_the_api_before_any_task_runs(loop):

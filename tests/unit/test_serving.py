@@ -1,0 +1,142 @@
+"""Pure parts of serving: the request schema, the hot-path features, routing, the inference log."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from include.serving.inference_log import FEATURE_PREFIX, InferenceLog, join_labels, read_inference_log
+from include.serving.proxy import routing_config
+from include.serving.schema import request_model
+from include.storage import get_storage
+
+
+@pytest.fixture(scope="module")
+def week(flights):
+    return flights.load_interval(datetime(2013, 2, 4, tzinfo=UTC), datetime(2013, 2, 11, tzinfo=UTC))
+
+
+@pytest.fixture(scope="module")
+def Record(flights):
+    return request_model(flights)
+
+
+def as_requests(flights, df) -> list[dict]:
+    return json.loads(
+        df[list(flights.serving_inputs)].to_json(orient="records", date_format="iso", date_unit="us", double_precision=15)
+    )
+
+
+def test_hot_path_features_equal_training_features(flights, week, Record):
+    """No training/serving skew: the per-record encoder gives build_features' numbers, NaN for NaN."""
+    df = week.copy()
+    df.loc[df.index[:50], "engine"] = None  # missing category
+    df.loc[df.index[50:60], "wind_gust"] = np.nan
+    records = [Record.model_validate(r).model_dump() for r in as_requests(flights, df)]
+    served = np.asarray(flights.encode_records(records), dtype="float64")
+    parsed = pd.DataFrame.from_records(records)
+    parsed["time_hour"] = pd.to_datetime(parsed["time_hour"], utc=True)
+    trained = flights.build_features(parsed).to_numpy()
+    assert served.shape == trained.shape == (len(df), len(flights.features))
+    np.testing.assert_array_equal(np.isnan(served), np.isnan(trained))
+    np.testing.assert_array_equal(np.nan_to_num(served), np.nan_to_num(trained))
+    # and through JSON: what the model sees (float32) is what it was trained on
+    np.testing.assert_array_equal(served.astype("float32"), flights.build_features(df).to_numpy().astype("float32"))
+
+
+def test_a_valid_record_passes_and_nullable_fields_may_be_missing(flights, week, Record):
+    rec = as_requests(flights, week.head(1))[0]
+    rec.pop("wind_gust")
+    parsed = Record.model_validate(rec)
+    assert parsed.wind_gust is None and parsed.request_id is None
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "error"),
+    [
+        ({"carrier": "ZZ"}, "carrier", "literal_error"),
+        ({"distance": "1200"}, "distance", "float_type"),
+        ({"distance": -5}, "distance", "greater_than_equal"),
+        ({"month": 13}, "month", "less_than_equal"),
+        ({"month": 1.5}, "month", "int_type"),
+        ({"temp": float("inf")}, "temp", "less_than_equal"),
+        ({"temp": float("nan")}, "temp", "greater_than_equal"),
+        ({"time_hour": "2013-02-04T10:00:00"}, "time_hour", "timezone_aware"),
+        ({"surprise": 1}, "surprise", "extra_forbidden"),
+        ({"request_id": "a b"}, "request_id", "string_pattern_mismatch"),
+    ],
+)
+def test_a_client_mistake_is_refused_naming_the_field(flights, week, Record, change, field, error):
+    rec = {**as_requests(flights, week.head(1))[0], **change}
+    with pytest.raises(ValidationError) as exc:
+        Record.model_validate(rec)
+    errors = exc.value.errors()
+    assert any(e["loc"][0] == field and e["type"] == error for e in errors), errors
+
+
+def test_a_missing_required_field_is_refused(flights, week, Record):
+    rec = as_requests(flights, week.head(1))[0]
+    del rec["sched_dep_time"]
+    with pytest.raises(ValidationError, match="sched_dep_time"):
+        Record.model_validate(rec)
+
+
+def test_routing_sends_traffic_only_to_weighted_slots():
+    doc = routing_config({"blue": 90, "green": 10}, {"blue": "http://a:1", "green": "http://b:2"})
+    http = doc["http"]
+    assert http["services"]["predictor"]["weighted"]["services"] == [
+        {"name": "blue", "weight": 90},
+        {"name": "green", "weight": 10},
+    ]
+    assert http["services"]["green"]["loadBalancer"]["healthCheck"]["path"] == "/readyz"
+    assert http["routers"]["predictor"]["middlewares"] == ["retry"]
+    solo = routing_config({"blue": 0, "green": 100}, {"green": "http://b:2"})["http"]["services"]
+    assert set(solo) == {"predictor", "green"}
+    with pytest.raises(ValueError, match="positive weight"):
+        routing_config({"blue": 0}, {})
+    with pytest.raises(ValueError, match="unknown slots"):
+        routing_config({"red": 100}, {"red": "http://c:3"})
+
+
+def test_inference_log_writes_partitions_by_event_day_and_joins_labels(flights, week, Record, storage_root):
+    df = week.iloc[[0, 1, 2, -1]].reset_index(drop=True)
+    records = [Record.model_validate(r).model_dump() | {"request_id": f"r{i}"} for i, r in enumerate(as_requests(flights, df))]
+    sink = InferenceLog(flights, "7", "blue", flush_seconds=3600)
+    sink.append(records, flights.encode_records(records), [0.1, 0.2, 0.3, 0.9], [False, False, False, True])
+    assert sink.flush() == 4
+    sink.close()
+    keys = get_storage().list("inference/flights/")
+    days = {k.split("/")[2] for k in keys}
+    assert days == {f"dt={df['time_hour'].min().date()}", f"dt={df['time_hour'].max().date()}"}
+    log = read_inference_log(flights, datetime(2013, 2, 4, tzinfo=UTC), datetime(2013, 2, 11, tzinfo=UTC))
+    assert sorted(log["request_id"]) == ["r0", "r1", "r2", "r3"]
+    assert (log["model_version"] == "7").all() and (log["slot"] == "blue").all()
+    assert list(log.filter(like=FEATURE_PREFIX).columns) == [FEATURE_PREFIX + f for f in flights.features]
+    joined = join_labels(flights, log, week)
+    expected = flights.build_target(week.set_index(list(flights.contract.key))).reindex(
+        pd.MultiIndex.from_frame(joined[list(flights.contract.key)])
+    )
+    np.testing.assert_array_equal(joined["label"].to_numpy(), expected.to_numpy())
+
+
+def test_inference_log_keeps_records_when_storage_fails_and_bounds_its_buffer(flights, week, Record, storage_root):
+    records = [Record.model_validate(r).model_dump() | {"request_id": "x"} for r in as_requests(flights, week.head(3))]
+    sink = InferenceLog(flights, "1", "green", flush_seconds=3600, max_buffered=5)
+
+    class Broken:
+        def write_bytes(self, *a, **k):
+            raise OSError("disk full")
+
+    good, sink.storage = sink.storage, Broken()
+    sink.append(records, flights.encode_records(records), [0.5] * 3, [True] * 3)
+    assert sink.flush() == 0 and len(sink._rows) == 3  # kept for the next flush
+    sink.append(records, flights.encode_records(records), [0.5] * 3, [True] * 3)
+    assert len(sink._rows) == 5 and sink.dropped == 1
+    sink.storage = good
+    assert sink.flush() == 5
+    sink.close()
