@@ -11,7 +11,7 @@ include .env
 export $(shell sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' .env)
 endif
 
-.PHONY: install demo up stop status test test-fast lint lock clean
+.PHONY: install demo up stop status test test-fast lint lock clean bench
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,9 @@ test: install  ## lint, then every test: DAG integrity, unit, integration (real 
 
 test-fast: install  ## the tests that need no server
 	$(BIN)/python -m pytest -m "not integration and not e2e"
+
+bench: install  ## benchmarks against baselines measured in the same run (ratios, not timed tests)
+	$(BIN)/python tests/bench/bench_serving.py
 
 lint: install
 	$(BIN)/ruff check dags include plugins tests

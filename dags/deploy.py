@@ -33,7 +33,8 @@ settings = get_settings()
     start_date=pendulum.instance(settings.start_datetime),
     catchup=False,
     max_active_runs=1,  # one rollout at a time: two would fight over the idle slot
-    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(seconds=15)},
+    # The tasks start and stop the slots: they run where the slots live (LOOP_SERVING_QUEUE).
+    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(seconds=15), "queue": settings.serving_queue},
     tags=["loop", "serving", "bentoml"],
     doc_md=__doc__,
     params={

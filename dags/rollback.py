@@ -25,7 +25,8 @@ settings = get_settings()
     start_date=pendulum.instance(settings.start_datetime),
     catchup=False,
     max_active_runs=1,
-    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(seconds=15)},
+    # The tasks start and stop the slots: they run where the slots live (LOOP_SERVING_QUEUE).
+    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(seconds=15), "queue": settings.serving_queue},
     tags=["loop", "serving", "manual"],
     doc_md=__doc__,
     params={

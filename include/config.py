@@ -111,7 +111,11 @@ class Settings:
     bentoml_home: Path
     """BENTOML_HOME: BentoML's model and bento stores (BentoML's own variable; default under the state dir)."""
     serving_host: str
-    """LOOP_SERVING_HOST: interface Traefik and the slots listen on (loopback by default)."""
+    """LOOP_SERVING_HOST: where Traefik is reached (and, embedded, the interface it listens on)."""
+    slot_host: str
+    """LOOP_SLOT_HOST: where the slots listen and Traefik reaches them (loopback by default)."""
+    serving_queue: str
+    """LOOP_SERVING_QUEUE: executor queue of the deploy/rollback tasks: the worker on the host of the slots."""
     serving_port: int
     """LOOP_SERVING_PORT: the serving entry (Traefik), the one address clients use."""
     traefik_metrics_port: int
@@ -174,6 +178,8 @@ def get_settings() -> Settings:
         timezone=_env("LOOP_TIMEZONE", "America/New_York"),
         bentoml_home=Path(_env("BENTOML_HOME", str(state_dir / "bentoml"))).resolve(),
         serving_host=_env("LOOP_SERVING_HOST", "127.0.0.1"),
+        slot_host=_env("LOOP_SLOT_HOST", "127.0.0.1"),
+        serving_queue=_env("LOOP_SERVING_QUEUE", "default"),
         serving_port=_int("LOOP_SERVING_PORT", 8000),
         traefik_metrics_port=_int("LOOP_TRAEFIK_METRICS_PORT", 8082),
         slot_ports=_parsed("LOOP_SLOT_PORTS", "3001,3002", _two_ints, "two ports, `blue,green`"),

@@ -94,8 +94,9 @@ class Serving:
     # Processes ---------------------------------------------------------------------------------
 
     def ensure_proxy(self) -> None:
-        """Start Traefik unless it runs; it reads the routing it had from disk."""
-        if "traefik" in self.stack.running():
+        """Start Traefik unless it answers (ours, or a service of the production runtime); it
+        reads the routing it had from disk."""
+        if self.proxy.answers():
             return
         s = self.settings
         for port in (s.serving_port, s.traefik_metrics_port):
@@ -128,13 +129,14 @@ class Serving:
             "serve",
             bento_tag,
             "--host",
-            self.settings.serving_host,
+            self.settings.slot_host,
             "--port",
             str(port),
         ]
         proc_env = {
             **(env or {}),
             "LOOP_SLOT": slot,
+            "LOOP_SLOT_WORKERS": str(self.settings.slot_workers),
             "BENTOML_HOME": str(self.settings.bentoml_home),
             "BENTOML_DO_NOT_TRACK": "true",
             "PYTHONPATH": "",  # the bento's own copy of the code, not the checkout's
@@ -387,50 +389,89 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+SCORING_ENDPOINTS = ("/predict", "/predict_batch")
+
+
+def _families(text: str):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        yield from family.samples
+
+
+def traefik_counters(text: str, slot: str) -> dict[str, float]:
+    """Requests, 5xx answers and seconds spent, as Traefik saw them for `slot` (cumulative)."""
+    out = {"requests": 0.0, "errors": 0.0, "seconds": 0.0}
+    for sample in _families(text):
+        if sample.labels.get("service") != f"{slot}@file":
+            continue
+        if sample.name == "traefik_service_requests_total":
+            out["requests"] += sample.value
+            out["errors"] += sample.value if sample.labels.get("code", "").startswith("5") else 0
+        elif sample.name == "traefik_service_request_duration_seconds_sum":
+            out["seconds"] += sample.value
+    return out
+
+
+def bentoml_counters(text: str) -> dict[str, float]:
+    """The same, from the slot's own BentoML metrics (scoring endpoints only, cumulative)."""
+    out = {"requests": 0.0, "errors": 0.0, "seconds": 0.0}
+    for sample in _families(text):
+        if not sample.name.endswith("request_duration_seconds_count") and not sample.name.endswith(
+            "request_duration_seconds_sum"
+        ):
+            continue
+        if sample.labels.get("endpoint") not in SCORING_ENDPOINTS:
+            continue
+        if sample.name.endswith("_sum"):
+            out["seconds"] += sample.value
+        else:
+            out["requests"] += sample.value
+            out["errors"] += sample.value if sample.labels.get("http_response_code", "").startswith("5") else 0
+    return out
+
+
+def judge(deltas: dict[str, dict[str, float]], settings: Settings) -> str | None:
+    """The breach in one check interval, from each source's counter deltas (`traefik`: what
+    clients saw; `bentoml`: what the slot measured itself), or None."""
+    for source, d in deltas.items():
+        if d["requests"] >= settings.canary_min_requests:
+            rate = d["errors"] / d["requests"]
+            if rate > settings.canary_max_error_rate:
+                return f"5xx rate {rate:.1%} over {d['requests']:.0f} requests ({source}) > {settings.canary_max_error_rate:.1%}"
+        if d["requests"] >= min(5, settings.canary_min_requests):
+            mean_ms = d["seconds"] / d["requests"] * 1000
+            if mean_ms > settings.canary_max_latency_ms:
+                return f"mean latency {mean_ms:.0f} ms over {d['requests']:.0f} requests ({source}) > {settings.canary_max_latency_ms:g} ms"
+    return None
+
+
 class SlotWatcher:
-    """Reads Traefik's per-service counters for one slot and judges each check interval."""
+    """Watches one slot during the bake: its readiness, and per check interval the 5xx rate and
+    latency from Traefik's per-service metrics and from the slot's own BentoML metrics."""
 
     def __init__(self, proxy: Proxy, slot: str, settings: Settings):
         self.proxy, self.slot, self.settings = proxy, slot, settings
         self.last = self._read()
         self.totals = {"requests": 0, "errors": 0}
 
-    def _read(self) -> dict[str, float]:
-        from prometheus_client.parser import text_string_to_metric_families
-
-        out = {"requests": 0.0, "errors": 0.0, "seconds": 0.0}
-        service = f"{self.slot}@file"
-        for family in text_string_to_metric_families(self.proxy.metrics_text()):
-            for sample in family.samples:
-                if sample.labels.get("service") != service:
-                    continue
-                if sample.name == "traefik_service_requests_total":
-                    out["requests"] += sample.value
-                    if sample.labels.get("code", "").startswith("5"):
-                        out["errors"] += sample.value
-                elif sample.name == "traefik_service_request_duration_seconds_sum":
-                    out["seconds"] += sample.value
-        return out
+    def _read(self) -> dict[str, dict[str, float]]:
+        counters = {"traefik": traefik_counters(self.proxy.metrics_text(), self.slot)}
+        with contextlib.suppress(requests.RequestException):
+            text = requests.get(f"{self.proxy.slot_url(self.slot)}/metrics", timeout=2).text
+            counters["bentoml"] = bentoml_counters(text)
+        return counters
 
     def check(self) -> str | None:
         """One check: the breach found since the previous check, or None."""
-        s = self.settings
         if not _ready(self.proxy.slot_url(self.slot)):
             return f"slot {self.slot} is down or not ready"
         now = self._read()
-        delta = {k: now[k] - self.last[k] for k in now}
+        deltas = {src: {k: now[src][k] - self.last[src][k] for k in now[src]} for src in now if src in self.last}
         self.last = now
-        self.totals["requests"] += int(delta["requests"])
-        self.totals["errors"] += int(delta["errors"])
-        if delta["requests"] >= s.canary_min_requests or delta["errors"] >= s.canary_min_requests:
-            rate = delta["errors"] / max(delta["requests"], 1)
-            if rate > s.canary_max_error_rate:
-                return f"error rate {rate:.1%} over {delta['requests']:.0f} requests > {s.canary_max_error_rate:.1%}"
-        if delta["requests"] > 0:
-            mean_ms = delta["seconds"] / delta["requests"] * 1000
-            if mean_ms > s.canary_max_latency_ms and delta["requests"] >= min(5, s.canary_min_requests):
-                return f"mean latency {mean_ms:.0f} ms > {s.canary_max_latency_ms:g} ms"
-        return None
+        self.totals["requests"] += int(deltas["traefik"]["requests"])
+        self.totals["errors"] += int(deltas["traefik"]["errors"])
+        return judge(deltas, self.settings)
 
     def bake(self, seconds: float) -> str | None:
         deadline = time.monotonic() + seconds
@@ -439,14 +480,6 @@ class SlotWatcher:
             breach = self.check()
             if breach or time.monotonic() >= deadline:
                 return breach
-
-
-def stop_all(settings: Settings) -> None:
-    serving = Serving(settings)
-    for slot in SLOTS:
-        serving.stop_slot(slot)
-    with contextlib.suppress(Exception):
-        serving.stack.stop_one("traefik")
 
 
 def resolve(settings: Settings, usecase, version: str | None = None) -> dict:

@@ -155,7 +155,7 @@ def run_champion_gate(usecase, settings, model_name: str, version: str, storage=
         promote = mv.tags["gate.decision"] == "promote"
         if promote and mv.tags.get("gate.applied") != "true":
             client.set_registered_model_alias(model_name, CHAMPION, version)
-            tag_version(client, model_name, version, {"gate.applied": "true"})
+            tag_version(client, model_name, version, {"gate.applied": "true", "gate.promoted_at": _now()})
         return result | {
             "promoted": promote,
             "reason": mv.tags.get("gate.reason", ""),
@@ -213,10 +213,16 @@ def run_champion_gate(usecase, settings, model_name: str, version: str, storage=
     )
     if decision.promote:
         client.set_registered_model_alias(model_name, CHAMPION, version)
-        tag_version(client, model_name, version, {"gate.applied": "true"})
+        tag_version(client, model_name, version, {"gate.applied": "true", "gate.promoted_at": _now()})
     return result | {
         "promoted": decision.promote,
         "reason": decision.reason,
         "previous_champion": champion.version if champion else None,
         "reused": False,
     }
+
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="seconds")

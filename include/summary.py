@@ -91,7 +91,15 @@ def _deployment(tags: dict) -> str:
     if "deploy.rejected" in tags:
         return f"; rejected before traffic: {tags['deploy.rejected'][:80]}"
     if "deploy.deployed_at" in tags:
-        return f"; deployed {tags['deploy.deployed_at'][11:19]} UTC in slot {tags['deploy.slot']}"
+        took = ""
+        if "gate.promoted_at" in tags:
+            from datetime import datetime
+
+            seconds = (
+                datetime.fromisoformat(tags["deploy.deployed_at"]) - datetime.fromisoformat(tags["gate.promoted_at"])
+            ).total_seconds()
+            took = f", {seconds:.0f}s after the alias moved"
+        return f"; 100% traffic at {tags['deploy.deployed_at'][11:19]} UTC in slot {tags['deploy.slot']}{took}"
     return ""
 
 

@@ -59,7 +59,7 @@ class Proxy:
         return f"http://{self.settings.serving_host}:{self.settings.traefik_metrics_port}"
 
     def slot_url(self, slot: str) -> str:
-        return f"http://{self.settings.serving_host}:{self.settings.slot_ports[SLOTS.index(slot)]}"
+        return f"http://{self.settings.slot_host}:{self.settings.slot_ports[SLOTS.index(slot)]}"
 
     def command(self) -> list[str]:
         s = self.settings
@@ -128,6 +128,12 @@ class Proxy:
             f"Traefik at {self.admin_url} did not apply weights {want} from {self.routing_file} within {timeout:.0f}s "
             f"(it reports {self.applied_weights()}); see {self.settings.state_dir / 'logs' / 'traefik.log'}"
         )
+
+    def answers(self) -> bool:
+        try:
+            return requests.get(f"{self.admin_url}/ping", timeout=2).ok
+        except requests.RequestException:
+            return False
 
     def metrics_text(self) -> str:
         return requests.get(f"{self.admin_url}/metrics", timeout=5).text

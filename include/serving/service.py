@@ -41,7 +41,7 @@ Records = Annotated[list[Record], Field(min_length=1, max_length=MAX_BATCH)]
 
 @bentoml.service(
     name="loop-predictor",
-    workers=int(getattr(ARGS, "workers", 1)),
+    workers=int(os.environ.get("LOOP_SLOT_WORKERS", "1")),  # set by the deploy code from settings
     traffic={"timeout": 10, "max_concurrency": 256},
     metrics={"enabled": True, "namespace": "loop"},
     logging={"access": {"enabled": False}},
@@ -105,7 +105,7 @@ class Predictor:
         """Score one record; the request body is the record itself."""
         return self._score([record])[0]
 
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=200)
+    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=2000)
     def predict_batch(self, records: Records) -> list[Prediction]:
         """Score up to 1000 records: `{"records": [...]}`; concurrent batches are merged."""
         return self._score([r.model_dump() for r in records])

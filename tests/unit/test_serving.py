@@ -140,3 +140,54 @@ def test_inference_log_keeps_records_when_storage_fails_and_bounds_its_buffer(fl
     sink.storage = good
     assert sink.flush() == 5
     sink.close()
+
+
+TRAEFIK_METRICS = """
+# TYPE traefik_service_requests_total counter
+traefik_service_requests_total{code="200",method="POST",protocol="http",service="blue@file"} 900
+traefik_service_requests_total{code="500",method="POST",protocol="http",service="blue@file"} 30
+traefik_service_requests_total{code="200",method="POST",protocol="http",service="green@file"} 5000
+# TYPE traefik_service_request_duration_seconds histogram
+traefik_service_request_duration_seconds_sum{code="200",method="POST",protocol="http",service="blue@file"} 9.3
+traefik_service_request_duration_seconds_count{code="200",method="POST",protocol="http",service="blue@file"} 930
+"""
+
+BENTOML_METRICS = """
+# TYPE loop_request_duration_seconds histogram
+loop_request_duration_seconds_sum{endpoint="/predict",http_response_code="200",service_name="s"} 2.0
+loop_request_duration_seconds_count{endpoint="/predict",http_response_code="200",service_name="s"} 400
+loop_request_duration_seconds_sum{endpoint="/predict",http_response_code="500",service_name="s"} 0.5
+loop_request_duration_seconds_count{endpoint="/predict",http_response_code="500",service_name="s"} 100
+loop_request_duration_seconds_count{endpoint="/readyz",http_response_code="503",service_name="s"} 50
+"""
+
+
+def test_counters_are_read_per_slot_and_per_scoring_endpoint():
+    from include.deploy import bentoml_counters, traefik_counters
+
+    assert traefik_counters(TRAEFIK_METRICS, "blue") == {"requests": 930, "errors": 30, "seconds": 9.3}
+    assert traefik_counters(TRAEFIK_METRICS, "green")["requests"] == 5000
+    assert bentoml_counters(BENTOML_METRICS) == {"requests": 500, "errors": 100, "seconds": 2.5}
+
+
+@pytest.mark.parametrize(
+    ("delta", "breach"),
+    [
+        ({"requests": 100, "errors": 1, "seconds": 1.0}, None),  # 1% errors, 10 ms
+        ({"requests": 100, "errors": 5, "seconds": 1.0}, "5xx rate 5.0%"),
+        ({"requests": 10, "errors": 10, "seconds": 0.1}, None),  # too few requests to judge the rate
+        ({"requests": 100, "errors": 0, "seconds": 50.0}, "mean latency 500 ms"),
+        ({"requests": 0, "errors": 0, "seconds": 0.0}, None),
+    ],
+)
+def test_judge_applies_the_rollback_thresholds(delta, breach, monkeypatch):
+    from include.config import get_settings
+    from include.deploy import judge
+
+    monkeypatch.setenv("LOOP_CANARY_MIN_REQUESTS", "20")
+    monkeypatch.setenv("LOOP_CANARY_MAX_ERROR_RATE", "0.02")
+    monkeypatch.setenv("LOOP_CANARY_MAX_LATENCY_MS", "250")
+    get_settings.cache_clear()
+    found = judge({"traefik": delta}, get_settings())
+    get_settings.cache_clear()
+    assert (found is None) if breach is None else (breach in found and "traefik" in found)

@@ -1,0 +1,253 @@
+"""`make bench` (serving): throughput and latency through Traefik vs a raw FastAPI + XGBoost app,
+the proxy's own overhead, and the time from the `champion` alias moving to 100% of traffic.
+
+Everything is measured in this one run, on this machine, against real processes on loopback:
+
+* baseline: a FastAPI app (uvicorn, 1 worker) that parses the JSON, computes the same features
+  and calls XGBoost's `inplace_predict` on the same model: no validation, no logging;
+* the bento slot (BentoML, 1 worker, schema validation, inference log) straight to its port;
+* the same slot through Traefik, the serving entry.
+
+The same client (the project's traffic replayer, threads with keep-alive sessions) drives all
+three, single records and batches of 100. Results are ratios against the baseline of the same
+run; absolute numbers depend on the machine (2 cores here: client and server share them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+ROOT = Path(__file__).resolve().parents[2]
+STATE = Path(tempfile.mkdtemp(prefix="loop-bench-"))
+os.environ.update(
+    {
+        "LOOP_STATE_DIR": str(STATE),
+        "LOOP_STORAGE_URI": str(STATE / "data"),
+        "LOOP_MODEL_NAME": "bench-flights",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "GIT_PYTHON_REFRESH": "quiet",
+    }
+)
+
+BASELINE_APP = """
+import os
+from datetime import datetime
+
+import numpy as np
+import xgboost
+from fastapi import FastAPI, Request
+
+from include.usecases import get_usecase
+
+usecase = get_usecase("flights")
+booster = xgboost.Booster(model_file=os.environ["BENCH_MODEL_FILE"])
+app = FastAPI()
+
+
+def score(records):
+    for r in records:
+        r["time_hour"] = datetime.fromisoformat(r["time_hour"])
+    X = np.asarray(usecase.encode_records(records), dtype=np.float32)
+    return booster.inplace_predict(X).tolist()
+
+
+@app.post("/predict")
+async def predict(request: Request):
+    return {"probability": score([await request.json()])[0], "model_version": "baseline"}
+
+
+@app.post("/predict_batch")
+async def predict_batch(request: Request):
+    body = await request.json()
+    return [{"probability": s, "model_version": "baseline"} for s in score(body["records"])]
+"""
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def measure(url: str, records: list[dict], batch: int, requests_n: int, clients: int) -> dict:
+    from include.traffic import replay
+
+    replay(url, records, clients=clients, batch_size=batch, limit=max(100, requests_n // 10), loop=True)  # warm-up
+    t0 = time.perf_counter()
+    report = replay(url, records, clients=clients, batch_size=batch, limit=requests_n, loop=True)
+    wall = time.perf_counter() - t0
+    s = report.summary()
+    if s["failed"]:
+        raise RuntimeError(f"{url}: {s['failed']} failed requests during the benchmark: {s['statuses']}")
+    return {
+        "records_per_s": requests_n * batch / wall,
+        "requests_per_s": requests_n / wall,
+        "p50_ms": s["p50_ms"],
+        "p99_ms": s["p99_ms"],
+    }
+
+
+def main() -> int:
+    from include.config import get_settings
+    from include.data import Partition, land_partition
+    from include.deploy import Serving, canary, finalize, golden_records, infra_validate, plan, start_candidate
+    from include.package import build_bento, import_model
+    from include.registry import CHAMPION, connect
+    from include.stack import Stack, free_port, start_mlflow, wait_http
+    from include.traffic import replay
+    from include.train import TrainParams, train_candidate
+    from include.usecases import get_usecase
+    from include.validate import validate_partition
+
+    ports = {name: free_port() for name in ("mlflow", "entry", "metrics", "blue", "green", "baseline")}
+    os.environ.update(
+        {
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports['mlflow']}",
+            "LOOP_SERVING_PORT": str(ports["entry"]),
+            "LOOP_TRAEFIK_METRICS_PORT": str(ports["metrics"]),
+            "LOOP_SLOT_PORTS": f"{ports['blue']},{ports['green']}",
+        }
+    )
+    settings = get_settings()
+    flights = get_usecase("flights")
+    stack = Stack(STATE)
+    results: dict = {"machine": f"{os.cpu_count()} cores", "state": str(STATE)}
+    try:
+        say(f"setting up in {STATE}: MLflow, four validated weeks, two model versions")
+        start_mlflow(stack, ports["mlflow"], STATE / "mlflow")
+        ny = ZoneInfo("America/New_York")
+        for i in range(4):
+            start = datetime(2013, 5, 7, tzinfo=ny) + timedelta(weeks=i)
+            p = Partition("flights", start, start + timedelta(weeks=1))
+            land_partition(flights, p, replay=True)
+            validate_partition(flights, p, max_bad_row_share=0.01)
+        for i in (1, 2):
+            train_candidate(
+                flights, TrainParams(window_weeks=8, n_estimators=100 * i), settings, dag_id="bench", dag_run_id=f"bench_{i}"
+            )
+        name = settings.model_name
+
+        say("first rollout (v1), default settings")
+        bento = build_bento(settings, name, "1")
+        step = plan(settings, name, "1")
+        start_candidate(settings, name, "1", step["slot"], bento["bento_tag"])
+        infra_validate(settings, flights, step["slot"], name, "1")
+        canary(settings, name, "1", step["slot"])
+        finalize(settings, name, "1", step["slot"], bento["bento_tag"], "bench")
+
+        model_dir = Path(import_model(settings, name, "1").path) / "mlflow_model"
+        model_file = next(model_dir.glob("**/*.ubj"))
+        (STATE / "bench_baseline.py").write_text(BASELINE_APP)
+        baseline_cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench_baseline:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(ports["baseline"]),
+        ]
+        baseline = stack.start(
+            "baseline",
+            [*baseline_cmd, "--workers", "1", "--no-access-log", "--log-level", "warning"],
+            {"BENCH_MODEL_FILE": str(model_file), "PYTHONPATH": f"{STATE}{os.pathsep}{ROOT}"},
+        )
+        records = golden_records(settings, flights, 2000)
+        wait_http(f"http://127.0.0.1:{ports['baseline']}/docs", 60, baseline, stack.log_dir / "baseline.log")
+        serving = Serving(settings)
+        targets = {
+            "baseline (FastAPI + inplace_predict, direct)": f"http://127.0.0.1:{ports['baseline']}",
+            "bento slot, direct": serving.proxy.slot_url("blue"),
+            "bento slot via Traefik": serving.proxy.entry_url,
+        }
+        for mode, batch, n, clients in (("single", 1, 4000, 8), ("batch of 100", 100, 200, 4)):
+            say(f"load: {mode}, {n} requests, {clients} clients, each target")
+            results[mode] = {label: measure(url, records, batch, n, clients) for label, url in targets.items()}
+
+        say("rollout timing: move `champion` to v2, then build → start → infra validation → canary (default bake) → finalize")
+        stop = threading.Event()
+        bg = threading.Thread(
+            target=lambda: replay(serving.proxy.entry_url, records, clients=2, loop=True, stop=stop, rate=50), daemon=True
+        )
+        bg.start()
+        client = connect(settings.mlflow_tracking_uri)
+        t0 = time.monotonic()
+        client.set_registered_model_alias(name, CHAMPION, "2")
+        steps = {}
+        t = time.monotonic()
+        bento = build_bento(settings, name, "2")
+        steps["build"] = time.monotonic() - t
+        step = plan(settings, name, "2")
+        t = time.monotonic()
+        start_candidate(settings, name, "2", step["slot"], bento["bento_tag"])
+        steps["start slot"] = time.monotonic() - t
+        t = time.monotonic()
+        infra_validate(settings, flights, step["slot"], name, "2")
+        steps["infra validation"] = time.monotonic() - t
+        t = time.monotonic()
+        canary(settings, name, "2", step["slot"])
+        steps["canary"] = time.monotonic() - t
+        results["alias_to_100_percent_s"] = time.monotonic() - t0
+        finalize(settings, name, "2", step["slot"], bento["bento_tag"], "bench")
+        stop.set()
+        bg.join(10)
+        results["rollout_steps_s"] = steps
+        results["canary_steps"] = list(settings.canary_steps)
+        results["bake_s"] = settings.canary_bake_seconds
+    finally:
+        Serving(settings).stack.stop()
+    report(results)
+    return 0
+
+
+def report(results: dict) -> None:
+    base = "baseline (FastAPI + inplace_predict, direct)"
+    lines = ["", "Serving benchmark (ratios against the baseline measured in this run)", ""]
+    for mode in ("single", "batch of 100"):
+        r = results[mode]
+        lines.append(f"{mode}:")
+        lines.append(f"  {'target':46} {'records/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'thr ratio':>10} {'p99 ratio':>10}")
+        for label, m in r.items():
+            lines.append(
+                f"  {label:46} {m['records_per_s']:10.0f} {m['p50_ms']:8.2f} {m['p99_ms']:8.2f} "
+                f"{m['records_per_s'] / r[base]['records_per_s']:10.2f} {m['p99_ms'] / r[base]['p99_ms']:10.2f}"
+            )
+        via, direct = r["bento slot via Traefik"], r["bento slot, direct"]
+        results[mode]["ratios"] = {
+            "throughput_vs_baseline": via["records_per_s"] / r[base]["records_per_s"],
+            "p99_vs_baseline": via["p99_ms"] / r[base]["p99_ms"],
+            "proxy_throughput": via["records_per_s"] / direct["records_per_s"],
+            "proxy_p50_added_ms": via["p50_ms"] - direct["p50_ms"],
+        }
+        x = results[mode]["ratios"]
+        lines.append(
+            f"  goals: throughput ≥ 0.5× baseline: {x['throughput_vs_baseline']:.2f}× {'met' if x['throughput_vs_baseline'] >= 0.5 else 'MISSED'}; "
+            f"p99 ≤ 2× baseline: {x['p99_vs_baseline']:.2f}× {'met' if x['p99_vs_baseline'] <= 2 else 'MISSED'}"
+        )
+        lines.append(
+            f"  proxy alone: {x['proxy_throughput']:.2f}× the direct throughput, +{x['proxy_p50_added_ms']:.2f} ms at p50"
+        )
+    took = results["alias_to_100_percent_s"]
+    lines += [
+        "",
+        f"champion alias moved → 100% traffic: {took:.0f}s (steps {results['canary_steps']}, bake {results['bake_s']:.0f}s each) "
+        f"{'met' if took < 180 else 'MISSED'} (goal < 180s); "
+        + ", ".join(f"{k} {v:.1f}s" for k, v in results["rollout_steps_s"].items()),
+        "(through Airflow add the scheduler's pick-up of the asset event and task start-up: see the demo summary)",
+    ]
+    print("\n".join(lines))
+    out = ROOT / ".state" / "bench" / "serving.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nresults: {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
