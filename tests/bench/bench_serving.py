@@ -162,14 +162,18 @@ def main() -> int:
         records = golden_records(settings, flights, 2000)
         wait_http(f"http://127.0.0.1:{ports['baseline']}/docs", 60, baseline, stack.log_dir / "baseline.log")
         serving = Serving(settings)
+        # the same bento in the idle slot with the inference log off: the log's own cost
+        serving.start_slot("green", bento["bento_tag"], "1", env={"LOOP_INFERENCE_LOG": "0"})
         targets = {
             "baseline (FastAPI + inplace_predict, direct)": f"http://127.0.0.1:{ports['baseline']}",
             "bento slot, direct": serving.proxy.slot_url("blue"),
+            "bento slot, direct, inference log off": serving.proxy.slot_url("green"),
             "bento slot via Traefik": serving.proxy.entry_url,
         }
         for mode, batch, n, clients in (("single", 1, 4000, 8), ("batch of 100", 100, 200, 4)):
             say(f"load: {mode}, {n} requests, {clients} clients, each target")
             results[mode] = {label: measure(url, records, batch, n, clients) for label, url in targets.items()}
+        serving.stop_slot("green")
 
         say("rollout timing: move `champion` to v2, then build → start → infra validation → canary (default bake) → finalize")
         stop = threading.Event()
@@ -225,6 +229,7 @@ def report(results: dict) -> None:
             "p99_vs_baseline": via["p99_ms"] / r[base]["p99_ms"],
             "proxy_throughput": via["records_per_s"] / direct["records_per_s"],
             "proxy_p50_added_ms": via["p50_ms"] - direct["p50_ms"],
+            "inference_log_throughput": direct["records_per_s"] / r["bento slot, direct, inference log off"]["records_per_s"],
         }
         x = results[mode]["ratios"]
         lines.append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -23,7 +24,7 @@ def dagbag():
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert {"ingest_validate", "train"} <= set(dagbag.dag_ids)
+    assert {"ingest_validate", "train", "deploy", "rollback"} <= set(dagbag.dag_ids)
 
 
 def test_every_dag_has_tags_owner_retries_and_docs(dagbag):
@@ -91,3 +92,32 @@ def test_default_form_values_are_valid(dagbag):
     params = dagbag.dags["train"].params
     params.validate()
     TrainParams.from_mapping(dict(params))  # the form's defaults are accepted by the trainer too
+
+
+def test_deploy_runs_on_champion_events_one_rollout_at_a_time(dagbag):
+    from include.assets import CHAMPION_MODEL, DEPLOYMENT
+
+    dag = dagbag.dags["deploy"]
+    assert dag.max_active_runs == 1
+    assert CHAMPION_MODEL.name in repr(dag.timetable.asset_condition)
+    order = ["plan", "build_bento", "start_candidate", "infra_validate", "canary", "finalize"]
+    for upstream, downstream in itertools.pairwise(order):
+        assert dag.get_task(downstream).upstream_task_ids == {upstream}
+    assert [o.name for o in dag.get_task("finalize").outlets] == [DEPLOYMENT.name]
+
+
+@pytest.mark.parametrize(
+    ("conf", "field"),
+    [({}, "version"), ({"version": "latest"}, "version"), ({"version": "3", "reason": "x" * 501}, "reason")],
+)
+def test_rollback_form_requires_a_version_number(dagbag, conf, field):
+    from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = ParamsDict(dagbag.dags["rollback"].params)
+    with pytest.raises(ParamValidationError, match=field):
+        params.update(conf)
+        params.validate()
+    ok = ParamsDict(dagbag.dags["rollback"].params)
+    ok.update({"version": "3", "reason": "v4 mislabels evening flights"})
+    assert ok.validate()["version"] == "3"

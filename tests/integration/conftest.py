@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+import requests
 
 from include.config import get_settings
 from include.data import Partition, land_partition
 from include.stack import Stack, free_port, start_mlflow
+from include.storage import get_storage
 from include.validate import validate_partition
 
 NY = ZoneInfo("America/New_York")
@@ -50,4 +55,46 @@ def validated_weeks(tmp_path_factory, flights):
             land_partition(flights, p, replay=True)
             validate_partition(flights, p, max_bad_row_share=0.01)
         yield root
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 API on loopback: moto's server."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(60):
+        try:
+            requests.get(url, timeout=1)
+            break
+        except requests.RequestException:
+            time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def s3(s3_endpoint, monkeypatch):
+    """Settings pointing the storage layer at bucket `loop-test` of the moto server."""
+    import boto3
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "LOOP_S3_ENDPOINT_URL": s3_endpoint,
+        "LOOP_STORAGE_URI": "s3://loop-test/zones",
+    }.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    if "loop-test" not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
+        client.create_bucket(Bucket="loop-test")
+    yield get_storage()
     get_settings.cache_clear()

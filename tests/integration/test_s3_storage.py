@@ -2,62 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-import requests
 
-from include.config import get_settings
 from include.data import Partition, land_partition, list_validated
-from include.stack import free_port
-from include.storage import ObjectExistsError, S3Storage, get_storage
+from include.storage import ObjectExistsError, S3Storage
 from include.validate import validate_partition
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(60):
-        try:
-            requests.get(url, timeout=1)
-            break
-        except requests.RequestException:
-            time.sleep(0.5)
-    yield url
-    proc.terminate()
-    proc.wait(10)
-
-
-@pytest.fixture
-def s3(s3_endpoint, monkeypatch):
-    import boto3
-
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "LOOP_S3_ENDPOINT_URL": s3_endpoint,
-        "LOOP_STORAGE_URI": "s3://loop-test/zones",
-    }.items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-    client = boto3.client("s3", endpoint_url=s3_endpoint)
-    if "loop-test" not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
-        client.create_bucket(Bucket="loop-test")
-    yield get_storage()
-    get_settings.cache_clear()
 
 
 def test_s3_roundtrip_listing_and_create_only(s3):
@@ -81,3 +35,21 @@ def test_the_data_gate_runs_unchanged_on_s3(s3, flights):
     record = validate_partition(flights, p, max_bad_row_share=0.01)
     assert record["validated_uri"] == f"s3://loop-test/zones/{p.validated_key}"
     assert [r["partition"] for r in list_validated("flights")] == [p.id]
+
+
+def test_the_inference_log_goes_to_s3_too(s3, flights):
+    from include.serving.inference_log import InferenceLog, read_inference_log
+    from include.traffic import interval_records
+
+    start = datetime(2013, 3, 4, tzinfo=ZoneInfo("UTC"))
+    records = interval_records(flights, start, start + timedelta(hours=12))[:20]
+    for r in records:
+        r["time_hour"] = datetime.fromisoformat(r["time_hour"])
+        r["request_id"] = f"req-{r['flight']}"
+    sink = InferenceLog(flights, "4", "green", flush_seconds=3600)
+    sink.append(records, flights.encode_records(records), [0.25] * 20, [False] * 20)
+    sink.close()
+    assert sink.written == 20
+    assert all(k.startswith("inference/flights/dt=2013-03-04/") for k in s3.list("inference/"))
+    log = read_inference_log(flights, start, start + timedelta(days=1))
+    assert len(log) == 20 and set(log["model_version"]) == {"4"}

@@ -309,3 +309,11 @@ def test_every_prediction_is_logged_and_joins_its_label(env, flights):
     joined = join_labels(flights, log, read_validated([newest]))
     assert len(joined) == len(log)
     assert joined["label"].notna().mean() > 0.9  # a few cancelled flights have no label
+
+
+def test_a_bento_is_exported_once_to_s3_storage(env, s3):
+    first = build_bento(get_settings(), env.model_name, "1")
+    assert first["reused"] and first["export_uri"] == "s3://loop-test/zones/bentos/it-serving-service/v1.bento"
+    archive = s3.read_bytes("bentos/it-serving-service/v1.bento")
+    assert len(archive) > 10_000
+    assert build_bento(get_settings(), env.model_name, "1")["export_uri"] == first["export_uri"]
