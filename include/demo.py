@@ -220,6 +220,11 @@ def main() -> int:
     except (RuntimeError, TimeoutError) as exc:
         say(str(exc))
         return 1
+    from include.deploy import Serving
+
+    live = Serving(settings).resume()
+    if live:
+        say(f"serving resumed: v{live['model_version']} in slot {live['slot']} behind Traefik on port {settings.serving_port}")
     expected = count_intervals(settings)
     say(f"DAGs unpaused; the scheduler catches up {expected} weekly intervals (progress every 15 s)")
     traffic = BackgroundTraffic(settings)

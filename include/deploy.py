@@ -108,6 +108,17 @@ class Serving:
         proc = self.stack.start("traefik", self.proxy.command(), {})
         wait_http(f"{self.proxy.admin_url}/ping", 30, proc, self.stack.log_dir / "traefik.log")
 
+    def resume(self) -> dict | None:
+        """After a restart of the machine or the runtime: Traefik up, and the live deployment's
+        slot serving again (from its bento, as recorded in `live.json`)."""
+        live = self.live()
+        if live is None:
+            return None
+        self.ensure_proxy()
+        self.start_slot(live["slot"], live["bento_tag"], live["model_version"])
+        self.proxy.set_weights({live["slot"]: 100})
+        return live
+
     def slot_running(self, slot: str) -> bool:
         return f"slot-{slot}" in self.stack.running()
 
