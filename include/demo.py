@@ -163,7 +163,8 @@ def wait_until_idle(client: AirflowAPI, expected: int, timeout: float, poll: flo
         queued = [
             e for dag in ("train", "deploy") for e in client.get(f"dags/{dag}/assets/queuedEvents").get("queued_events", [])
         ]
-        active = sum(n[dag]["running"] + n[dag]["queued"] for dag in ("train", "deploy"))
+        manual = [r for r in client.runs("rollback") if r["state"] in ("running", "queued")]
+        active = sum(n[dag]["running"] + n[dag]["queued"] for dag in ("train", "deploy")) + len(manual)
         idle = done >= expected and not active and not queued
         idle_polls = idle_polls + 1 if idle else 0
         if idle_polls >= 2:

@@ -91,6 +91,25 @@ def test_each_new_champion_was_rolled_out_and_serves_on_the_entry(loop):
     assert r.status_code == 200 and r.json()["model_version"] == champion.version
 
 
+def test_the_rollback_dag_puts_a_chosen_version_back_from_a_rest_trigger(loop):
+    settings, client, _, _ = loop
+    mlc = connect(settings.mlflow_tracking_uri)
+    live = alias_version(mlc, settings.model_name, CHAMPION).version
+    versions = [v.version for v in mlc.search_model_versions(f"name = '{settings.model_name}'")]
+    target = max((v for v in versions if v != live), key=int, default=live)
+    r = client.trigger("rollback", {"version": target, "reason": "e2e: put v" + target + " back"})
+    assert r.status_code == 200, r.text
+    assert client.trigger("rollback", {"version": "latest"}).status_code == 400
+    assert wait_until_idle(client, count_intervals(settings), timeout=300, poll=5)
+    run = client.get(f"dags/rollback/dagRuns/{r.json()['dag_run_id']}")
+    assert run["state"] == "success"
+    [record] = golden_records(settings, get_usecase(), 1)
+    answer = requests.post(f"http://127.0.0.1:{settings.serving_port}/predict", json=record, timeout=10).json()
+    assert answer["model_version"] == target
+    restored = alias_version(mlc, settings.model_name, CHAMPION)
+    assert restored.version == target and restored.tags["rollback.reason"] == f"e2e: put v{target} back"
+
+
 def test_an_invalid_form_value_is_rejected_by_the_api_before_any_task_runs(loop):
     _, client, _, _ = loop
     before = len(client.runs("train"))

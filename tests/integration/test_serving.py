@@ -88,7 +88,9 @@ def prepare(settings, flights, version: str) -> dict:
     step = plan(settings, name, version)
     assert step["action"] == "rollout"
     bento = build_bento(settings, name, version)
-    start_candidate(settings, name, version, step["slot"], bento["bento_tag"], timeout=60)
+    started = start_candidate(settings, name, version, step["slot"], bento["bento_tag"], timeout=60)
+    # a retried task finds its slot serving and reuses it
+    assert start_candidate(settings, name, version, step["slot"], bento["bento_tag"])["pid"] == started["pid"]
     infra_validate(settings, flights, step["slot"], name, version)
     return {**step, **bento}
 
