@@ -49,14 +49,11 @@ settings = get_settings()
 )
 def deploy():
     @task.short_circuit
-    def plan(params=None) -> dict | bool:
-        from include.deploy import plan, resolve
+    def plan(params=None) -> dict | None:
+        from include.deploy import plan_rollout
         from include.usecases import get_usecase
 
-        ref = resolve(get_settings(), get_usecase(), params["version"])
-        step = plan(get_settings(), ref["model_name"], ref["version"])
-        print(f"plan for {ref['model_name']} v{ref['version']}: {step}")
-        return False if step["action"] == "noop" else {**ref, "slot": step["slot"]}
+        return plan_rollout(get_settings(), get_usecase(), params["version"])  # None: already live, skip the rest
 
     @task
     def build_bento(ref: dict) -> dict:

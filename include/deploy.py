@@ -198,6 +198,15 @@ def plan(settings: Settings, model_name: str, version: str) -> dict:
     return {"action": "rollout", "slot": target, "previous": live}
 
 
+def plan_rollout(settings: Settings, usecase, version: str | None) -> dict | None:
+    """References for a rollout of `version` (default: the champion) into the idle slot, or None
+    when that version already serves all traffic."""
+    ref = resolve(settings, usecase, version)
+    step = plan(settings, ref["model_name"], ref["version"])
+    log.info("plan for %s v%s: %s", ref["model_name"], ref["version"], step)
+    return None if step["action"] == "noop" else {**ref, "slot": step["slot"]}
+
+
 def start_candidate(
     settings: Settings, model_name: str, version: str, slot: str, bento_tag: str, env: dict | None = None, timeout: float = 180
 ) -> dict:

@@ -26,6 +26,7 @@ import uuid
 from typing import Annotated
 
 import bentoml
+import numpy as np
 from pydantic import Field
 
 from include.serving.schema import MAX_BATCH, Prediction, request_model
@@ -50,9 +51,6 @@ class Predictor:
     model = bentoml.models.BentoModel(ARGS.model_tag)
 
     def __init__(self) -> None:
-        import numpy as np
-
-        self._np = np
         self.model_version = str(getattr(ARGS, "model_version", self.model.tag.version))
         self.threshold = float(getattr(ARGS, "threshold", 0.5))
         self.slot = os.environ.get("LOOP_SLOT", "dev")
@@ -85,7 +83,7 @@ class Predictor:
         if self._faulty("slow"):
             time.sleep(0.5)
         features = USECASE.encode_records(records)
-        scores = self.booster.inplace_predict(self._np.asarray(features, dtype=self._np.float32)).tolist()
+        scores = self.booster.inplace_predict(np.asarray(features, dtype=np.float32)).tolist()
         if self._faulty("skew"):
             scores = [min(1.0, s + 0.01) for s in scores]
         decisions = [s >= self.threshold for s in scores]
