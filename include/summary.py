@@ -27,7 +27,7 @@ def summarize(settings: Settings, ports, airflow=None, traffic=None) -> str:
     lines = [
         "",
         "=" * 78,
-        f"Continuous-training loop, first half: {usecase.name} ({usecase.description})",
+        f"Continuous-training loop: {usecase.name} ({usecase.description})",
         "=" * 78,
         f"Partitions validated: {len(validated)}  ({sum(r['rows_validated'] for r in validated):,} rows; "
         f"{rows_q} single rows quarantined)",
