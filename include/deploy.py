@@ -233,18 +233,14 @@ def reject(settings: Settings, model_name: str, version: str, reason: str, detai
 
 def golden_records(settings: Settings, usecase, rows: int) -> list[dict]:
     """Real records for infra validation: a fixed sample of the newest validated partition."""
-    import json as _json
-
     from include.data import list_validated, read_validated
+    from include.traffic import request_bodies
 
     records = list_validated(usecase.name)
     if not records:
         raise DeployError("no validated partition to draw a golden set from")
     df = read_validated(records[-1:])
-    df = df.sample(min(rows, len(df)), random_state=0).sort_index()
-    return _json.loads(
-        df[list(usecase.serving_inputs)].to_json(orient="records", date_format="iso", date_unit="us", double_precision=15)
-    )
+    return request_bodies(usecase, df.sample(min(rows, len(df)), random_state=0).sort_index())
 
 
 def reference_scores(settings: Settings, usecase, model_name: str, version: str, records: list[dict]) -> list[float]:

@@ -61,14 +61,18 @@ class Report:
         }
 
 
+def request_bodies(usecase: UseCase, df) -> list[dict]:
+    """Rows of `df` as JSON-ready request bodies: the use case's serving inputs, full precision."""
+    columns = df[list(usecase.serving_inputs)]
+    return json.loads(columns.to_json(orient="records", date_format="iso", date_unit="us", double_precision=15))
+
+
 def interval_records(usecase: UseCase, start: datetime, end: datetime) -> list[dict]:
-    """The records of [start, end) from the use case's source, as JSON-ready request bodies."""
+    """The records of [start, end) from the use case's source, as request bodies."""
     df = usecase.load_interval(start, end)
     if df.empty:
         raise ValueError(f"no {usecase.name} records between {start} and {end}")
-    return json.loads(
-        df[list(usecase.serving_inputs)].to_json(orient="records", date_format="iso", date_unit="us", double_precision=15)
-    )
+    return request_bodies(usecase, df)
 
 
 def replay(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PREFIX = "inference"
+CHUNK = 1000
+"""Records converted at a time when a flush builds its table (see `InferenceLog._write`)."""
 FEATURE_PREFIX = "feature."
 """Model features are logged beside the request fields they came from, as `feature.<name>`."""
 
@@ -112,24 +115,19 @@ class InferenceLog:
         self.flush()
 
     def _write(self, rows: list[tuple]):
-        """One Parquet part per event day, built column-wise with pyarrow (a few microseconds per
-        record: the flush thread shares the worker's CPU with the requests)."""
+        """One Parquet part per event day, built column-wise with pyarrow, a few microseconds per
+        record. Conversion holds the GIL, which the worker's requests need too: it runs in chunks
+        with a yield between them, so a flush stalls no request by more than a few milliseconds."""
         import numpy as np
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         uc = self.usecase
-        table = pa.Table.from_pylist([r[0] for r in rows], schema=self._schema)
-        features = np.asarray([r[1] for r in rows], dtype=np.float32)
-        for j, name in enumerate(uc.features):
-            table = table.append_column(FEATURE_PREFIX + name, pa.array(features[:, j]))
-        table = (
-            table.append_column("score", pa.array([r[2] for r in rows], pa.float64()))
-            .append_column("decision", pa.array([r[3] for r in rows], pa.bool_()))
-            .append_column("model_version", pa.array([self.model_version] * len(rows), pa.string()))
-            .append_column("slot", pa.array([self.slot] * len(rows), pa.string()))
-            .append_column("served_at", pa.array([r[4] for r in rows], pa.timestamp("us", tz="UTC")))
-        )
+        chunks = []
+        for i in range(0, len(rows), CHUNK):
+            chunks.append(self._table(rows[i : i + CHUNK]))
+            time.sleep(0.001)
+        table = pa.concat_tables(chunks)
         days = table.column(uc.contract.event_time).to_numpy().astype("datetime64[D]")
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         for day in np.unique(days):
@@ -138,6 +136,22 @@ class InferenceLog:
             pq.write_table(part, buf)
             key = f"{part_prefix(uc.name, day.item())}{stamp}-{self.slot}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
             self.storage.write_bytes(key, buf.getvalue().to_pybytes())
+
+    def _table(self, rows: list[tuple]):
+        import numpy as np
+        import pyarrow as pa
+
+        table = pa.Table.from_pylist([r[0] for r in rows], schema=self._schema)
+        features = np.asarray([r[1] for r in rows], dtype=np.float32)
+        for j, name in enumerate(self.usecase.features):
+            table = table.append_column(FEATURE_PREFIX + name, pa.array(features[:, j]))
+        return (
+            table.append_column("score", pa.array([r[2] for r in rows], pa.float64()))
+            .append_column("decision", pa.array([r[3] for r in rows], pa.bool_()))
+            .append_column("model_version", pa.array([self.model_version] * len(rows), pa.string()))
+            .append_column("slot", pa.array([self.slot] * len(rows), pa.string()))
+            .append_column("served_at", pa.array([r[4] for r in rows], pa.timestamp("us", tz="UTC")))
+        )
 
     @property
     def _schema(self):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 
 import numpy as np
@@ -14,6 +13,7 @@ from include.serving.inference_log import FEATURE_PREFIX, InferenceLog, join_lab
 from include.serving.proxy import routing_config
 from include.serving.schema import request_model
 from include.storage import get_storage
+from include.traffic import request_bodies
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +27,7 @@ def Record(flights):
 
 
 def as_requests(flights, df) -> list[dict]:
-    return json.loads(
-        df[list(flights.serving_inputs)].to_json(orient="records", date_format="iso", date_unit="us", double_precision=15)
-    )
+    return request_bodies(flights, df)
 
 
 def test_hot_path_features_equal_training_features(flights, week, Record):
