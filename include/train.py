@@ -221,6 +221,7 @@ def train_candidate(
     X_eval, y_eval, eval_slices = labelled(usecase, eval_df)
 
     from include.evaluate import compute_metrics, slice_metrics
+    from include.monitor import PROFILE_ARTIFACT, build_profile
 
     commit = git_commit()
     lineage = {"train": _lineage(train_recs), "eval": _lineage(eval_recs)}
@@ -258,12 +259,12 @@ def train_candidate(
         score = model.predict_proba(X_eval)[:, 1]
         metrics = compute_metrics(y_eval, score, settings.operating_threshold)
         mlflow.log_metrics({f"eval_{k}": v for k, v in metrics.items()})
+        train_score = model.predict_proba(X_train)[:, 1]
         mlflow.log_metrics(
-            {
-                f"train_{k}": v
-                for k, v in compute_metrics(y_train, model.predict_proba(X_train)[:, 1], settings.operating_threshold).items()
-            }
+            {f"train_{k}": v for k, v in compute_metrics(y_train, train_score, settings.operating_threshold).items()}
         )
+        # The monitor's reference: everything it needs to judge drift against this model.
+        mlflow.log_dict(build_profile(X_train, train_score, y_train.to_numpy(), usecase.categorical), PROFILE_ARTIFACT)
         slices = slice_metrics(eval_slices, y_eval.to_numpy(), score, settings.operating_threshold)
         mlflow.log_dict(slices, "evaluation/slices.json")
         mlflow.log_metrics(

@@ -11,6 +11,7 @@ import pytest
 from include.config import get_settings
 from include.data import list_validated
 from include.evaluate import run_champion_gate
+from include.monitor import load_profile
 from include.registry import CHALLENGER, CHAMPION, TrackingServerUnreachable, alias_version, connect
 from include.stack import free_port
 from include.train import TrainParams, train_candidate
@@ -40,6 +41,11 @@ def test_training_logs_a_traceable_challenger(env, flights, tmp_path):
     lineage = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/lineage/partitions.json")
     validated = {r["partition"]: r for r in list_validated("flights")}
     assert [r["partition"] for r in lineage["train"]] == list(validated)[:5]
+    # the monitor's reference travels with the version
+    profile = load_profile(env.mlflow_tracking_uri, out["model_name"], out["version"])
+    assert list(profile["features"]) == list(flights.features)
+    assert profile["n"] == int(run.data.params["n_train_rows"]) and 0.05 < profile["base_rate"] < 0.5
+    assert sum(profile["features"]["temp"]["counts"]) == profile["n"]
     assert [r["partition"] for r in lineage["eval"]] == list(validated)[5:]
     for r in lineage["train"] + lineage["eval"]:
         assert r["validated_sha256"] == validated[r["partition"]]["validated_sha256"]

@@ -1,0 +1,183 @@
+"""Drift and decay statistics: a reference profile saved with each model, and a streaming
+comparison of served traffic against it.
+
+The profile is what the monitor needs to know a model's reference, so it travels with the model
+(an MLflow artifact of its training run): per numeric feature the reference's quantile bin edges
+and counts, per categorical feature the category counts, the score distribution (bins plus a
+sample for the KS test), the base rate. Missing values have a bin of their own everywhere: a
+feature that starts arriving empty is drift too.
+
+The comparison streams: `DriftAccumulator.update` takes one partition of the inference log at a
+time and only adds counts (one `searchsorted` + `bincount` per column), so memory stays bounded
+by the number of bins, not by the window. PSI is computed on the reference's bins; categorical
+features also get the Jensen–Shannon distance (scipy); scores get PSI and a two-sample KS test
+(scipy) against the reference sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+PROFILE_ARTIFACT = "reference/profile.json"
+BINS = 10
+SCORE_SAMPLE = 2000
+EPS = 1e-4
+"""Floor of a bin's share in PSI, so an empty bin gives a large but finite term."""
+
+
+def _edges(values: np.ndarray, bins: int) -> list[float]:
+    """Interior cut points at the reference's quantiles (duplicates dropped: a feature with few
+    distinct values gets fewer bins)."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return []
+    return np.unique(np.quantile(finite, np.linspace(0, 1, bins + 1)[1:-1])).tolist()
+
+
+def numeric_counts(values: np.ndarray, edges: list[float]) -> np.ndarray:
+    """Counts per bin (len(edges) + 1 bins, right-closed cut points) plus one for missing."""
+    values = np.asarray(values, dtype="float64")
+    missing = ~np.isfinite(values)
+    idx = np.searchsorted(np.asarray(edges), values[~missing], side="left")
+    counts = np.bincount(idx, minlength=len(edges) + 1).astype("float64")
+    return np.append(counts, missing.sum())
+
+
+def categorical_counts(values: np.ndarray, categories: list[float]) -> np.ndarray:
+    """Counts per reference category, then one bin for any other value, one for missing."""
+    values = np.asarray(values, dtype="float64")
+    missing = np.isnan(values)
+    cats = np.asarray(categories, dtype="float64")
+    pos = np.searchsorted(cats, values[~missing])
+    known = (pos < len(cats)) & (cats[np.minimum(pos, len(cats) - 1)] == values[~missing]) if len(cats) else np.zeros(0, bool)
+    counts = np.bincount(pos[known], minlength=len(cats)).astype("float64")
+    return np.concatenate([counts, [(~known).sum(), missing.sum()]])
+
+
+def build_profile(
+    features: pd.DataFrame, scores: np.ndarray, labels: np.ndarray, categorical: tuple[str, ...], bins: int = BINS, seed: int = 0
+) -> dict:
+    """The reference profile of a model's training data (features as the model saw them, the
+    model's scores on them, the labels)."""
+    profile: dict = {"n": len(features), "base_rate": float(np.nanmean(labels)), "bins": bins, "features": {}}
+    for name in features.columns:
+        values = features[name].to_numpy(dtype="float64")
+        if name in categorical:
+            cats = np.unique(values[~np.isnan(values)]).tolist()
+            profile["features"][name] = {
+                "kind": "categorical",
+                "categories": cats,
+                "counts": categorical_counts(values, cats).tolist(),
+            }
+        else:
+            edges = _edges(values, bins)
+            profile["features"][name] = {"kind": "numeric", "edges": edges, "counts": numeric_counts(values, edges).tolist()}
+    scores = np.asarray(scores, dtype="float64")
+    edges = _edges(scores, bins)
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(scores, size=min(SCORE_SAMPLE, scores.size), replace=False)
+    profile["score"] = {
+        "edges": edges,
+        "counts": numeric_counts(scores, edges).tolist(),
+        "sample": np.round(np.sort(sample), 6).tolist(),
+    }
+    return profile
+
+
+def load_profile(tracking_uri: str, model_name: str, version: str) -> dict:
+    """The reference profile of a registered model version (logged with its training run)."""
+    import mlflow
+
+    from include.registry import connect
+
+    run_id = connect(tracking_uri).get_model_version(model_name, version).run_id
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{PROFILE_ARTIFACT}")
+
+
+def psi(reference: np.ndarray, current: np.ndarray, eps: float = EPS) -> float:
+    """Population stability index of two count vectors over the same bins."""
+    p = np.clip(np.asarray(reference, dtype="float64") / max(np.sum(reference), 1), eps, None)
+    q = np.clip(np.asarray(current, dtype="float64") / max(np.sum(current), 1), eps, None)
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+@dataclass
+class DriftAccumulator:
+    """Counts of the current window in the reference's bins; feed it partitions one by one."""
+
+    profile: dict
+    score_reservoir: int = 10_000
+    seed: int = 0
+    n: int = 0
+    labelled: int = 0
+    positives: float = 0.0
+    counts: dict[str, np.ndarray] = field(default_factory=dict)
+    score_counts: np.ndarray | None = None
+    _scores: list[np.ndarray] = field(default_factory=list)
+
+    def update(self, features: pd.DataFrame, scores: np.ndarray | None = None, labels: np.ndarray | None = None) -> None:
+        for name, ref in self.profile["features"].items():
+            values = features[name].to_numpy(dtype="float64")
+            add = (
+                categorical_counts(values, ref["categories"])
+                if ref["kind"] == "categorical"
+                else numeric_counts(values, ref["edges"])
+            )
+            self.counts[name] = self.counts.get(name, 0) + add
+        self.n += len(features)
+        if scores is not None:
+            scores = np.asarray(scores, dtype="float64")
+            add = numeric_counts(scores, self.profile["score"]["edges"])
+            self.score_counts = add if self.score_counts is None else self.score_counts + add
+            self._scores.append(scores)
+            self._shrink_scores()
+        if labels is not None:
+            labels = np.asarray(labels, dtype="float64")
+            known = ~np.isnan(labels)
+            self.labelled += int(known.sum())
+            self.positives += float(labels[known].sum())
+
+    def _shrink_scores(self) -> None:
+        # A uniform sample of the window's scores, bounded: enough for the KS test.
+        pooled = np.concatenate(self._scores)
+        if pooled.size > self.score_reservoir:
+            rng = np.random.default_rng(self.seed + self.n)
+            pooled = rng.choice(pooled, size=self.score_reservoir, replace=False)
+        self._scores = [pooled]
+
+    def report(self) -> dict:
+        """Per-feature PSI (and JS distance for categoricals), prediction drift, base-rate shift."""
+        from scipy.spatial.distance import jensenshannon
+        from scipy.stats import ks_2samp
+
+        features = {}
+        for name, ref in self.profile["features"].items():
+            cur = self.counts.get(name)
+            if cur is None:
+                continue
+            entry = {"psi": psi(ref["counts"], cur), "missing_share": float(cur[-1] / max(cur.sum(), 1))}
+            if ref["kind"] == "categorical":
+                p = np.asarray(ref["counts"], dtype="float64")
+                entry["js_distance"] = float(jensenshannon(p / p.sum(), cur / max(cur.sum(), 1), base=2))
+                entry["unknown_share"] = float(cur[-2] / max(cur.sum(), 1))
+            features[name] = entry
+        out: dict = {"n": self.n, "features": features}
+        if self.score_counts is not None:
+            ks = ks_2samp(self.profile["score"]["sample"], np.concatenate(self._scores))
+            out["prediction"] = {
+                "psi": psi(self.profile["score"]["counts"], self.score_counts),
+                "ks_statistic": float(ks.statistic),
+                "ks_pvalue": float(ks.pvalue),
+            }
+        out["labels"] = {
+            "labelled": self.labelled,
+            "base_rate": self.positives / self.labelled if self.labelled else None,
+            "reference_base_rate": self.profile["base_rate"],
+        }
+        return out

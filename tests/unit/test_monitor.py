@@ -1,0 +1,91 @@
+"""Drift statistics on real 2013 data: the reference profile, PSI/JS/KS, streaming accumulation."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from include.monitor import DriftAccumulator, build_profile, categorical_counts, numeric_counts, psi
+
+
+def month(flights, m: int):
+    start = datetime(2013, m, 1, tzinfo=UTC)
+    end = datetime(2013 + (m == 12), m % 12 + 1, 1, tzinfo=UTC)
+    df = flights.load_interval(start, end)
+    return flights.build_features(df), flights.build_target(df).to_numpy()
+
+
+@pytest.fixture(scope="module")
+def february(flights):
+    return month(flights, 2)
+
+
+@pytest.fixture(scope="module")
+def profile(flights, february):
+    X, y = february
+    scores = np.clip(X["dep_hour"].to_numpy() / 24, 0, 1)  # any deterministic score will do here
+    return build_profile(X, scores, y, flights.categorical)
+
+
+def test_counts_put_every_value_in_exactly_one_bin():
+    values = np.array([0.5, 1.0, 1.5, 2.0, np.nan, 9.0])
+    counts = numeric_counts(values, [1.0, 2.0])
+    assert counts.tolist() == [2, 2, 1, 1]  # (-inf, 1], (1, 2], (2, inf), missing
+    cats = categorical_counts(np.array([0.0, 1.0, 1.0, 7.0, np.nan]), [0.0, 1.0, 2.0])
+    assert cats.tolist() == [1, 2, 0, 1, 1]  # 0, 1, 2, other, missing
+
+
+def test_psi_is_zero_for_identical_and_large_for_shifted_distributions():
+    assert psi([10, 20, 30], [1, 2, 3]) == pytest.approx(0, abs=1e-12)
+    assert psi([50, 50, 0], [0, 50, 50]) > 1
+
+
+def test_a_window_from_the_reference_distribution_shows_no_drift(flights, february, profile):
+    X, y = february
+    halves = np.arange(len(X)) % 2 == 0  # interleaved half of the same month
+    acc = DriftAccumulator(profile)
+    acc.update(X[halves], labels=y[halves])
+    report = acc.report()
+    worst = max(f["psi"] for f in report["features"].values())
+    assert worst < 0.02, report["features"]
+    assert report["labels"]["base_rate"] == pytest.approx(profile["base_rate"], abs=0.02)
+
+
+def test_summer_drifts_away_from_february_on_weather_not_on_schedule(flights, profile):
+    X, y = month(flights, 7)
+    acc = DriftAccumulator(profile)
+    acc.update(X, labels=y)
+    f = acc.report()["features"]
+    assert f["temp"]["psi"] > 1 and f["dewp"]["psi"] > 1  # 34°F → 80°F
+    assert f["dep_hour"]["psi"] < 0.1 and f["carrier"]["psi"] < 0.1  # the timetable barely moves
+    assert 0 <= f["carrier"]["js_distance"] < 0.2
+
+
+def test_streaming_over_partitions_equals_one_pass(flights, profile):
+    X, y = month(flights, 7)
+    scores = np.linspace(0, 1, len(X))
+    whole = DriftAccumulator(profile)
+    whole.update(X, scores, y)
+    parts = DriftAccumulator(profile)
+    for chunk in np.array_split(np.arange(len(X)), 7):
+        parts.update(X.iloc[chunk], scores[chunk], y[chunk])
+    a, b = whole.report(), parts.report()
+    assert a["n"] == b["n"] == len(X)
+    for name in a["features"]:
+        assert a["features"][name]["psi"] == pytest.approx(b["features"][name]["psi"], rel=1e-12)
+    assert a["prediction"]["psi"] == pytest.approx(b["prediction"]["psi"], rel=1e-12)
+    assert a["labels"] == b["labels"]
+
+
+def test_unknown_categories_and_missing_values_are_counted_not_dropped(flights, february, profile):
+    X, _ = february
+    broken = X.head(1000).copy()
+    broken["carrier"] = 99.0  # a code the reference never saw
+    broken["temp"] = np.nan
+    acc = DriftAccumulator(profile)
+    acc.update(broken)
+    f = acc.report()["features"]
+    assert f["carrier"]["unknown_share"] == 1.0 and f["carrier"]["psi"] > 1
+    assert f["temp"]["missing_share"] == 1.0 and f["temp"]["psi"] > 1
