@@ -141,6 +141,21 @@ class Settings:
     golden_latency_ms: float
     """LOOP_GOLDEN_LATENCY_MS: p99 budget (ms) of one golden request sent straight to the new slot."""
 
+    drift_feature_psi: float
+    """LOOP_DRIFT_FEATURE_PSI: a feature drifts when its PSI against the reference is above this."""
+    drift_min_features: int
+    """LOOP_DRIFT_MIN_FEATURES: drifted features needed before drift asks for retraining."""
+    drift_prediction_psi: float
+    """LOOP_DRIFT_PREDICTION_PSI: PSI of the score distribution that counts as prediction drift."""
+    decay_margin: float
+    """LOOP_DECAY_MARGIN: drop of the live ROC AUC below the model's evaluation number that counts as decay."""
+    decay_min_labelled: int
+    """LOOP_DECAY_MIN_LABELLED: labelled predictions a window needs before decay is judged."""
+    retrain_cooldown_hours: float
+    """LOOP_RETRAIN_COOLDOWN_HOURS: no retrain request this soon after the last training."""
+    retrain_max_per_day: int
+    """LOOP_RETRAIN_MAX_PER_DAY: retrain requests per 24 hours, at most."""
+
     @property
     def start_datetime(self) -> datetime:
         return datetime.combine(self.start_date, time(), ZoneInfo(self.timezone))
@@ -192,6 +207,13 @@ def get_settings() -> Settings:
         canary_min_requests=_int("LOOP_CANARY_MIN_REQUESTS", 20),
         golden_rows=_int("LOOP_GOLDEN_ROWS", 200),
         golden_latency_ms=_float("LOOP_GOLDEN_LATENCY_MS", 200),
+        drift_feature_psi=_float("LOOP_DRIFT_FEATURE_PSI", 0.25),
+        drift_min_features=_int("LOOP_DRIFT_MIN_FEATURES", 3),
+        drift_prediction_psi=_float("LOOP_DRIFT_PREDICTION_PSI", 0.2),
+        decay_margin=_float("LOOP_DECAY_MARGIN", 0.03),
+        decay_min_labelled=_int("LOOP_DECAY_MIN_LABELLED", 2000),
+        retrain_cooldown_hours=_float("LOOP_RETRAIN_COOLDOWN_HOURS", 24),
+        retrain_max_per_day=_int("LOOP_RETRAIN_MAX_PER_DAY", 2),
     )
     if not 0 <= settings.max_bad_row_share < 1:
         raise ValueError(f"LOOP_MAX_BAD_ROW_SHARE={settings.max_bad_row_share} must be in [0, 1)")

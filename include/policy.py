@@ -1,0 +1,127 @@
+"""When drift or decay becomes a retrain request, and when it must not.
+
+`decide` is one pure function: the monitor's report and what has happened recently go in, a
+decision with its reason comes out. Every outcome is a decision worth recording, including "no
+action" and "suppressed". The guards keep the loop from retraining in a storm: a cooldown since
+the last training, nothing while a training run is queued or running, a daily maximum, and no
+second request for a cause already requested and not yet answered by a new model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    feature_psi: float = 0.25
+    """A feature drifts when its PSI is above this (0.1 slight, 0.25 significant, by convention)."""
+    min_drifted_features: int = 3
+    """Drift needs at least this many drifted features (one noisy feature is not enough)."""
+    prediction_psi: float = 0.2
+    """Prediction drift: PSI of the score distribution against the reference."""
+    decay_margin: float = 0.03
+    """Decay: the live metric is below the model's own evaluation number by more than this."""
+    min_labelled: int = 2000
+    """Decay is judged only on windows with at least this many labelled predictions."""
+    cooldown: timedelta = timedelta(hours=24)
+    """No retrain request this soon after the last training finished."""
+    max_per_day: int = 2
+    """Retrain requests per 24 hours, at most."""
+
+    @classmethod
+    def from_settings(cls, settings) -> PolicyConfig:
+        return cls(
+            feature_psi=settings.drift_feature_psi,
+            min_drifted_features=settings.drift_min_features,
+            prediction_psi=settings.drift_prediction_psi,
+            decay_margin=settings.decay_margin,
+            min_labelled=settings.decay_min_labelled,
+            cooldown=timedelta(hours=settings.retrain_cooldown_hours),
+            max_per_day=settings.retrain_max_per_day,
+        )
+
+
+@dataclass(frozen=True)
+class History:
+    """What the policy needs to know about the recent past (gathered from MLflow and Airflow)."""
+
+    now: datetime
+    last_training_at: datetime | None = None
+    training_active: bool = False
+    requests: tuple[tuple[datetime, str], ...] = ()
+    """Earlier retrain requests: (time, cause), newest last."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str
+    """`retrain`, `none` or `suppressed`."""
+    cause: str
+    """What was found, e.g. `drift:dewp,temp,humid` or `decay:roc_auc`; empty when nothing."""
+    reason: str
+    evidence: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def findings(report: dict, reference: dict, config: PolicyConfig) -> tuple[str, str, dict]:
+    """The cause (empty if none), a sentence saying why, and the numbers behind it."""
+    drifted = sorted(
+        (name for name, f in report.get("features", {}).items() if f["psi"] > config.feature_psi),
+        key=lambda n: -report["features"][n]["psi"],
+    )
+    evidence: dict = {"drifted_features": {n: round(report["features"][n]["psi"], 4) for n in drifted}}
+    causes, reasons = [], []
+    if len(drifted) >= config.min_drifted_features:
+        causes.append("drift:" + ",".join(sorted(drifted)))
+        reasons.append(f"{len(drifted)} features drifted (PSI > {config.feature_psi}): " + ", ".join(drifted[:5]))
+    pred = report.get("prediction", {}).get("psi")
+    if pred is not None:
+        evidence["prediction_psi"] = round(pred, 4)
+        if pred > config.prediction_psi:
+            causes.append("prediction-drift")
+            reasons.append(f"score distribution PSI {pred:.3f} > {config.prediction_psi}")
+    perf = report.get("performance", {})
+    labelled = report.get("labels", {}).get("labelled", 0)
+    evidence["labelled"] = labelled
+    for metric, live in perf.items():
+        expected = reference.get(metric)
+        if live is None or expected is None:
+            continue
+        evidence[f"{metric}_live"], evidence[f"{metric}_reference"] = round(live, 4), round(expected, 4)
+        if labelled >= config.min_labelled and expected - live > config.decay_margin:
+            causes.append(f"decay:{metric}")
+            reasons.append(f"{metric} {live:.3f} on {labelled} labelled predictions vs {expected:.3f} at evaluation")
+    return ";".join(causes), "; ".join(reasons), evidence
+
+
+def decide(report: dict, reference: dict, history: History, config: PolicyConfig) -> Decision:
+    """Retrain, do nothing, or suppress a request, with the reason. `reference` holds the model's
+    own evaluation metrics (higher is better), e.g. {"roc_auc": 0.71}."""
+    cause, why, evidence = findings(report, reference, config)
+    if not cause:
+        return Decision("none", "", "no drift or decay beyond the thresholds", evidence)
+    if history.training_active:
+        return Decision("suppressed", cause, f"{why}; a training run is already queued or running", evidence)
+    if history.last_training_at and history.now - history.last_training_at < config.cooldown:
+        since = history.now - history.last_training_at
+        return Decision(
+            "suppressed", cause, f"{why}; cooldown: last training {_ago(since)} ago (< {_ago(config.cooldown)})", evidence
+        )
+    recent = [t for t, _ in history.requests if history.now - t < timedelta(days=1)]
+    if len(recent) >= config.max_per_day:
+        return Decision(
+            "suppressed", cause, f"{why}; already {len(recent)} retrain requests in 24 h (max {config.max_per_day})", evidence
+        )
+    answered = history.last_training_at
+    if any(c == cause and (answered is None or t > answered) for t, c in history.requests):
+        return Decision("suppressed", cause, f"{why}; the same cause was already requested and not yet answered", evidence)
+    return Decision("retrain", cause, why, evidence)
+
+
+def _ago(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} d"

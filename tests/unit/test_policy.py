@@ -1,0 +1,100 @@
+"""The retrain policy: drift or decay → one request; every guard suppresses with a reason."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from include.policy import Decision, History, PolicyConfig, decide
+
+NOW = datetime(2013, 7, 15, 12, tzinfo=UTC)
+CONFIG = PolicyConfig()
+REFERENCE = {"roc_auc": 0.71}
+
+
+def report(psis: dict[str, float] | None = None, prediction: float = 0.01, auc: float | None = None, labelled: int = 0) -> dict:
+    psis = psis or {"temp": 0.01, "dewp": 0.02, "dep_hour": 0.0, "carrier": 0.01}
+    return {
+        "features": {k: {"psi": v} for k, v in psis.items()},
+        "prediction": {"psi": prediction},
+        "labels": {"labelled": labelled},
+        "performance": {"roc_auc": auc},
+    }
+
+
+SUMMER = {"temp": 2.4, "dewp": 1.9, "humid": 0.4, "dep_hour": 0.01, "carrier": 0.02}
+
+
+def test_a_stable_window_asks_for_nothing():
+    d = decide(report(), REFERENCE, History(now=NOW), CONFIG)
+    assert d.action == "none" and d.cause == ""
+
+
+def test_drift_on_enough_features_asks_for_one_retrain():
+    d = decide(report(SUMMER), REFERENCE, History(now=NOW, last_training_at=NOW - timedelta(days=10)), CONFIG)
+    assert d.action == "retrain" and d.cause == "drift:dewp,humid,temp"
+    assert "temp" in d.reason and d.evidence["drifted_features"]["temp"] == 2.4
+
+
+def test_one_drifted_feature_is_not_enough():
+    d = decide(report({"temp": 3.0, "dewp": 0.1, "humid": 0.1}), REFERENCE, History(now=NOW), CONFIG)
+    assert d.action == "none"
+
+
+def test_decay_needs_enough_labels():
+    few = decide(report(auc=0.60, labelled=500), REFERENCE, History(now=NOW), CONFIG)
+    many = decide(report(auc=0.60, labelled=5000), REFERENCE, History(now=NOW), CONFIG)
+    assert few.action == "none"
+    assert many.action == "retrain" and many.cause == "decay:roc_auc" and "0.600" in many.reason
+
+
+def test_prediction_drift_alone_asks_for_retraining():
+    d = decide(report(prediction=0.5), REFERENCE, History(now=NOW), CONFIG)
+    assert d.action == "retrain" and d.cause == "prediction-drift"
+
+
+@pytest.mark.parametrize(
+    ("history", "why"),
+    [
+        (History(now=NOW, training_active=True), "already queued or running"),
+        (History(now=NOW, last_training_at=NOW - timedelta(hours=3)), "cooldown"),
+        (
+            History(
+                now=NOW,
+                last_training_at=NOW - timedelta(days=3),
+                requests=((NOW - timedelta(hours=5), "drift:x"), (NOW - timedelta(hours=2), "decay:roc_auc")),
+            ),
+            "2 retrain requests in 24 h",
+        ),
+        (
+            History(
+                now=NOW, last_training_at=NOW - timedelta(days=3), requests=((NOW - timedelta(days=2), "drift:dewp,humid,temp"),)
+            ),
+            "same cause was already requested",
+        ),
+    ],
+)
+def test_every_guard_suppresses_with_its_reason(history, why):
+    d = decide(report(SUMMER), REFERENCE, history, CONFIG)
+    assert isinstance(d, Decision) and d.action == "suppressed" and why in d.reason
+    assert d.cause == "drift:dewp,humid,temp"
+
+
+def test_a_cause_answered_by_a_new_training_may_be_requested_again():
+    history = History(
+        now=NOW, last_training_at=NOW - timedelta(days=2), requests=((NOW - timedelta(days=3), "drift:dewp,humid,temp"),)
+    )
+    assert decide(report(SUMMER), REFERENCE, history, CONFIG).action == "retrain"
+
+
+def test_thresholds_come_from_settings(monkeypatch):
+    from include.config import get_settings
+
+    monkeypatch.setenv("LOOP_DRIFT_MIN_FEATURES", "1")
+    monkeypatch.setenv("LOOP_RETRAIN_COOLDOWN_HOURS", "6")
+    get_settings.cache_clear()
+    config = PolicyConfig.from_settings(get_settings())
+    get_settings.cache_clear()
+    assert config.min_drifted_features == 1 and config.cooldown == timedelta(hours=6)
+    assert decide(report({"temp": 3.0}), REFERENCE, History(now=NOW), config).action == "retrain"
