@@ -181,3 +181,57 @@ class DriftAccumulator:
             "reference_base_rate": self.profile["base_rate"],
         }
         return out
+
+
+def window_report(usecase, profile: dict, start, end, storage=None) -> dict:
+    """Drift, data quality and (once labels have landed) performance of the predictions logged
+    for events in [start, end): the inference log is read one day at a time, so memory holds one
+    day plus the window's labelled (score, label) pairs."""
+    from datetime import timedelta
+
+    import pandas as pd
+
+    from include.data import list_validated, read_validated
+    from include.evaluate import compute_metrics
+    from include.serving.inference_log import FEATURE_PREFIX, join_labels, read_inference_log
+
+    acc = DriftAccumulator(profile)
+    labels = _labels_for(usecase, start, end, list_validated(usecase.name, storage), read_validated, storage)
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    versions: dict[str, int] = {}
+    day = start
+    while day < end:
+        log = read_inference_log(usecase, day, min(day + timedelta(days=1), end), storage)
+        day += timedelta(days=1)
+        if log.empty:
+            continue
+        for v, n in log["model_version"].value_counts().items():
+            versions[str(v)] = versions.get(str(v), 0) + int(n)
+        features = log[[FEATURE_PREFIX + f for f in usecase.features]].set_axis(list(usecase.features), axis=1)
+        y = join_labels(usecase, log, labels)["label"].to_numpy() if labels is not None else None
+        acc.update(features, log["score"].to_numpy(), y)
+        if y is not None:
+            known = ~np.isnan(y)
+            pairs.append((log["score"].to_numpy()[known], y[known]))
+    report = acc.report() | {"window": [start.isoformat(), end.isoformat()], "model_versions": versions}
+    scores = np.concatenate([p[0] for p in pairs]) if pairs else np.array([])
+    ys = np.concatenate([p[1] for p in pairs]) if pairs else np.array([])
+    if ys.size and 0 < ys.sum() < ys.size:
+        metrics = compute_metrics(pd.Series(ys), scores, 0.5)
+        report["performance"] = {"roc_auc": metrics["roc_auc"], "pr_auc": metrics["pr_auc"], "log_loss": metrics["log_loss"]}
+        report["calibration"] = {"mean_score": float(scores.mean()), "base_rate": float(ys.mean())}
+    else:
+        report["performance"] = {}
+    return report
+
+
+def _labels_for(usecase, start, end, validated: list[dict], read_validated, storage):
+    """The validated rows whose interval overlaps [start, end): where labels come from."""
+    from datetime import datetime
+
+    overlap = [
+        r
+        for r in validated
+        if datetime.fromisoformat(r["interval_start"]) < end and datetime.fromisoformat(r["interval_end"]) > start
+    ]
+    return read_validated(overlap, storage) if overlap else None
