@@ -39,6 +39,7 @@ test-fast: install  ## the tests that need no server
 
 bench: install  ## benchmarks against baselines measured in the same run (ratios, not timed tests)
 	$(BIN)/python tests/bench/bench_serving.py
+	$(BIN)/python tests/bench/bench_drift.py
 
 lint: install
 	$(BIN)/ruff check dags include plugins tests
