@@ -161,7 +161,7 @@ class DriftAccumulator:
             cur = self.counts.get(name)
             if cur is None:
                 continue
-            entry = {"psi": psi(ref["counts"], cur), "missing_share": float(cur[-1] / max(cur.sum(), 1))}
+            entry = {"psi": psi(ref["counts"], cur), "missing_share": float(cur[-1] / max(cur.sum(), 1)), "counts": cur.tolist()}
             if ref["kind"] == "categorical":
                 p = np.asarray(ref["counts"], dtype="float64")
                 entry["js_distance"] = float(jensenshannon(p / p.sum(), cur / max(cur.sum(), 1), base=2))
@@ -235,3 +235,148 @@ def _labels_for(usecase, start, end, validated: list[dict], read_validated, stor
         if datetime.fromisoformat(r["interval_start"]) < end and datetime.fromisoformat(r["interval_end"]) > start
     ]
     return read_validated(overlap, storage) if overlap else None
+
+
+def monitoring_experiment(model_name: str) -> str:
+    return f"{model_name}-monitoring"
+
+
+def run_monitor(
+    settings, usecase, start, end, *, dag_id: str, dag_run_id: str, training_active: bool = False, storage=None
+) -> dict:
+    """Check the window [start, end) of the live model: drift and decay report, the policy's
+    decision, all logged to MLflow (experiment `<model>-monitoring`, one run per window and
+    version; metrics stamped with the window end, so they chart over time). Idempotent: a rerun
+    for the same window and version returns the recorded decision.
+
+    Times are data time (the window's end is "now"): in production that is the wall clock; in the
+    2013 replay it keeps the cooldown meaningful."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    from include.policy import History, PolicyConfig, decide
+    from include.registry import CHAMPION, alias_version, connect, experiment_id, find_runs
+
+    client = connect(settings.mlflow_tracking_uri)
+    model_name = settings.model_name or usecase.model_name
+    live = _live_version(settings, client, model_name) or alias_version(client, model_name, CHAMPION)
+    if live is None:
+        return {"action": "none", "reason": f"no deployed or champion version of {model_name} to monitor"}
+    version = str(live.version)
+    exp = experiment_id(client, monitoring_experiment(model_name))
+    window = {"monitor.window_start": start.isoformat(), "monitor.window_end": end.isoformat(), "monitor.model_version": version}
+    for run in find_runs(client, exp, window):
+        if run.info.status == "FINISHED" and "decision.action" in run.data.tags:
+            return _result(run.info.run_id, run.data.tags, reused=True)
+
+    profile = mlflow.artifacts.load_dict(f"runs:/{live.run_id}/{PROFILE_ARTIFACT}")
+    report = window_report(usecase, profile, start, end, storage)
+    model_metrics = client.get_run(live.run_id).data.metrics
+    reference = {m: model_metrics.get(f"eval_{m}") for m in ("roc_auc", "pr_auc")}
+    history = History(
+        now=end,
+        last_training_at=_last_training_end(client, model_name),
+        training_active=training_active,
+        requests=_earlier_requests(client, exp, before=end),
+    )
+    decision = decide(report, reference, history, PolicyConfig.from_settings(settings))
+
+    stamp = int(end.timestamp() * 1000)
+    metrics = {f"psi.{k}": v["psi"] for k, v in report["features"].items()}
+    metrics |= {f"prediction.{k}": v for k, v in report.get("prediction", {}).items()}
+    metrics |= {f"live.{k}": v for k, v in report.get("performance", {}).items()}
+    metrics |= {"rows": report["n"], "labelled": report["labels"]["labelled"]}
+    if report["labels"]["base_rate"] is not None:
+        metrics["base_rate"] = report["labels"]["base_rate"]
+    tags = {
+        **window,
+        "airflow.dag_id": dag_id,
+        "airflow.dag_run_id": dag_run_id,
+        "decision.action": decision.action,
+        "decision.cause": decision.cause,
+        "decision.reason": decision.reason[:4000],
+    }
+    with mlflow.start_run(experiment_id=exp, run_name=f"v{version} {start.date()}…{end.date()}", tags=tags) as run:
+        client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items() if v == v])
+        mlflow.log_dict(report, "monitor/report.json")
+        mlflow.log_dict(decision.as_dict(), "monitor/decision.json")
+        fig = drift_figure(profile, report, usecase)
+        mlflow.log_figure(fig, "monitor/drift.png")
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return _result(run.info.run_id, tags, reused=False)
+
+
+def _result(run_id: str, tags: dict, reused: bool) -> dict:
+    return {
+        "action": tags["decision.action"],
+        "cause": tags["decision.cause"],
+        "reason": tags["decision.reason"],
+        "model_version": tags["monitor.model_version"],
+        "mlflow_run_id": run_id,
+        "report_uri": f"runs:/{run_id}/monitor/report.json",
+        "reused": reused,
+    }
+
+
+def _live_version(settings, client, model_name):
+    from include.deploy import Serving
+
+    live = Serving(settings).live()
+    if live and live["model_name"] == model_name:
+        return client.get_model_version(model_name, live["model_version"])
+    return None
+
+
+def _last_training_end(client, model_name):
+    """Data time of the newest training: the end of the newest version's data window."""
+    from datetime import datetime
+
+    versions = client.search_model_versions(f"name = '{model_name}'")
+    ends = [v.tags.get("loop.data_window", "").partition(" … ")[2] for v in versions]
+    ends = [datetime.fromisoformat(e) for e in ends if e]
+    return max(ends) if ends else None
+
+
+def _earlier_requests(client, exp, before) -> tuple:
+    from datetime import datetime
+
+    runs = client.search_runs([exp], filter_string="tags.`decision.action` = 'retrain'")
+    found = [(datetime.fromisoformat(r.data.tags["monitor.window_end"]), r.data.tags["decision.cause"]) for r in runs]
+    return tuple(sorted(x for x in found if x[0] < before))
+
+
+def drift_figure(profile: dict, report: dict, usecase, top: int = 6):
+    """PSI per feature, and reference vs current bin shares of the most drifted features."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    psis = sorted(((k, v["psi"]) for k, v in report["features"].items()), key=lambda kv: kv[1])
+    worst = [k for k, _ in psis[::-1][:top]]
+    fig, axes = plt.subplots(1 + (len(worst) + 2) // 3, 3, figsize=(13, 3.2 * (1 + (len(worst) + 2) // 3)))
+    ax = plt.subplot2grid((1 + (len(worst) + 2) // 3, 3), (0, 0), colspan=3, fig=fig)
+    ax.barh([k for k, _ in psis], [v for _, v in psis], color=["#c0392b" if v > 0.25 else "#3b75af" for _, v in psis])
+    ax.axvline(0.25, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("PSI against the training reference (dashed: 0.25)")
+    ax.set_title(f"Drift of {report['window'][0][:10]} … {report['window'][1][:10]} ({report['n']:,} predictions)")
+    for i, name in enumerate(worst):
+        ax = axes.flat[3 + i]
+        ref = np.asarray(profile["features"][name]["counts"], dtype="float64")
+        cur = np.asarray(report["features"][name]["counts"], dtype="float64")
+        x = np.arange(len(ref))
+        ax.bar(x - 0.2, ref / max(ref.sum(), 1), 0.4, label="reference", color="#3b75af")
+        ax.bar(x + 0.2, cur / max(cur.sum(), 1), 0.4, label="current", color="#e67e22")
+        ax.set_title(f"{name}: PSI {report['features'][name]['psi']:.2f}")
+        ax.set_xticks([])
+        ax.set_xlabel("reference bins (last: missing)")
+        if i == 0:
+            ax.legend()
+    for ax in axes.flat[3 + len(worst) :]:
+        ax.axis("off")
+    for ax in axes.flat[:3]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

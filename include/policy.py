@@ -59,7 +59,8 @@ class Decision:
     action: str
     """`retrain`, `none` or `suppressed`."""
     cause: str
-    """What was found, e.g. `drift:dewp,temp,humid` or `decay:roc_auc`; empty when nothing."""
+    """The kinds found, e.g. `drift`, `drift;decay:roc_auc`; empty when nothing. Which features
+    drifted is in the reason and the evidence: the cause is what deduplication compares."""
     reason: str
     evidence: dict = field(default_factory=dict)
 
@@ -76,7 +77,7 @@ def findings(report: dict, reference: dict, config: PolicyConfig) -> tuple[str, 
     evidence: dict = {"drifted_features": {n: round(report["features"][n]["psi"], 4) for n in drifted}}
     causes, reasons = [], []
     if len(drifted) >= config.min_drifted_features:
-        causes.append("drift:" + ",".join(sorted(drifted)))
+        causes.append("drift")
         reasons.append(f"{len(drifted)} features drifted (PSI > {config.feature_psi}): " + ", ".join(drifted[:5]))
     pred = report.get("prediction", {}).get("psi")
     if pred is not None:
@@ -117,8 +118,12 @@ def decide(report: dict, reference: dict, history: History, config: PolicyConfig
             "suppressed", cause, f"{why}; already {len(recent)} retrain requests in 24 h (max {config.max_per_day})", evidence
         )
     answered = history.last_training_at
-    if any(c == cause and (answered is None or t > answered) for t, c in history.requests):
-        return Decision("suppressed", cause, f"{why}; the same cause was already requested and not yet answered", evidence)
+    kinds = set(cause.split(";"))
+    pending = [c for t, c in history.requests if (answered is None or t > answered) and kinds & set(c.split(";"))]
+    if pending:
+        return Decision(
+            "suppressed", cause, f"{why}; the same cause ({pending[-1]}) was already requested and not yet answered", evidence
+        )
     return Decision("retrain", cause, why, evidence)
 
 

@@ -64,8 +64,75 @@ def test_a_reference_week_triggers_nothing_and_a_summer_week_asks_for_retraining
 
     summer = window_report(flights, profile, WEEKS["jul"], WEEKS["jul"] + timedelta(weeks=1))
     decision = decide(summer, {"roc_auc": calm["performance"]["roc_auc"]}, history, config)
-    assert decision.action == "retrain" and "temp" in decision.cause, decision
+    assert decision.action == "retrain" and decision.cause == "drift" and "temp" in decision.reason, decision
     assert summer["features"]["temp"]["psi"] > 1 and summer["labels"]["base_rate"] > calm["labels"]["base_rate"]
     assert 0.5 < summer["performance"]["roc_auc"] < 1 and summer["calibration"]["base_rate"] == pytest.approx(
         summer["labels"]["base_rate"]
     )
+
+
+def test_the_monitor_logs_each_window_to_mlflow_and_requests_one_retrain(flights, storage_root, mlflow_env):
+    """With a registered champion (a small XGBoost on half of February, its profile logged like the
+    trainer does): a February window → nothing; a July window → one retrain request; the same
+    window again → the recorded decision; the next drifted window → suppressed, same cause."""
+    import mlflow
+    from xgboost import XGBClassifier
+
+    from include.monitor import PROFILE_ARTIFACT, monitoring_experiment, run_monitor
+    from include.registry import CHAMPION, connect
+
+    settings = mlflow_env
+    parts = {}
+    for name, start in WEEKS.items():
+        p = Partition("flights", start, start + timedelta(weeks=1))
+        land_partition(flights, p, replay=True)
+        parts[name] = validate_partition(flights, p, max_bad_row_share=0.01)
+    february = read_validated([parts["feb"], parts["feb2"]])
+    X, y = flights.build_features(february), flights.build_target(february)
+    ref = (np.arange(len(X)) % 2 == 0) & y.notna().to_numpy()
+    model = XGBClassifier(n_estimators=20, max_depth=3, enable_categorical=True, tree_method="hist")
+    model.fit(X[ref], y[ref])
+    client = connect(settings.mlflow_tracking_uri)
+    mlflow.set_experiment(settings.model_name)
+    with mlflow.start_run() as run:
+        mlflow.log_metric("eval_roc_auc", 0.70)
+        mlflow.log_dict(
+            build_profile(X[ref], model.predict_proba(X[ref])[:, 1], y[ref].to_numpy(), flights.categorical), PROFILE_ARTIFACT
+        )
+        info = mlflow.xgboost.log_model(model, name="model", model_format="ubj")
+    mv = mlflow.register_model(
+        info.model_uri, settings.model_name, tags={"loop.data_window": "2013-02-04T00:00:00-05:00 … 2013-02-18T00:00:00-05:00"}
+    )
+    client.set_registered_model_alias(settings.model_name, CHAMPION, mv.version)
+
+    Record = request_model(flights)
+    sink = InferenceLog(flights, mv.version, "blue", flush_seconds=3600)
+    for name, df in (("feb", february.iloc[1::2]), ("jul", read_validated([parts["jul"]]))):
+        records = [
+            Record.model_validate(r).model_dump() | {"request_id": f"{name}-{i}"}
+            for i, r in enumerate(request_bodies(flights, df))
+        ]
+        s = model.predict_proba(flights.build_features(df))[:, 1].tolist()
+        sink.append(records, flights.encode_records(records), s, [x >= 0.5 for x in s])
+    sink.close()
+
+    jul, mid = WEEKS["jul"], WEEKS["jul"] + timedelta(days=3)
+    calm = run_monitor(settings, flights, WEEKS["feb"], WEEKS["feb2"] + timedelta(weeks=1), dag_id="monitor", dag_run_id="t1")
+    first = run_monitor(settings, flights, jul, mid, dag_id="monitor", dag_run_id="t2")
+    again = run_monitor(settings, flights, jul, mid, dag_id="monitor", dag_run_id="t2")
+    second = run_monitor(settings, flights, mid, jul + timedelta(weeks=1), dag_id="monitor", dag_run_id="t3")
+    assert calm["action"] == "none", calm
+    assert first["action"] == "retrain" and first["cause"] == "drift", first
+    assert again["reused"] and again["mlflow_run_id"] == first["mlflow_run_id"]
+    assert second["action"] == "suppressed" and "already requested" in second["reason"], second
+
+    exp = client.get_experiment_by_name(monitoring_experiment(settings.model_name))
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.tags["decision.action"] for r in runs) == ["none", "retrain", "suppressed"]
+    run = client.get_run(first["mlflow_run_id"])
+    assert run.data.metrics["psi.temp"] > 0.25 and run.data.tags["monitor.model_version"] == mv.version
+    history = client.get_metric_history(first["mlflow_run_id"], "psi.temp")
+    assert history[0].timestamp == int(mid.timestamp() * 1000)  # charted at the window's end
+    artifacts = {a.path for a in client.list_artifacts(first["mlflow_run_id"], "monitor")}
+    assert {"monitor/report.json", "monitor/decision.json", "monitor/drift.png"} <= artifacts
+    assert mlflow.artifacts.load_dict(first["report_uri"])["features"]["temp"]["psi"] == run.data.metrics["psi.temp"]

@@ -33,7 +33,7 @@ def test_a_stable_window_asks_for_nothing():
 
 def test_drift_on_enough_features_asks_for_one_retrain():
     d = decide(report(SUMMER), REFERENCE, History(now=NOW, last_training_at=NOW - timedelta(days=10)), CONFIG)
-    assert d.action == "retrain" and d.cause == "drift:dewp,humid,temp"
+    assert d.action == "retrain" and d.cause == "drift"
     assert "temp" in d.reason and d.evidence["drifted_features"]["temp"] == 2.4
 
 
@@ -68,23 +68,19 @@ def test_prediction_drift_alone_asks_for_retraining():
             "2 retrain requests in 24 h",
         ),
         (
-            History(
-                now=NOW, last_training_at=NOW - timedelta(days=3), requests=((NOW - timedelta(days=2), "drift:dewp,humid,temp"),)
-            ),
-            "same cause was already requested",
+            History(now=NOW, last_training_at=NOW - timedelta(days=3), requests=((NOW - timedelta(days=2), "drift"),)),
+            "already requested and not yet answered",
         ),
     ],
 )
 def test_every_guard_suppresses_with_its_reason(history, why):
     d = decide(report(SUMMER), REFERENCE, history, CONFIG)
     assert isinstance(d, Decision) and d.action == "suppressed" and why in d.reason
-    assert d.cause == "drift:dewp,humid,temp"
+    assert d.cause == "drift"
 
 
 def test_a_cause_answered_by_a_new_training_may_be_requested_again():
-    history = History(
-        now=NOW, last_training_at=NOW - timedelta(days=2), requests=((NOW - timedelta(days=3), "drift:dewp,humid,temp"),)
-    )
+    history = History(now=NOW, last_training_at=NOW - timedelta(days=2), requests=((NOW - timedelta(days=3), "drift"),))
     assert decide(report(SUMMER), REFERENCE, history, CONFIG).action == "retrain"
 
 
@@ -98,3 +94,12 @@ def test_thresholds_come_from_settings(monkeypatch):
     get_settings.cache_clear()
     assert config.min_drifted_features == 1 and config.cooldown == timedelta(hours=6)
     assert decide(report({"temp": 3.0}), REFERENCE, History(now=NOW), config).action == "retrain"
+
+
+def test_a_request_sharing_a_cause_with_an_unanswered_one_is_suppressed_but_a_new_kind_is_not():
+    pending = ((NOW - timedelta(days=2), "drift"),)
+    history = History(now=NOW, last_training_at=NOW - timedelta(days=5), requests=pending)
+    both = decide(report(SUMMER, prediction=0.5), REFERENCE, history, CONFIG)
+    assert both.action == "suppressed" and both.cause == "drift;prediction-drift" and "(drift)" in both.reason
+    only_new = decide(report(prediction=0.5), REFERENCE, history, CONFIG)
+    assert only_new.action == "retrain" and only_new.cause == "prediction-drift"
