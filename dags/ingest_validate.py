@@ -59,7 +59,16 @@ def ingest_validate():
             record = validate_partition(usecase, partition, max_bad_row_share=get_settings().max_bad_row_share)
         except BatchQuarantined as exc:
             raise AirflowFailException(str(exc)) from exc  # retrying the same bytes cannot help
-        ref = {k: record[k] for k in ("partition", "validated_uri", "validated_sha256", "rows_validated", "rows_quarantined")}
+        keys = (
+            "partition",
+            "interval_start",
+            "interval_end",
+            "validated_uri",
+            "validated_sha256",
+            "rows_validated",
+            "rows_quarantined",
+        )
+        ref = {k: record[k] for k in keys}
         outlet_events[VALIDATED_DATA].extra = ref
         return ref
 

@@ -64,6 +64,13 @@ settings = get_settings()
             title="Reason",
             description="Why this run: recorded on the MLflow run (e.g. 'alert 1234: drift on temp').",
         ),
+        "report_uri": Param(
+            None,
+            type=["null", "string"],
+            maxLength=1000,
+            title="Monitoring report (optional)",
+            description="Set by the monitor when it requests retraining: the drift/decay report behind the request.",
+        ),
     },
 )
 def train():

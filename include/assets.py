@@ -12,7 +12,7 @@ from include.config import get_settings
 _usecase = get_settings().usecase
 
 VALIDATED_DATA = Asset(name=f"{_usecase}.validated_data", uri=f"loop://{_usecase}/validated", group="data")
-"""A partition passed the gate; event extra: partition id, validated URI and hash."""
+"""A partition passed the gate; event extra: partition id, interval, validated URI and hash."""
 
 CHAMPION_MODEL = Asset(name=f"{_usecase}.champion_model", uri=f"loop://{_usecase}/champion", group="model")
 """The `champion` alias moved; event extra: model name, version, MLflow run id."""

@@ -237,6 +237,28 @@ def _labels_for(usecase, start, end, validated: list[dict], read_validated, stor
     return read_validated(overlap, storage) if overlap else None
 
 
+def monitoring_window(settings, start: str | None, end: str | None, events: list[dict]):
+    """The window a monitor run checks: the form's dates (days in LOOP_TIMEZONE, end exclusive)
+    if given, else the intervals of the validated partitions whose arrival triggered the run (their
+    labels have just landed)."""
+    from datetime import date, datetime, time
+    from zoneinfo import ZoneInfo
+
+    if start or end:
+        if not (start and end):
+            raise ValueError("give both window_start and window_end, or neither")
+        tz = ZoneInfo(settings.timezone)
+        a, b = (datetime.combine(date.fromisoformat(d), time(), tz) for d in (start, end))
+    else:
+        spans = [(e["interval_start"], e["interval_end"]) for e in events if "interval_start" in e]
+        if not spans:
+            raise ValueError("no window: trigger with window_start/window_end, or let validated-data events trigger it")
+        a, b = min(datetime.fromisoformat(s) for s, _ in spans), max(datetime.fromisoformat(e) for _, e in spans)
+    if b <= a:
+        raise ValueError(f"window end {b} is not after its start {a}")
+    return a, b
+
+
 def monitoring_experiment(model_name: str) -> str:
     return f"{model_name}-monitoring"
 
@@ -279,7 +301,7 @@ def run_monitor(
         training_active=training_active,
         requests=_earlier_requests(client, exp, before=end),
     )
-    decision = decide(report, reference, history, PolicyConfig.from_settings(settings))
+    decision = decide(report, reference, history, PolicyConfig.from_settings(settings, usecase.drift_exempt))
 
     stamp = int(end.timestamp() * 1000)
     metrics = {f"psi.{k}": v["psi"] for k, v in report["features"].items()}
@@ -309,13 +331,16 @@ def run_monitor(
 
 
 def _result(run_id: str, tags: dict, reused: bool) -> dict:
+    window = f"{tags['monitor.window_start'][:10]}…{tags['monitor.window_end'][:10]}"
+    report_uri = f"runs:/{run_id}/monitor/report.json"
     return {
+        "retrain_conf": {"reason": f"monitor {window}: {tags['decision.reason']}"[:500], "report_uri": report_uri},
         "action": tags["decision.action"],
         "cause": tags["decision.cause"],
         "reason": tags["decision.reason"],
         "model_version": tags["monitor.model_version"],
         "mlflow_run_id": run_id,
-        "report_uri": f"runs:/{run_id}/monitor/report.json",
+        "report_uri": report_uri,
         "reused": reused,
     }
 

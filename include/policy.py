@@ -29,10 +29,13 @@ class PolicyConfig:
     """No retrain request this soon after the last training finished."""
     max_per_day: int = 2
     """Retrain requests per 24 hours, at most."""
+    exempt: tuple[str, ...] = ()
+    """Features whose shift is expected (the use case's `drift_exempt`): never counted as drift."""
 
     @classmethod
-    def from_settings(cls, settings) -> PolicyConfig:
+    def from_settings(cls, settings, exempt: tuple[str, ...] = ()) -> PolicyConfig:
         return cls(
+            exempt=exempt,
             feature_psi=settings.drift_feature_psi,
             min_drifted_features=settings.drift_min_features,
             prediction_psi=settings.drift_prediction_psi,
@@ -71,7 +74,7 @@ class Decision:
 def findings(report: dict, reference: dict, config: PolicyConfig) -> tuple[str, str, dict]:
     """The cause (empty if none), a sentence saying why, and the numbers behind it."""
     drifted = sorted(
-        (name for name, f in report.get("features", {}).items() if f["psi"] > config.feature_psi),
+        (name for name, f in report.get("features", {}).items() if f["psi"] > config.feature_psi and name not in config.exempt),
         key=lambda n: -report["features"][n]["psi"],
     )
     evidence: dict = {"drifted_features": {n: round(report["features"][n]["psi"], 4) for n in drifted}}

@@ -50,6 +50,8 @@ class TrainParams:
     colsample_bytree: float = 0.8
     min_child_weight: float = 1.0
     reason: str = ""
+    report_uri: str | None = None
+    """The monitoring report behind a drift-triggered run (tagged on the MLflow run)."""
 
     def __post_init__(self):
         checks = {
@@ -232,6 +234,7 @@ def train_candidate(
         "mlflow.source.git.commit": commit,
         "loop.usecase": usecase.name,
         "loop.reason": params.reason or "(none given)",
+        **({"loop.monitor_report": params.report_uri} if params.report_uri else {}),
         "loop.data_window": window,
         "loop.partitions_sha256": digest,
         "loop.eval_partitions": ",".join(r["partition"] for r in eval_recs),

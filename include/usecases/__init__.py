@@ -84,6 +84,8 @@ class UseCase:
     encode_records: Callable[[Sequence[Mapping]], list[list[float]]] | None = None
     """The features of `build_features` for request records, without pandas (the serving hot path);
     a unit test checks both give the same numbers."""
+    drift_exempt: tuple[str, ...] = ()
+    """Features expected to move with time (a calendar month): reported, but never counted as drift."""
     features: tuple[str, ...] = ()
     """Model input columns in order: the columns of `build_features`, the items of `encode_records`."""
     description: str = ""

@@ -218,5 +218,6 @@ USECASE = UseCase(
     serving_inputs=SERVING_INPUTS,
     encode_records=encode_records,
     features=FEATURES,
+    drift_exempt=("month",),
     description=__doc__.splitlines()[0],
 )

@@ -121,3 +121,18 @@ def test_rollback_form_requires_a_version_number(dagbag, conf, field):
     ok = ParamsDict(dagbag.dags["rollback"].params)
     ok.update({"version": "3", "reason": "v4 mislabels evening flights"})
     assert ok.validate()["version"] == "3"
+
+
+def test_monitor_runs_on_validated_data_and_can_only_request_training_through_the_gate(dagbag):
+    from include.assets import VALIDATED_DATA
+
+    dag = dagbag.dags["monitor"]
+    assert VALIDATED_DATA.name in repr(dag.timetable.asset_condition) and dag.max_active_runs == 1
+    trigger = dag.get_task("request_retrain")
+    assert trigger.trigger_dag_id == "train" and trigger.upstream_task_ids == {"needs_retraining", "check"}
+    # what the monitor sends is a valid train form: the gate and the rollout follow as for any run
+    from airflow.sdk.definitions.param import ParamsDict
+
+    params = ParamsDict(dagbag.dags["train"].params)
+    params.update({"reason": "monitor 2013-07-08…2013-07-11: 9 features drifted", "report_uri": "runs:/abc/monitor/report.json"})
+    params.validate()

@@ -93,3 +93,41 @@ def test_train_skips_without_enough_data(dags):
     dr = dags.get_dag("train").test()
     assert states(dr)["train_challenger"] == "skipped"
     assert states(dr)["announce_champion"] == "skipped"
+
+
+def test_monitor_checks_a_window_of_the_live_model_and_requests_retraining_on_drift(dags, flights):
+    """The monitor DAG on served predictions of a winter week (far from the June training data)
+    triggers `train` with the reason and the report. (A calm window asking for nothing, and the
+    guards, are tested on the same functions in test_monitor_window.py and test_policy.py.)"""
+    import pandas as pd
+    from airflow.models.dagrun import DagRun
+
+    from include.serving.inference_log import InferenceLog
+    from include.serving.schema import request_model
+    from include.traffic import interval_records
+
+    for i in range(4):
+        assert run_ingest(dags, i).state == "success"
+    assert dags.get_dag("train").test(run_conf={"n_estimators": 50}).state == "success"
+    settings = get_settings()
+    champion = alias_version(connect(settings.mlflow_tracking_uri), settings.model_name, CHAMPION)
+    model = mlflow.xgboost.load_model(f"models:/{settings.model_name}/{champion.version}")
+
+    Record = request_model(flights)
+    winter = datetime(2013, 12, 2, tzinfo=NY)
+    records = [Record.model_validate(r).model_dump() for r in interval_records(flights, winter, winter + timedelta(days=3))]
+    frame = pd.DataFrame.from_records(records)
+    frame["time_hour"] = pd.to_datetime(frame["time_hour"], utc=True)
+    scores = model.predict_proba(flights.build_features(frame))[:, 1].tolist()
+    for n, r in enumerate(records):
+        r["request_id"] = f"winter-{n}"
+    sink = InferenceLog(flights, champion.version, "blue", flush_seconds=3600)
+    sink.append(records, flights.encode_records(records), scores, [s >= 0.5 for s in scores])
+    sink.close()
+
+    monitor = dags.get_dag("monitor")
+    before = len(DagRun.find(dag_id="train"))
+    drifted = monitor.test(run_conf={"window_start": "2013-12-02", "window_end": "2013-12-05"})
+    assert states(drifted) == {"check": "success", "needs_retraining": "success", "request_retrain": "success"}, states(drifted)
+    [requested] = [r for r in DagRun.find(dag_id="train")][before:]
+    assert requested.conf["report_uri"].startswith("runs:/") and "drifted" in requested.conf["reason"]

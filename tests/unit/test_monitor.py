@@ -89,3 +89,24 @@ def test_unknown_categories_and_missing_values_are_counted_not_dropped(flights, 
     f = acc.report()["features"]
     assert f["carrier"]["unknown_share"] == 1.0 and f["carrier"]["psi"] > 1
     assert f["temp"]["missing_share"] == 1.0 and f["temp"]["psi"] > 1
+
+
+def test_the_monitoring_window_comes_from_the_form_or_from_the_triggering_partitions():
+    from include.config import get_settings
+    from include.monitor import monitoring_window
+
+    s = get_settings()
+    a, b = monitoring_window(s, "2013-07-01", "2013-07-08", [])
+    assert (a.isoformat(), b.isoformat()) == ("2013-07-01T00:00:00-04:00", "2013-07-08T00:00:00-04:00")
+    events = [
+        {"interval_start": "2013-07-08T00:00:00-04:00", "interval_end": "2013-07-15T00:00:00-04:00"},
+        {"interval_start": "2013-07-01T00:00:00-04:00", "interval_end": "2013-07-08T00:00:00-04:00"},
+    ]
+    a, b = monitoring_window(s, None, None, events)
+    assert (a.day, b.day) == (1, 15)
+    with pytest.raises(ValueError, match="both"):
+        monitoring_window(s, "2013-07-01", None, [])
+    with pytest.raises(ValueError, match="no window"):
+        monitoring_window(s, None, None, [{"partition": "x"}])
+    with pytest.raises(ValueError, match="not after"):
+        monitoring_window(s, "2013-07-08", "2013-07-01", [])

@@ -103,3 +103,11 @@ def test_a_request_sharing_a_cause_with_an_unanswered_one_is_suppressed_but_a_ne
     assert both.action == "suppressed" and both.cause == "drift;prediction-drift" and "(drift)" in both.reason
     only_new = decide(report(prediction=0.5), REFERENCE, history, CONFIG)
     assert only_new.action == "retrain" and only_new.cause == "prediction-drift"
+
+
+def test_an_exempt_feature_never_counts_as_drift():
+    seasonal = {"month": 17.0, "temp": 2.0, "dewp": 1.5, "dep_hour": 0.0}
+    assert decide(report(seasonal), REFERENCE, History(now=NOW), CONFIG).action == "retrain"
+    exempt = PolicyConfig(exempt=("month",))
+    d = decide(report(seasonal), REFERENCE, History(now=NOW), exempt)
+    assert d.action == "none" and "month" not in d.evidence["drifted_features"]

@@ -1,0 +1,76 @@
+"""
+### monitor: drift and decay of the live model, and retrain requests
+
+Runs when validated partitions arrive (their labels have just landed, so decay can be measured
+for the predictions made on those days), or from the UI for chosen dates. For the model version
+that serves traffic (`include/monitor.py`):
+
+1. **check** — reads the inference log of the window one day at a time, joins the labels, and
+   compares it with the reference profile saved with the model's training run: PSI per feature,
+   JS for categoricals, score PSI and KS, base rate, live ROC AUC / log loss / calibration, missing
+   and unknown values. Everything goes to MLflow (`<model>-monitoring`: one run per window, metrics
+   charted over time, a report and a drift plot). The retrain policy (`include/policy.py`) decides:
+   drift or decay → retrain, unless a guard holds (a training run already active, cooldown since
+   the last training, the daily cap, the same cause already requested); every decision is recorded
+   with its reason.
+2. **request_retrain** — only on a `retrain` decision: triggers `train` with the reason and the
+   report's URI, so the challenger still has to pass the champion gate and the rollout.
+"""
+
+from datetime import timedelta
+
+import pendulum
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import Param, dag, task
+
+from include.assets import VALIDATED_DATA
+from include.config import get_settings
+
+settings = get_settings()
+
+
+@dag(
+    schedule=[VALIDATED_DATA],
+    start_date=pendulum.instance(settings.start_datetime),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(seconds=30)},
+    tags=["loop", "monitoring", "mlflow"],
+    doc_md=__doc__,
+    params={
+        "window_start": Param(
+            None, type=["null", "string"], format="date", title="Window start (optional)", description="First day checked."
+        ),
+        "window_end": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Window end (optional)",
+            description="Day after the last day checked.",
+        ),
+    },
+)
+def monitor():
+    @task
+    def check(params=None, triggering_asset_events=None, dag_run=None, ti=None) -> dict:
+        from include.monitor import monitoring_window, run_monitor
+        from include.usecases import get_usecase
+
+        events = [e.extra for evs in (triggering_asset_events or {}).values() for e in evs]
+        start, end = monitoring_window(get_settings(), params["window_start"], params["window_end"], events)
+        active = ti.get_dr_count(dag_id="train", states=["queued", "running"]) > 0
+        return run_monitor(
+            get_settings(), get_usecase(), start, end, dag_id=dag_run.dag_id, dag_run_id=dag_run.run_id, training_active=active
+        )
+
+    @task.short_circuit
+    def needs_retraining(result: dict) -> bool:
+        print(f"decision: {result['action']} ({result['reason']})")
+        return result["action"] == "retrain"
+
+    result = check()
+    request_retrain = TriggerDagRunOperator(task_id="request_retrain", trigger_dag_id="train", conf=result["retrain_conf"])
+    needs_retraining(result) >> request_retrain
+
+
+monitor()
