@@ -27,12 +27,18 @@ def score(features) -> np.ndarray:
     return np.clip(features["dep_hour"].to_numpy() / 30 + (10 - features["visib"].fillna(10).to_numpy()) / 40, 0, 1)
 
 
-def test_a_reference_week_triggers_nothing_and_a_summer_week_asks_for_retraining(flights, storage_root):
+def validate_weeks(flights) -> dict[str, dict]:
+    """Land and validate WEEKS in the current storage root; their validation records by name."""
     parts = {}
     for name, start in WEEKS.items():
         p = Partition("flights", start, start + timedelta(weeks=1))
         land_partition(flights, p, replay=True)
         parts[name] = validate_partition(flights, p, max_bad_row_share=0.01)
+    return parts
+
+
+def test_a_reference_week_triggers_nothing_and_a_summer_week_asks_for_retraining(flights, storage_root):
+    parts = validate_weeks(flights)
     # The reference is every other row of two February weeks; the other rows are served: a window
     # drawn from the reference distribution. (Weather moves a lot from one week to the next, so a
     # later week is not "the same distribution" at weekly granularity.)
@@ -82,11 +88,7 @@ def test_the_monitor_logs_each_window_to_mlflow_and_requests_one_retrain(flights
     from include.registry import CHAMPION, connect
 
     settings = mlflow_env
-    parts = {}
-    for name, start in WEEKS.items():
-        p = Partition("flights", start, start + timedelta(weeks=1))
-        land_partition(flights, p, replay=True)
-        parts[name] = validate_partition(flights, p, max_bad_row_share=0.01)
+    parts = validate_weeks(flights)
     february = read_validated([parts["feb"], parts["feb2"]])
     X, y = flights.build_features(february), flights.build_target(february)
     ref = (np.arange(len(X)) % 2 == 0) & y.notna().to_numpy()
