@@ -124,6 +124,8 @@ class Settings:
     """LOOP_SLOT_PORTS: ports of the blue and green slots, `blue,green`."""
     slot_workers: int
     """LOOP_SLOT_WORKERS: BentoML worker processes per slot."""
+    inference_log: bool
+    """LOOP_INFERENCE_LOG: 1 to log every prediction (the monitor's input); 0 turns it off."""
     canary_steps: tuple[int, ...]
     """LOOP_CANARY_STEPS: traffic percentages the new slot gets in turn, ending at 100."""
     canary_bake_seconds: float
@@ -199,6 +201,7 @@ def get_settings() -> Settings:
         traefik_metrics_port=_int("LOOP_TRAEFIK_METRICS_PORT", 8082),
         slot_ports=_parsed("LOOP_SLOT_PORTS", "3001,3002", _two_ints, "two ports, `blue,green`"),
         slot_workers=_int("LOOP_SLOT_WORKERS", 1),
+        inference_log=_env("LOOP_INFERENCE_LOG", "1") == "1",
         canary_steps=_parsed("LOOP_CANARY_STEPS", "10,50,100", _percent_steps, "rising percentages ending at 100"),
         canary_bake_seconds=_float("LOOP_CANARY_BAKE_SECONDS", 30),
         canary_check_seconds=_float("LOOP_CANARY_CHECK_SECONDS", 2),

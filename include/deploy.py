@@ -147,7 +147,6 @@ class Serving:
         proc_env = {
             **(env or {}),
             "LOOP_SLOT": slot,
-            "LOOP_SLOT_WORKERS": str(self.settings.slot_workers),
             "BENTOML_HOME": str(self.settings.bentoml_home),
             "BENTOML_DO_NOT_TRACK": "true",
             "PYTHONPATH": "",  # the bento's own copy of the code, not the checkout's

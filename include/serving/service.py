@@ -29,6 +29,7 @@ import bentoml
 import numpy as np
 from pydantic import Field
 
+from include.config import get_settings
 from include.serving.schema import MAX_BATCH, Prediction, request_model
 from include.usecases import get_usecase
 
@@ -42,7 +43,7 @@ Records = Annotated[list[Record], Field(min_length=1, max_length=MAX_BATCH)]
 
 @bentoml.service(
     name="loop-predictor",
-    workers=int(os.environ.get("LOOP_SLOT_WORKERS", "1")),  # set by the deploy code from settings
+    workers=get_settings().slot_workers,
     traffic={"timeout": 10, "max_concurrency": 256},
     metrics={"enabled": True, "namespace": "loop"},
     logging={"access": {"enabled": False}},
@@ -59,7 +60,7 @@ class Predictor:
         fault, _, after = os.environ.get("LOOP_SLOT_FAULT", "").partition(":")
         self.fault, self.fault_after, self.served = fault, int(after or 0), 0
         self.sink = None
-        if os.environ.get("LOOP_INFERENCE_LOG", "1") == "1":
+        if get_settings().inference_log:
             from include.serving.inference_log import InferenceLog
 
             self.sink = InferenceLog(USECASE, self.model_version, self.slot)
