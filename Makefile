@@ -11,7 +11,7 @@ include .env
 export $(shell sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' .env)
 endif
 
-.PHONY: install demo up stop status test test-fast lint lock clean bench
+.PHONY: install demo up stop status test test-fast lint lock clean bench rerun
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,9 @@ $(VENV)/.installed: requirements.txt
 
 demo: install  ## the whole first half of the loop on embedded defaults; services keep running
 	$(BIN)/python -m include.demo
+
+rerun:  ## trigger a DAG run through the REST API: make rerun DAG=train REASON="alert 1234: drift" [CONF='{"n_estimators": 200}']
+	$(BIN)/python -m include.rerun $(DAG) --reason "$(REASON)" --conf '$(or $(CONF),{})'
 
 stop:  ## stop the services `make demo` started
 	$(BIN)/python -m include.stack stop

@@ -44,16 +44,20 @@ def say(msg: str) -> None:
 class AirflowAPI:
     """The few calls of Airflow's REST API (v2) the demo needs, with a token from the simple auth manager."""
 
-    def __init__(self, base: str, home: Path):
+    def __init__(self, base: str, home: Path, user: str | None = None, password: str | None = None):
         self.base = base.rstrip("/")
         self.home = home
+        self.user = user or "admin"
+        self._password = password
         self.session = requests.Session()
 
     def password(self) -> str:
-        return json.loads((self.home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
+        if self._password:
+            return self._password
+        return json.loads((self.home / "simple_auth_manager_passwords.json.generated").read_text())[self.user]
 
     def login(self) -> None:
-        r = self.session.post(f"{self.base}/auth/token", json={"username": "admin", "password": self.password()}, timeout=10)
+        r = self.session.post(f"{self.base}/auth/token", json={"username": self.user, "password": self.password()}, timeout=10)
         r.raise_for_status()
         self.session.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
 

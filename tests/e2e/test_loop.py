@@ -110,6 +110,21 @@ def test_the_rollback_dag_puts_a_chosen_version_back_from_a_rest_trigger(loop):
     assert restored.version == target and restored.tags["rollback.reason"] == f"e2e: put v{target} back"
 
 
+def test_make_rerun_triggers_through_the_rest_api_and_reports_refusals(loop, capsys):
+    from include.deploy import Serving
+    from include.rerun import main as rerun
+
+    settings, client, _, _ = loop
+    url = client.base
+    live = Serving(settings).live()["model_version"]  # a rollback to the live version is a quick no-op run
+    assert rerun(["rollback", "--url", url, "--reason", "e2e: rerun CLI", "--conf", json.dumps({"version": live})]) == 0
+    out = capsys.readouterr().out
+    assert "triggered rollback run" in out and f"{url}/dags/rollback/runs/" in out
+    assert rerun(["train", "--url", url, "--conf", '{"max_depth": 100}']) == 1
+    assert "HTTP 400" in capsys.readouterr().err
+    assert wait_until_idle(client, count_intervals(settings), timeout=300, poll=5)
+
+
 def test_an_invalid_form_value_is_rejected_by_the_api_before_any_task_runs(loop):
     _, client, _, _ = loop
     before = len(client.runs("train"))
