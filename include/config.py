@@ -143,6 +143,11 @@ class Settings:
     golden_latency_ms: float
     """LOOP_GOLDEN_LATENCY_MS: p99 budget (ms) of one golden request sent straight to the new slot."""
 
+    alert_email: str
+    """LOOP_ALERT_EMAIL: where failure alerts are mailed too (empty: only the local alert sink)."""
+    alert_smtp_conn_id: str
+    """LOOP_ALERT_SMTP_CONN_ID: the Airflow connection (SMTP) those mails go through."""
+
     drift_feature_psi: float
     """LOOP_DRIFT_FEATURE_PSI: a feature drifts when its PSI against the reference is above this."""
     drift_min_features: int
@@ -210,6 +215,8 @@ def get_settings() -> Settings:
         canary_min_requests=_int("LOOP_CANARY_MIN_REQUESTS", 20),
         golden_rows=_int("LOOP_GOLDEN_ROWS", 200),
         golden_latency_ms=_float("LOOP_GOLDEN_LATENCY_MS", 200),
+        alert_email=_env("LOOP_ALERT_EMAIL", ""),
+        alert_smtp_conn_id=_env("LOOP_ALERT_SMTP_CONN_ID", "smtp_default"),
         drift_feature_psi=_float("LOOP_DRIFT_FEATURE_PSI", 0.25),
         drift_min_features=_int("LOOP_DRIFT_MIN_FEATURES", 3),
         drift_prediction_psi=_float("LOOP_DRIFT_PREDICTION_PSI", 0.2),

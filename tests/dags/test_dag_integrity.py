@@ -34,6 +34,8 @@ def test_every_dag_has_tags_owner_retries_and_docs(dagbag):
         for task in dag.tasks:
             assert task.owner not in ("", "airflow"), f"{dag_id}.{task.task_id} has the default owner"
             assert task.retries >= 2, f"{dag_id}.{task.task_id} retries={task.retries}"
+            callbacks = task.on_failure_callback if isinstance(task.on_failure_callback, list) else [task.on_failure_callback]
+            assert any(type(cb).__name__ == "AlertNotifier" for cb in callbacks), f"{dag_id}.{task.task_id} alerts nobody"
 
 
 @pytest.mark.parametrize("path", DAG_FILES, ids=[p.name for p in DAG_FILES])

@@ -7,11 +7,13 @@ import subprocess
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import mlflow
 import pytest
 
+from include.alerts import read_alerts
 from include.config import get_settings
 from include.data import Partition, list_validated
 from include.faults import plant_fault
@@ -68,6 +70,10 @@ def test_ingest_then_train_then_gate_end_to_end(dags, flights):
     dr = run_ingest(dags, 4)
     assert dr.state == "failed" and states(dr) == {"land": "success", "validate": "failed"}
     assert week(4).id not in [r["partition"] for r in list_validated("flights")]
+    # ... and somebody hears of it: the failure notifier's alert names the task, the cause and a link
+    [alert] = [a for a in read_alerts(get_settings()) if a["kind"] == "task_failed"]
+    assert alert["details"]["task_id"] == "validate" and "expect_column_mean_to_be_between" in alert["message"]
+    assert alert["details"]["airflow_url"].endswith(f"/dags/ingest_validate/runs/{quote(dr.run_id)}/tasks/validate?try_number=1")
 
     train = dags.get_dag("train")
     dr = train.test(run_conf={"reason": "integration test", "n_estimators": 100})
