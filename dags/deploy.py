@@ -24,7 +24,7 @@ from airflow.sdk import Param, dag, task
 
 from include.assets import CHAMPION_MODEL, DEPLOYMENT
 from include.config import get_settings
-from include.notify import failure_notifiers
+from include.notify import task_defaults
 
 settings = get_settings()
 
@@ -35,13 +35,7 @@ settings = get_settings()
     catchup=False,
     max_active_runs=1,  # one rollout at a time: two would fight over the idle slot
     # The tasks start and stop the slots: they run where the slots live (LOOP_SERVING_QUEUE).
-    default_args={
-        "owner": "ml-platform",
-        "on_failure_callback": failure_notifiers(),
-        "retries": 2,
-        "retry_delay": timedelta(seconds=15),
-        "queue": settings.serving_queue,
-    },
+    default_args=task_defaults(retry_delay=timedelta(seconds=15), queue=settings.serving_queue),
     tags=["loop", "serving", "bentoml"],
     doc_md=__doc__,
     params={

@@ -20,7 +20,7 @@ from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 from include.assets import VALIDATED_DATA
 from include.config import get_settings
-from include.notify import failure_notifiers
+from include.notify import task_defaults
 
 settings = get_settings()
 
@@ -32,12 +32,7 @@ settings = get_settings()
     end_date=pendulum.instance(settings.end_datetime),
     catchup=True,
     max_active_runs=settings.ingest_max_active_runs,  # intervals validated side by side in a catch-up
-    default_args={
-        "owner": "ml-platform",
-        "on_failure_callback": failure_notifiers(),
-        "retries": 2,
-        "retry_delay": timedelta(seconds=20),
-    },
+    default_args=task_defaults(retry_delay=timedelta(seconds=20)),
     tags=["loop", "data", "gx"],
     doc_md=__doc__,
 )

@@ -16,7 +16,7 @@ from airflow.sdk import Param, dag, task
 
 from include.assets import DEPLOYMENT
 from include.config import get_settings
-from include.notify import failure_notifiers
+from include.notify import task_defaults
 
 settings = get_settings()
 
@@ -27,13 +27,7 @@ settings = get_settings()
     catchup=False,
     max_active_runs=1,
     # The tasks start and stop the slots: they run where the slots live (LOOP_SERVING_QUEUE).
-    default_args={
-        "owner": "ml-platform",
-        "on_failure_callback": failure_notifiers(),
-        "retries": 2,
-        "retry_delay": timedelta(seconds=15),
-        "queue": settings.serving_queue,
-    },
+    default_args=task_defaults(retry_delay=timedelta(seconds=15), queue=settings.serving_queue),
     tags=["loop", "serving", "manual"],
     doc_md=__doc__,
     params={

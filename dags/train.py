@@ -15,7 +15,7 @@ from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, t
 
 from include.assets import CHAMPION_MODEL, VALIDATED_DATA
 from include.config import get_settings
-from include.notify import failure_notifiers
+from include.notify import task_defaults
 
 settings = get_settings()
 
@@ -25,12 +25,7 @@ settings = get_settings()
     start_date=pendulum.instance(settings.start_datetime),
     catchup=False,
     max_active_runs=1,
-    default_args={
-        "owner": "ml-platform",
-        "on_failure_callback": failure_notifiers(),
-        "retries": 2,
-        "retry_delay": timedelta(seconds=30),
-    },
+    default_args=task_defaults(retry_delay=timedelta(seconds=30)),
     tags=["loop", "model", "mlflow"],
     doc_md=__doc__,
     params={

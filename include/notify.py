@@ -11,6 +11,8 @@ Like `assets.py`, this module imports Airflow; the rest of `include/` does not.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from airflow.sdk.bases.notifier import BaseNotifier
 
 from include.config import get_settings
@@ -55,3 +57,8 @@ def failure_notifiers() -> list[BaseNotifier]:
             )
         )
     return notifiers
+
+
+def task_defaults(retry_delay: timedelta, **extra) -> dict:
+    """`default_args` of every DAG of the loop: the owner, two retries, the failure notifiers."""
+    return {"owner": "ml-platform", "on_failure_callback": failure_notifiers(), "retries": 2, "retry_delay": retry_delay, **extra}
