@@ -119,7 +119,8 @@ class DriftAccumulator:
     positives: float = 0.0
     counts: dict[str, np.ndarray] = field(default_factory=dict)
     score_counts: np.ndarray | None = None
-    _scores: list[np.ndarray] = field(default_factory=list)
+    _scores: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    """Sampled scores with the number of window rows each stands for."""
 
     def update(self, features: pd.DataFrame, scores: np.ndarray | None = None, labels: np.ndarray | None = None) -> None:
         for name, ref in self.profile["features"].items():
@@ -135,7 +136,7 @@ class DriftAccumulator:
             scores = np.asarray(scores, dtype="float64")
             add = numeric_counts(scores, self.profile["score"]["edges"])
             self.score_counts = add if self.score_counts is None else self.score_counts + add
-            self._scores.append(scores)
+            self._scores.append((scores, np.ones(scores.size)))
             self._shrink_scores()
         if labels is not None:
             labels = np.asarray(labels, dtype="float64")
@@ -144,12 +145,15 @@ class DriftAccumulator:
             self.positives += float(labels[known].sum())
 
     def _shrink_scores(self) -> None:
-        # A uniform sample of the window's scores, bounded: enough for the KS test.
-        pooled = np.concatenate(self._scores)
+        # A bounded sample of the window's scores for the KS test; weights keep every partition
+        # represented by its row count, however many shrinks ago it was sampled.
+        pooled = np.concatenate([s for s, _ in self._scores])
+        weights = np.concatenate([w for _, w in self._scores])
         if pooled.size > self.score_reservoir:
             rng = np.random.default_rng(self.seed + self.n)
-            pooled = rng.choice(pooled, size=self.score_reservoir, replace=False)
-        self._scores = [pooled]
+            idx = rng.choice(pooled.size, size=self.score_reservoir, p=weights / weights.sum())  # with replacement: unbiased
+            pooled, weights = pooled[idx], np.full(self.score_reservoir, weights.sum() / self.score_reservoir)
+        self._scores = [(pooled, weights)]
 
     def report(self) -> dict:
         """Per-feature PSI (and JS distance for categoricals), prediction drift, base-rate shift."""
@@ -169,7 +173,7 @@ class DriftAccumulator:
             features[name] = entry
         out: dict = {"n": self.n, "features": features}
         if self.score_counts is not None:
-            ks = ks_2samp(self.profile["score"]["sample"], np.concatenate(self._scores))
+            ks = ks_2samp(self.profile["score"]["sample"], np.concatenate([s for s, _ in self._scores]))
             out["prediction"] = {
                 "psi": psi(self.profile["score"]["counts"], self.score_counts),
                 "ks_statistic": float(ks.statistic),
@@ -187,7 +191,7 @@ def window_report(usecase, profile: dict, start, end, storage=None) -> dict:
     """Drift, data quality and (once labels have landed) performance of the predictions logged
     for events in [start, end): the inference log is read one day at a time, so memory holds one
     day plus the window's labelled (score, label) pairs."""
-    from datetime import timedelta
+    from datetime import datetime, timedelta
 
     import pandas as pd
 
@@ -196,7 +200,13 @@ def window_report(usecase, profile: dict, start, end, storage=None) -> dict:
     from include.serving.inference_log import FEATURE_PREFIX, join_labels, read_inference_log
 
     acc = DriftAccumulator(profile)
-    labels = _labels_for(usecase, start, end, list_validated(usecase.name, storage), read_validated, storage)
+    # labels come from the validated partitions whose interval overlaps the window
+    overlap = [
+        r
+        for r in list_validated(usecase.name, storage)
+        if datetime.fromisoformat(r["interval_start"]) < end and datetime.fromisoformat(r["interval_end"]) > start
+    ]
+    labels = read_validated(overlap, storage) if overlap else None
     pairs: list[tuple[np.ndarray, np.ndarray]] = []
     versions: dict[str, int] = {}
     day = start
@@ -223,18 +233,6 @@ def window_report(usecase, profile: dict, start, end, storage=None) -> dict:
     else:
         report["performance"] = {}
     return report
-
-
-def _labels_for(usecase, start, end, validated: list[dict], read_validated, storage):
-    """The validated rows whose interval overlaps [start, end): where labels come from."""
-    from datetime import datetime
-
-    overlap = [
-        r
-        for r in validated
-        if datetime.fromisoformat(r["interval_start"]) < end and datetime.fromisoformat(r["interval_end"]) > start
-    ]
-    return read_validated(overlap, storage) if overlap else None
 
 
 def monitoring_window(settings, start: str | None, end: str | None, events: list[dict]):

@@ -110,3 +110,13 @@ def test_the_monitoring_window_comes_from_the_form_or_from_the_triggering_partit
         monitoring_window(s, None, None, [{"partition": "x"}])
     with pytest.raises(ValueError, match="not after"):
         monitoring_window(s, "2013-07-08", "2013-07-01", [])
+
+
+def test_the_score_sample_represents_every_partition_by_its_rows(flights, february, profile):
+    X, _ = february
+    part = X.head(5000)
+    acc = DriftAccumulator(profile, score_reservoir=2000)
+    for i in range(10):  # five partitions score 0, then five score 1
+        acc.update(part, np.full(len(part), float(i >= 5)))
+    sample = np.concatenate([s for s, _ in acc._scores])
+    assert sample.size == 2000 and abs(sample.mean() - 0.5) < 0.05
