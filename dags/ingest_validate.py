@@ -8,7 +8,8 @@ generated from the use case's contract (`include/validate.py`):
 * a few bad rows → quarantined with a reason per row; the rest is published;
 * a bad batch (schema, types, row count, freshness, unit change, duplicate, too many bad rows)
   → quarantined whole, the task fails naming the partition and the failed expectations, and
-  nothing downstream runs. Fix the input and clear the task to re-validate.
+  nothing downstream runs. Fix the input, then re-validate it from the `revalidate` form
+  (or clear the task).
 
 A passing partition emits the validated-data Asset event that schedules `train`.
 """
@@ -52,7 +53,7 @@ def ingest_validate():
 
         from include.data import Partition
         from include.usecases import get_usecase
-        from include.validate import BatchQuarantined, validate_partition
+        from include.validate import BatchQuarantined, validate_partition, validated_ref
 
         usecase = get_usecase()
         partition = Partition(usecase.name, data_interval_start, data_interval_end)
@@ -60,16 +61,7 @@ def ingest_validate():
             record = validate_partition(usecase, partition, max_bad_row_share=get_settings().max_bad_row_share)
         except BatchQuarantined as exc:
             raise AirflowFailException(str(exc)) from exc  # retrying the same bytes cannot help
-        keys = (
-            "partition",
-            "interval_start",
-            "interval_end",
-            "validated_uri",
-            "validated_sha256",
-            "rows_validated",
-            "rows_quarantined",
-        )
-        ref = {k: record[k] for k in keys}
+        ref = validated_ref(record)
         outlet_events[VALIDATED_DATA].extra = ref
         return ref
 

@@ -1,9 +1,11 @@
 """
 ### train: retrain the model on validated data, then run the champion gate
 
-Runs when validated partitions arrive (events coalesce: one run at a time, and a run consumes
-every event queued while the previous one ran), every Monday as scheduled retraining, and from
-the UI with the form below. Trains XGBoost on a rolling window of validated partitions (newest
+Runs when the `monitor` DAG asks (drift or decay, with the reason and the report), every Monday
+as scheduled retraining, from the UI with the form below, and, with `LOOP_RETRAIN_ON=data` (the
+default), whenever validated partitions arrive (events coalesce: one run at a time, and a run
+consumes every event queued while the previous one ran). With `LOOP_RETRAIN_ON=drift`, new data
+alone never trains: the monitor asks for the first model once enough data is validated. Trains XGBoost on a rolling window of validated partitions (newest
 partition held out for evaluation), logs everything to MLflow, registers a version with alias
 `challenger`, and promotes it to `champion` only if it passes the gate in `include/evaluate.py`.
 """
@@ -18,10 +20,11 @@ from include.config import get_settings
 from include.notify import task_defaults
 
 settings = get_settings()
+WEEKLY = CronTriggerTimetable("0 6 * * 1", timezone="UTC")  # scheduled retraining, Mondays 06:00 UTC
 
 
 @dag(
-    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 6 * * 1", timezone="UTC"), assets=VALIDATED_DATA),
+    schedule=(AssetOrTimeSchedule(timetable=WEEKLY, assets=VALIDATED_DATA) if settings.retrain_on == "data" else WEEKLY),
     start_date=pendulum.instance(settings.start_datetime),
     catchup=False,
     max_active_runs=1,

@@ -144,9 +144,19 @@ class Settings:
     """LOOP_GOLDEN_LATENCY_MS: p99 budget (ms) of one golden request sent straight to the new slot."""
 
     alert_email: str
-    """LOOP_ALERT_EMAIL: where failure alerts are mailed too (empty: only the local alert sink)."""
+    """LOOP_ALERT_EMAIL: where alerts are mailed too (empty: no mail)."""
     alert_smtp_conn_id: str
     """LOOP_ALERT_SMTP_CONN_ID: the Airflow connection (SMTP) those mails go through."""
+    alert_http_conn_id: str
+    """LOOP_ALERT_HTTP_CONN_ID: an Airflow HTTP connection every alert is POSTed to as JSON (empty: none)."""
+    alert_http_endpoint: str
+    """LOOP_ALERT_HTTP_ENDPOINT: the path on that connection's host the alerts are POSTed to."""
+    alert_slack_conn_id: str
+    """LOOP_ALERT_SLACK_CONN_ID: an Airflow Slack incoming-webhook connection for alerts (empty: none)."""
+    webhook_token: str
+    """LOOP_WEBHOOK_TOKEN: bearer token the alert webhook (plugins/alert_webhook.py) requires (empty: webhook off)."""
+    webhook_dags: tuple[str, ...]
+    """LOOP_WEBHOOK_DAGS: DAGs an alert may start through the webhook (the alert names one in its `dag_id` label)."""
 
     drift_feature_psi: float
     """LOOP_DRIFT_FEATURE_PSI: a feature drifts when its PSI against the reference is above this."""
@@ -162,6 +172,10 @@ class Settings:
     """LOOP_RETRAIN_COOLDOWN_HOURS: no retrain request this soon after the last training."""
     retrain_max_per_day: int
     """LOOP_RETRAIN_MAX_PER_DAY: retrain requests per 24 hours, at most."""
+    retrain_on: str
+    """LOOP_RETRAIN_ON: `data` retrains on every validated partition (and on the monitor's requests);
+    `drift` never retrains on new data alone: the monitor asks (the first model, drift, decay),
+    besides the weekly schedule and manual runs."""
 
     @property
     def start_datetime(self) -> datetime:
@@ -217,6 +231,11 @@ def get_settings() -> Settings:
         golden_latency_ms=_float("LOOP_GOLDEN_LATENCY_MS", 200),
         alert_email=_env("LOOP_ALERT_EMAIL", ""),
         alert_smtp_conn_id=_env("LOOP_ALERT_SMTP_CONN_ID", "smtp_default"),
+        alert_http_conn_id=_env("LOOP_ALERT_HTTP_CONN_ID", ""),
+        alert_http_endpoint=_env("LOOP_ALERT_HTTP_ENDPOINT", "/"),
+        alert_slack_conn_id=_env("LOOP_ALERT_SLACK_CONN_ID", ""),
+        webhook_token=_env("LOOP_WEBHOOK_TOKEN", ""),
+        webhook_dags=tuple(d.strip() for d in _env("LOOP_WEBHOOK_DAGS", "train,monitor,ingest_validate").split(",") if d.strip()),
         drift_feature_psi=_float("LOOP_DRIFT_FEATURE_PSI", 0.25),
         drift_min_features=_int("LOOP_DRIFT_MIN_FEATURES", 3),
         drift_prediction_psi=_float("LOOP_DRIFT_PREDICTION_PSI", 0.2),
@@ -224,9 +243,12 @@ def get_settings() -> Settings:
         decay_min_labelled=_int("LOOP_DECAY_MIN_LABELLED", 2000),
         retrain_cooldown_hours=_float("LOOP_RETRAIN_COOLDOWN_HOURS", 24),
         retrain_max_per_day=_int("LOOP_RETRAIN_MAX_PER_DAY", 2),
+        retrain_on=_env("LOOP_RETRAIN_ON", "data"),
     )
     if not 0 <= settings.max_bad_row_share < 1:
         raise ValueError(f"LOOP_MAX_BAD_ROW_SHARE={settings.max_bad_row_share} must be in [0, 1)")
+    if settings.retrain_on not in ("data", "drift"):
+        raise ValueError(f"LOOP_RETRAIN_ON={settings.retrain_on!r} must be `data` or `drift`")
     if settings.end_date < settings.start_date:
         raise ValueError(f"LOOP_END_DATE {settings.end_date} is before LOOP_START_DATE {settings.start_date}")
     return settings

@@ -16,12 +16,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import requests
@@ -33,7 +34,11 @@ DEMO_END_DATE = "2013-03-31"
 # Week index → fault planted before the scheduler runs: two whole-batch rejections and one batch
 # that passes with a handful of impossible rows quarantined.
 DEMO_FAULTS = {4: "truncated", 8: "distance_in_km", 10: "some_bad_rows"}
-DAG_IDS = ("ingest_validate", "train", "deploy", "rollback")
+DAG_IDS = ("ingest_validate", "train", "deploy", "rollback", "monitor")
+# The demo's retraining follows the monitor: new data trains the first model only, then drift or
+# decay asks for retraining, at most once per two weeks of data time (the rest is "suppressed").
+DEMO_POLICY = {"LOOP_RETRAIN_ON": "drift", "LOOP_RETRAIN_COOLDOWN_HOURS": "336", "LOOP_INGEST_MAX_ACTIVE_RUNS": "1"}
+WEEK_SECONDS = 25  # once a model serves: wall-clock seconds of traffic per week of data time
 TRAFFIC_RATE = 20  # requests/s of background traffic once a model serves: the canary watches it
 
 
@@ -145,42 +150,113 @@ def count_intervals(settings: Settings) -> int:
     return n
 
 
-def wait_until_idle(client: AirflowAPI, expected: int, timeout: float, poll: float = 15) -> bool:
-    """Print progress until every ingest interval has run and training has nothing left to do."""
-    last, idle_polls, deadline = "", 0, time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ingest, train, deploy = client.runs("ingest_validate"), client.runs("train"), client.runs("deploy")
-        n = {
-            dag: {s: sum(r["state"] == s for r in runs) for s in ("success", "failed", "running", "queued")}
-            for dag, runs in (("ingest", ingest), ("train", train), ("deploy", deploy))
-        }
-        done = n["ingest"]["success"] + n["ingest"]["failed"]
-        line = (
-            f"ingest_validate {done}/{expected} done ({n['ingest']['success']} passed, {n['ingest']['failed']} quarantined, "
-            f"{n['ingest']['running']} running) · train {len(train)} runs ({n['train']['success']} done, "
-            f"{n['train']['running'] + n['train']['queued']} active) · deploy {len(deploy)} runs "
-            f"({n['deploy']['success']} done, {n['deploy']['failed']} failed, {n['deploy']['running'] + n['deploy']['queued']} active)"
-        )
-        if line != last:
+def loop_status(client: AirflowAPI, expected: int) -> tuple[str, int, int]:
+    """One progress line, the ingest intervals done, and the runs still active or queued."""
+    runs = {dag: client.runs(dag) for dag in ("ingest_validate", "train", "deploy", "monitor", "rollback", "revalidate")}
+    n = {
+        dag: {s: sum(r["state"] == s for r in rs) for s in ("success", "failed", "running", "queued")} for dag, rs in runs.items()
+    }
+    ingest, train, deploy = n["ingest_validate"], n["train"], n["deploy"]
+    done = ingest["success"] + ingest["failed"]
+    line = (
+        f"ingest_validate {done}/{expected} done ({ingest['success']} passed, {ingest['failed']} quarantined, "
+        f"{ingest['running']} running) · train {len(runs['train'])} runs ({train['success']} done, "
+        f"{train['running'] + train['queued']} active) · deploy {len(runs['deploy'])} runs "
+        f"({deploy['success']} done, {deploy['failed']} failed, {deploy['running'] + deploy['queued']} active)"
+        f" · monitor {len(runs['monitor'])} runs"
+    )
+    queued = [
+        e
+        for dag in ("train", "deploy", "monitor")
+        for e in client.get(f"dags/{dag}/assets/queuedEvents").get("queued_events", [])
+    ]
+    active = sum(n[dag]["running"] + n[dag]["queued"] for dag in n if dag != "ingest_validate") + len(queued)
+    return line, done, active
+
+
+class Progress:
+    """Prints the loop's status line when it changes."""
+
+    def __init__(self, client: AirflowAPI, expected: int):
+        self.client, self.expected, self.last = client, expected, ""
+
+    def __call__(self) -> tuple[int, int]:
+        line, done, active = loop_status(self.client, self.expected)
+        if line != self.last:
             say(line)
-            last = line
-        queued = [
-            e for dag in ("train", "deploy") for e in client.get(f"dags/{dag}/assets/queuedEvents").get("queued_events", [])
-        ]
-        manual = [r for r in client.runs("rollback") if r["state"] in ("running", "queued")]
-        active = sum(n[dag]["running"] + n[dag]["queued"] for dag in ("train", "deploy")) + len(manual)
-        idle = done >= expected and not active and not queued
-        idle_polls = idle_polls + 1 if idle else 0
+            self.last = line
+        return done, active
+
+
+def wait_until_idle(client: AirflowAPI, expected: int, timeout: float, poll: float = 15) -> bool:
+    """Print progress until every ingest interval has run and nothing is left to do."""
+    progress, idle_polls, deadline = Progress(client, expected), 0, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, active = progress()
+        idle_polls = idle_polls + 1 if done >= expected and not active else 0
         if idle_polls >= 2:
             return True
         time.sleep(poll)
     return False
 
 
+class DataClock:
+    """The replay's clock. Airflow would catch up all of 2013 at once, but production data arrives
+    a week at a time, after a week of predictions. So once enough weeks are in for a first model,
+    ingestion pauses until that model serves; then it advances one week per WEEK_SECONDS while the
+    clients send that week's flights (by pausing and unpausing `ingest_validate`, as an operator
+    would)."""
+
+    def __init__(self, client: AirflowAPI, settings: Settings, expected: int):
+        self.client, self.settings, self.expected = client, settings, expected
+        self.progress = Progress(client, expected)
+
+    def _ingest(self, paused: bool) -> None:
+        self.client.request("PATCH", "dags/ingest_validate", json={"is_paused": paused}).raise_for_status()
+
+    def _wait(self, until: Callable[[], bool], deadline: float, poll: float = 3) -> bool:
+        last = 0.0
+        while not until():
+            if time.monotonic() > deadline:
+                return False
+            if time.monotonic() - last > 15:
+                self.progress()
+                last = time.monotonic()
+            time.sleep(poll)
+        return True
+
+    def run(self, timeout: float) -> bool:
+        from include.data import list_validated
+        from include.deploy import Serving
+        from include.usecases import get_usecase
+
+        deadline, usecase = time.monotonic() + timeout, get_usecase()
+        need = self.settings.min_train_partitions
+        done = lambda: self.progress()[0]  # noqa: E731
+        if not self._wait(lambda: len(list_validated(usecase.name)) >= need or done() >= self.expected, deadline):
+            return False
+        if done() < self.expected:
+            self._ingest(paused=True)
+            say(f"data clock: {need} weeks validated; ingestion waits until a first model serves")
+        if not self._wait(lambda: Serving(self.settings).live() is not None or self.progress() == (self.expected, 0), deadline):
+            return False
+        while (before := done()) < self.expected:
+            say(f"data clock: the clients send the current week's flights for {WEEK_SECONDS} s")
+            time.sleep(WEEK_SECONDS)
+            self._ingest(paused=False)
+            arrived = self._wait(lambda: done() > before, deadline, poll=2)  # noqa: B023
+            self._ingest(paused=True)
+            if not arrived:
+                return False
+        self._ingest(paused=False)
+        return True
+
+
 class BackgroundTraffic(threading.Thread):
-    """Clients of the serving entry during the demo: once a model serves, the demo's flights are
-    replayed in time order at TRAFFIC_RATE requests/s, so every canary bakes under real traffic
-    and the inference log fills."""
+    """Clients of the serving entry during the demo. Once a model serves, they send, at
+    TRAFFIC_RATE requests/s, the flights of "this week" in data time: the week after the newest
+    validated partition (its labels have not landed yet; they arrive with the next partition, and
+    the monitor then checks those predictions). Every canary bakes under real traffic."""
 
     def __init__(self, settings: Settings):
         super().__init__(daemon=True, name="demo-traffic")
@@ -189,7 +265,8 @@ class BackgroundTraffic(threading.Thread):
         self.report = None
 
     def run(self):
-        from include.traffic import interval_records, replay
+        from include.data import list_validated
+        from include.traffic import Report, interval_records, replay
         from include.usecases import get_usecase
 
         url = f"http://{self.settings.serving_host}:{self.settings.serving_port}"
@@ -199,9 +276,24 @@ class BackgroundTraffic(threading.Thread):
                     break
         if self.stop.is_set():
             return
-        records = interval_records(get_usecase(), self.settings.start_datetime, self.settings.end_datetime)
-        say(f"a model serves on {url}: replaying {len(records):,} flights to it at {TRAFFIC_RATE} requests/s")
-        self.report = replay(url, records, clients=2, loop=True, stop=self.stop, rate=TRAFFIC_RATE)
+        say(f"a model serves on {url}: clients send it {TRAFFIC_RATE} requests/s")
+        self.report = Report()
+        usecase, current, records, pos = get_usecase(), None, [], 0
+        while not self.stop.is_set():
+            newest = list_validated(usecase.name)
+            week = datetime.fromisoformat(newest[-1]["interval_end"]) if newest else self.settings.start_datetime
+            if week != current:
+                current, pos = week, 0
+                records = interval_records(usecase, week, week + timedelta(weeks=1))
+                random.Random(week.toordinal()).shuffle(records)  # the whole week, not its first day
+                say(f"clients now send the flights of the week from {week.date()} ({len(records):,} flights)")
+            pos = 0 if pos >= len(records) else pos
+            chunk = records[pos : pos + TRAFFIC_RATE * 5]
+            pos += len(chunk)
+            if not chunk:
+                self.stop.wait(5)
+                continue
+            self.report.outcomes += replay(url, chunk, clients=2, stop=self.stop, rate=TRAFFIC_RATE).outcomes
 
     def finish(self):
         self.stop.set()
@@ -211,6 +303,8 @@ class BackgroundTraffic(threading.Thread):
 
 def main() -> int:
     os.environ.setdefault("LOOP_END_DATE", DEMO_END_DATE)
+    for key, value in DEMO_POLICY.items():
+        os.environ.setdefault(key, value)
 
     from include.config import get_settings
     from include.summary import summarize
@@ -231,9 +325,11 @@ def main() -> int:
     if live:
         say(f"serving resumed: v{live['model_version']} in slot {live['slot']} behind Traefik on port {settings.serving_port}")
     expected = count_intervals(settings)
-    say(f"DAGs unpaused; the scheduler catches up {expected} weekly intervals (progress every 15 s)")
+    say(f"DAGs unpaused; {expected} weekly intervals to replay, a week per {WEEK_SECONDS} s once a model serves")
     traffic = BackgroundTraffic(settings)
     traffic.start()
+    if not DataClock(client, settings, expected).run(timeout=40 * 60):
+        say("the data clock did not finish within 40 minutes; the summary shows where it stands")
     if not wait_until_idle(client, expected, timeout=45 * 60):
         say("the catch-up did not finish within 45 minutes; the summary shows where it stands")
     report = traffic.finish()

@@ -42,12 +42,18 @@ log = logging.getLogger(__name__)
 class DeployError(RuntimeError):
     """A rollout step failed; traffic stays on (or went back to) the previous slot."""
 
+    alerted = False
 
-class InfraValidationFailed(DeployError):
+
+class _Alerted:
+    alerted = True  # `reject`/`rollback` alerted already; the failure notifier does not repeat it
+
+
+class InfraValidationFailed(_Alerted, DeployError):
     pass
 
 
-class CanaryRolledBack(DeployError):
+class CanaryRolledBack(_Alerted, DeployError):
     def __init__(self, message: str, detected_at: float, restored_at: float):
         super().__init__(message)
         self.detected_at = detected_at

@@ -214,6 +214,16 @@ def run_champion_gate(usecase, settings, model_name: str, version: str, storage=
     if decision.promote:
         client.set_registered_model_alias(model_name, CHAMPION, version)
         tag_version(client, model_name, version, {"gate.applied": "true", "gate.promoted_at": _now()})
+    else:
+        from include.alerts import mlflow_run_link, send_alert
+
+        send_alert(
+            settings,
+            "gate_rejected",
+            f"{model_name} v{version} not promoted: {decision.reason}",
+            {"model_name": model_name, "version": str(version), "champion_version": champion.version if champion else None},
+            links={"mlflow": mlflow_run_link(settings, mv.run_id, client.get_run(mv.run_id).info.experiment_id)},
+        )
     return result | {
         "promoted": decision.promote,
         "reason": decision.reason,

@@ -281,7 +281,7 @@ def run_monitor(
     model_name = settings.model_name or usecase.model_name
     live = _live_version(settings, client, model_name) or alias_version(client, model_name, CHAMPION)
     if live is None:
-        return {"action": "none", "reason": f"no deployed or champion version of {model_name} to monitor"}
+        return _without_model(settings, usecase, model_name, training_active, storage)
     version = str(live.version)
     exp = experiment_id(client, monitoring_experiment(model_name))
     window = {"monitor.window_start": start.isoformat(), "monitor.window_end": end.isoformat(), "monitor.model_version": version}
@@ -320,11 +320,27 @@ def run_monitor(
         client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items() if v == v])
         mlflow.log_dict(report, "monitor/report.json")
         mlflow.log_dict(decision.as_dict(), "monitor/decision.json")
-        fig = drift_figure(profile, report, usecase)
+        auc_history = _auc_history(client, exp, before=end)
+        if "roc_auc" in report.get("performance", {}):
+            auc_history.append((end, report["performance"]["roc_auc"], version))
+        fig = drift_figure(profile, report, usecase, auc_history=auc_history, reference_auc=reference["roc_auc"])
         mlflow.log_figure(fig, "monitor/drift.png")
         import matplotlib.pyplot as plt
 
         plt.close(fig)
+    if decision.cause:
+        from include.alerts import mlflow_artifact_link, mlflow_run_link, send_alert
+
+        send_alert(
+            settings,
+            "decay" if "decay" in decision.cause else "drift",
+            f"{model_name} v{version}, {start.date()}…{end.date()}: {decision.reason} → {decision.action}",
+            {"model_version": version, "action": decision.action, "cause": decision.cause},
+            links={
+                "mlflow": mlflow_run_link(settings, run.info.run_id, exp),
+                "report": mlflow_artifact_link(settings, run.info.run_id, "monitor/drift.png"),
+            },
+        )
     return _result(run.info.run_id, tags, reused=False)
 
 
@@ -341,6 +357,23 @@ def _result(run_id: str, tags: dict, reused: bool) -> dict:
         "report_uri": report_uri,
         "reused": reused,
     }
+
+
+def _without_model(settings, usecase, model_name, training_active, storage) -> dict:
+    """No version serves or is champion. With `LOOP_RETRAIN_ON=drift`, new data never trains by
+    itself, so the monitor asks for the first model once enough partitions are validated."""
+    from include.data import list_validated
+
+    none = {"action": "none", "cause": "", "retrain_conf": {}, "report_uri": None}
+    if settings.retrain_on != "drift":
+        return none | {"reason": f"no deployed or champion version of {model_name} to monitor"}
+    have, need = len(list_validated(usecase.name, storage)), settings.min_train_partitions
+    if have < need:
+        return none | {"reason": f"no model yet, and {have} validated partitions of the {need} a first training needs"}
+    why = f"no model of {model_name} yet and {have} validated partitions: first training"
+    if training_active:
+        return none | {"action": "suppressed", "cause": "bootstrap", "reason": f"{why}; a training run is already active"}
+    return none | {"action": "retrain", "cause": "bootstrap", "reason": why, "retrain_conf": {"reason": f"monitor: {why}"}}
 
 
 def _live_version(settings, client, model_name):
@@ -362,6 +395,23 @@ def _last_training_end(client, model_name):
     return max(ends) if ends else None
 
 
+def _auc_history(client, exp, before) -> list:
+    """(window end, live ROC AUC, model version) of the earlier monitored windows that had labels."""
+    from datetime import datetime
+
+    runs = client.search_runs([exp], filter_string="metrics.`live.roc_auc` > 0", max_results=1000)
+    points = [
+        (
+            datetime.fromisoformat(r.data.tags["monitor.window_end"]),
+            r.data.metrics["live.roc_auc"],
+            r.data.tags["monitor.model_version"],
+        )
+        for r in runs
+        if "monitor.window_end" in r.data.tags
+    ]
+    return [p for p in points if p[0] < before]
+
+
 def _earlier_requests(client, exp, before) -> tuple:
     from datetime import datetime
 
@@ -370,8 +420,10 @@ def _earlier_requests(client, exp, before) -> tuple:
     return tuple(sorted(x for x in found if x[0] < before))
 
 
-def drift_figure(profile: dict, report: dict, usecase, top: int = 6):
-    """PSI per feature, and reference vs current bin shares of the most drifted features."""
+def drift_figure(profile: dict, report: dict, usecase, top: int = 6, auc_history=(), reference_auc=None):
+    """PSI per feature; live ROC AUC over the monitored windows (`auc_history`: (window end,
+    AUC, model version) tuples) against the model's evaluation AUC; and reference vs current bin
+    shares of the most drifted features."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -380,11 +432,25 @@ def drift_figure(profile: dict, report: dict, usecase, top: int = 6):
     psis = sorted(((k, v["psi"]) for k, v in report["features"].items()), key=lambda kv: kv[1])
     worst = [k for k, _ in psis[::-1][:top]]
     fig, axes = plt.subplots(1 + (len(worst) + 2) // 3, 3, figsize=(13, 3.2 * (1 + (len(worst) + 2) // 3)))
-    ax = plt.subplot2grid((1 + (len(worst) + 2) // 3, 3), (0, 0), colspan=3, fig=fig)
+    ax = plt.subplot2grid((1 + (len(worst) + 2) // 3, 3), (0, 0), colspan=2, fig=fig)
     ax.barh([k for k, _ in psis], [v for _, v in psis], color=["#c0392b" if v > 0.25 else "#3b75af" for _, v in psis])
     ax.axvline(0.25, color="grey", linestyle="--", linewidth=1)
     ax.set_xlabel("PSI against the training reference (dashed: 0.25)")
     ax.set_title(f"Drift of {report['window'][0][:10]} … {report['window'][1][:10]} ({report['n']:,} predictions)")
+    ax = plt.subplot2grid((1 + (len(worst) + 2) // 3, 3), (0, 2), fig=fig)
+    points = sorted(auc_history)
+    if points:
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color="#3b75af", label="live ROC AUC")
+        for when, auc, version in points:
+            ax.annotate(f"v{version}", (when, auc), fontsize=7, textcoords="offset points", xytext=(0, 4))
+        ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+    else:
+        ax.text(0.5, 0.5, "no labelled window yet", ha="center", va="center", transform=ax.transAxes)
+    if reference_auc is not None:
+        ax.axhline(reference_auc, color="grey", linestyle="--", linewidth=1, label="evaluation AUC")
+    ax.set_title("ROC AUC over time (labels joined)")
+    if points or reference_auc is not None:
+        ax.legend(fontsize=7)
     for i, name in enumerate(worst):
         ax = axes.flat[3 + i]
         ref = np.asarray(profile["features"][name]["counts"], dtype="float64")

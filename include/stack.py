@@ -90,8 +90,25 @@ def airflow_env(settings: Settings, ports: Ports) -> dict[str, str]:
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports.mlflow}",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         "LOOP_STATE_DIR": str(settings.state_dir),
+        "LOOP_WEBHOOK_TOKEN": webhook_token(settings),
         "NO_PROXY": "127.0.0.1,localhost",
     }
+
+
+def webhook_token(settings: Settings) -> str:
+    """The alert webhook's bearer token: LOOP_WEBHOOK_TOKEN if set, else one generated for this
+    state directory (`<state>/airflow/webhook-token`, mode 0600), never a shipped default."""
+    if settings.webhook_token:
+        return settings.webhook_token
+    path = settings.state_dir / "airflow" / "webhook-token"
+    if not path.exists():
+        import secrets
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
 
 
 class Stack:

@@ -73,16 +73,69 @@ def summarize(settings: Settings, ports, airflow=None, traffic=None) -> str:
     else:
         lines.append("No champion yet.")
     lines += _serving(settings, airflow, traffic)
+    lines += monitoring_story(settings, client, name, versions)
     password_file = settings.state_dir / "airflow" / "simple_auth_manager_passwords.json.generated"
     lines += [
         "",
         f"Airflow UI: http://127.0.0.1:{ports.airflow}   user 'admin', password in {password_file}",
         f"MLflow UI:  http://127.0.0.1:{ports.mlflow}   (no login on the embedded runtime)",
+        f"Alert webhook: POST http://127.0.0.1:{ports.airflow}/loop/alerts (Alertmanager payload; a firing alert with "
+        f"label dag_id=train retrains), header 'Authorization: Bearer $(cat {settings.state_dir / 'airflow' / 'webhook-token'})'",
         f"Data zones: {settings.storage_uri}   logs: {settings.state_dir / 'logs'}",
         "The services keep running; `make stop` stops them, `make demo` resumes.",
         "=" * 78,
     ]
     return "\n".join(lines)
+
+
+def monitoring_story(settings: Settings, client, name: str, versions: list) -> list[str]:
+    """What the monitor saw, window by window, what it decided, and what its retrain requests led
+    to; with the time from the first drift-triggered request to its champion taking all traffic."""
+    from collections import Counter
+    from datetime import UTC, datetime
+
+    from include.alerts import read_alerts
+    from include.monitor import monitoring_experiment
+
+    exp = client.get_experiment_by_name(monitoring_experiment(name))
+    runs = client.search_runs([exp.experiment_id], max_results=500) if exp else []
+    runs = sorted((r for r in runs if "decision.action" in r.data.tags), key=lambda r: r.data.tags["monitor.window_end"])
+    if not runs:
+        return ["Monitoring: no window checked yet."]
+    actions = Counter(r.data.tags["decision.action"] for r in runs)
+    lines = [
+        f"Monitoring ('{monitoring_experiment(name)}' in MLflow): {len(runs)} windows checked: "
+        + ", ".join(f"{n} {a}" for a, n in sorted(actions.items()))
+    ]
+    by_report = {v.tags.get("loop.monitor_report"): v for v in versions if v.tags.get("loop.monitor_report")}
+    first_served = None
+    for r in runs:
+        t = r.data.tags
+        action = t["decision.action"]
+        line = f"  {t['monitor.window_start'][:10]}…{t['monitor.window_end'][:10]} v{t['monitor.model_version']}: {action}"
+        if action != "none" or t.get("decision.cause"):
+            line += f" ({t['decision.reason'][:110]})"
+        v = by_report.get(f"runs:/{r.info.run_id}/monitor/report.json")
+        if v is not None:
+            line += f"\n      → retrained v{v.version}: gate {v.tags.get('gate.decision', 'pending')}{_deployment(v.tags)}"
+            if first_served is None and "deploy.deployed_at" in v.tags:
+                asked = datetime.fromtimestamp(r.info.start_time / 1000, UTC)
+                first_served = (datetime.fromisoformat(v.tags["deploy.deployed_at"]) - asked).total_seconds()
+        lines.append(line)
+    if first_served is not None:
+        lines.append(f"First drift-triggered retrain request → its champion serving 100%: {first_served:.0f} s")
+    alerts = read_alerts(settings)
+    if alerts:
+        kinds = Counter(a["kind"] for a in alerts)
+        lines.append(
+            f"Alerts: {len(alerts)} in {settings.state_dir / 'alerts.jsonl'} ("
+            + ", ".join(f"{n} {k}" for k, n in kinds.most_common())
+            + ")"
+        )
+        last = next((a for a in reversed(alerts) if a["kind"] in ("drift", "decay")), alerts[-1])
+        lines.append(f"  latest {last['kind']}: {last['message'][:120]}")
+        lines += [f"    {k}: {url}" for k, url in last.get("links", {}).items()]
+    return lines
 
 
 def _deployment(tags: dict) -> str:

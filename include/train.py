@@ -301,7 +301,14 @@ def train_candidate(
     mv = mlflow.register_model(
         info.model_uri,
         model_name,
-        tags={**identity, "loop.data_window": window, "loop.git_commit": commit, "loop.partitions_sha256": digest},
+        tags={
+            **identity,
+            "loop.data_window": window,
+            "loop.git_commit": commit,
+            "loop.partitions_sha256": digest,
+            "loop.reason": params.reason or "(none given)",
+            **({"loop.monitor_report": params.report_uri} if params.report_uri else {}),
+        },
     )
     client.set_registered_model_alias(model_name, CHALLENGER, mv.version)
     log.info(

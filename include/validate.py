@@ -39,6 +39,8 @@ BATCH = "batch"
 class BatchQuarantined(Exception):
     """The whole partition failed the gate; its message names the partition and the failures."""
 
+    alerted = True  # a `quarantined` alert went out already; the failure notifier does not repeat it
+
 
 @dataclass(frozen=True)
 class Failure:
@@ -255,6 +257,16 @@ def validate_partition(
             f"{qprefix}/report.md", _report(partition, landing_uri, "QUARANTINED", failures, bad_rows, n_rows).encode()
         )
         summary = "; ".join(str(f) for f in failures[:8]) + (f"; and {len(failures) - 8} more" if len(failures) > 8 else "")
+        from include.alerts import send_alert
+        from include.config import get_settings
+
+        send_alert(
+            get_settings(),
+            "quarantined",
+            f"partition {partition.id} quarantined: {summary}",
+            {"partition": partition.id, "landing_uri": landing_uri, "gx_result": result_uri},
+            links={"report": report_uri},
+        )
         raise BatchQuarantined(
             f"partition {partition.id} ({landing_uri}) quarantined: {summary}. "
             f"Report: {report_uri}; GX result: {result_uri}. Fix the input upstream and clear this task to re-run."
@@ -314,3 +326,66 @@ def validate_partition(
     write_json(storage, partition.validation_key, record)
     log.info("partition %s passed: %d rows validated, %d quarantined", partition.id, len(good), len(bad_index))
     return record
+
+
+VALIDATED_REF_KEYS = (
+    "partition",
+    "interval_start",
+    "interval_end",
+    "validated_uri",
+    "validated_sha256",
+    "rows_validated",
+    "rows_quarantined",
+)
+
+
+def validated_ref(record: dict) -> dict:
+    """What the validated-data Asset event carries: a reference to the partition, not its rows."""
+    return {k: record[k] for k in VALIDATED_REF_KEYS}
+
+
+def revalidate_quarantined(
+    usecase: UseCase, partition_id: str, *, refetch: bool, max_bad_row_share: float, storage: Storage | None = None
+) -> dict:
+    """Put a quarantined partition through the gate again, after a fix (the `revalidate` form).
+
+    The fix is either a corrected file the upstream system delivered to the partition's landing
+    path, or, with `refetch`, a fresh pull of the interval from the use case's source. The
+    quarantined bytes stay under `quarantine/` either way. Refused, with the reason, when the
+    partition was never quarantined or its landing input is unchanged since. Returns the new
+    validation record; raises `BatchQuarantined` if the input still fails.
+    """
+    from datetime import datetime
+
+    from include.summary import quarantined_batches
+
+    storage = storage or get_storage()
+    found = [r for r in quarantined_batches(usecase.name, storage) if r["partition"] == partition_id]
+    if not found:
+        known = sorted({r["partition"] for r in quarantined_batches(usecase.name, storage)})
+        raise ValueError(
+            f"partition {partition_id!r} of {usecase.name} was never quarantined; quarantined: {', '.join(known) or 'none'}"
+        )
+    last = found[-1]
+    partition = Partition(
+        usecase.name, datetime.fromisoformat(last["interval_start"]), datetime.fromisoformat(last["interval_end"])
+    )
+    if refetch:
+        kept = f"{partition.quarantine_prefix(last['landing_sha256'])}/data.parquet"
+        if not storage.exists(kept):
+            raise RuntimeError(f"the quarantined input {storage.uri(kept)} is missing: refusing to overwrite the landing file")
+        uri = write_parquet(storage, partition.landing_key, usecase.load_interval(partition.start, partition.end))
+        log.info("re-fetched %s from the source into %s (the quarantined input stays at %s)", partition.id, uri, kept)
+    if storage.exists(partition.validation_key):
+        current = read_json(storage, partition.validation_key)
+        landing_sha = sha256(storage.read_bytes(partition.landing_key))
+        if current.get("status") == "passed" and current["landing_sha256"] == landing_sha:
+            log.info("partition %s already passed with this input; nothing to do", partition.id)
+            return current
+    quarantined_shas = {r["landing_sha256"] for r in found}
+    if sha256(storage.read_bytes(partition.landing_key)) in quarantined_shas:
+        raise ValueError(
+            f"the landing input of {partition.id} ({storage.uri(partition.landing_key)}) is the one that was quarantined: "
+            "deliver the fixed file there first, or re-fetch it from the source"
+        )
+    return validate_partition(usecase, partition, max_bad_row_share=max_bad_row_share, storage=storage)

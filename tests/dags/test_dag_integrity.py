@@ -24,7 +24,7 @@ def dagbag():
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert {"ingest_validate", "train", "deploy", "rollback"} <= set(dagbag.dag_ids)
+    assert {"ingest_validate", "train", "deploy", "rollback", "monitor", "revalidate"} <= set(dagbag.dag_ids)
 
 
 def test_every_dag_has_tags_owner_retries_and_docs(dagbag):
@@ -138,3 +138,29 @@ def test_monitor_runs_on_validated_data_and_can_only_request_training_through_th
     params = ParamsDict(dagbag.dags["train"].params)
     params.update({"reason": "monitor 2013-07-08…2013-07-11: 9 features drifted", "report_uri": "runs:/abc/monitor/report.json"})
     params.validate()
+
+
+@pytest.mark.parametrize(
+    ("conf", "field"),
+    [
+        ({}, "partition"),
+        ({"partition": "2013-01-29"}, "partition"),
+        ({"partition": "dt=2013-01-29T0500Z", "refetch": "yes"}, "refetch"),
+    ],
+)
+def test_revalidate_form_names_a_quarantined_partition_and_emits_validated_data(dagbag, conf, field):
+    from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from include.assets import VALIDATED_DATA
+
+    dag = dagbag.dags["revalidate"]
+    assert type(dag.timetable).__name__ == "NullTimetable"  # manual only
+    with pytest.raises(ParamValidationError, match=field):
+        params = ParamsDict(dag.params)
+        params.update(conf)
+        params.validate()
+    ok = ParamsDict(dag.params)
+    ok.update({"partition": "dt=2013-01-29T0500Z", "refetch": True, "reason": "upstream re-sent the truncated file"})
+    assert ok.validate()["refetch"] is True
+    assert [o.name for o in dag.get_task("validate_again").outlets] == [VALIDATED_DATA.name]

@@ -5,11 +5,18 @@ on five weeks."""
 from __future__ import annotations
 
 import json
+import secrets
+import threading
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import mlflow
 import pytest
 import requests
 
+from include.alerts import read_alerts
 from include.config import get_settings
 from include.data import list_validated
 from include.demo import count_intervals, plant_faults, start_stack, wait_until_idle
@@ -22,8 +29,32 @@ from include.usecases import get_usecase
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
+WEBHOOK_TOKEN = secrets.token_urlsafe(24)
+
+
 @pytest.fixture(scope="module")
-def loop(tmp_path_factory):
+def alert_receiver():
+    """A loopback HTTP endpoint standing in for the team's alert webhook (the HTTP provider's
+    notifier posts to it through the Airflow connection `loop_alerts`)."""
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append({"path": self.path, "body": json.loads(self.rfile.read(int(self.headers["Content-Length"])))})
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1], received
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory, alert_receiver):
     state = tmp_path_factory.mktemp("e2e-state")
     ports = Ports(airflow=free_port(), mlflow=free_port())
     with pytest.MonkeyPatch.context() as mp:
@@ -38,6 +69,10 @@ def loop(tmp_path_factory):
             "LOOP_TRAEFIK_METRICS_PORT": str(free_port()),
             "LOOP_SLOT_PORTS": f"{free_port()},{free_port()}",
             "LOOP_CANARY_BAKE_SECONDS": "3",
+            "LOOP_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
+            "LOOP_ALERT_HTTP_CONN_ID": "loop_alerts",
+            "LOOP_ALERT_HTTP_ENDPOINT": "/hooks/loop",
+            "AIRFLOW_CONN_LOOP_ALERTS": json.dumps({"conn_type": "http", "host": "127.0.0.1", "port": alert_receiver[0]}),
         }.items():
             mp.setenv(key, value)
         get_settings.cache_clear()
@@ -147,3 +182,69 @@ def test_an_alert_driven_rerun_through_the_rest_api(loop):
     )
     assert mlrun.data.tags["loop.reason"] == "alert 1234: late-rate drift"
     assert mlrun.data.params["n_estimators"] == "50"
+
+
+def test_a_quarantine_alert_reaches_the_configured_webhook_once_with_working_links(loop, alert_receiver):
+    settings, client, _, _ = loop
+    _, received = alert_receiver
+    assert received and {r["path"] for r in received} == {"/hooks/loop"}
+    alerts = [r["body"] for r in received]
+    quarantined = [a for a in alerts if a["kind"] == "quarantined"]
+    assert len(quarantined) == 1, [a["message"] for a in alerts]  # and no second, generic task_failed alert
+    [alert] = quarantined
+    assert "2013-06-18" in alert["message"] and "arrival_delay" in alert["message"]
+    assert not [a for a in alerts if a["kind"] == "task_failed" and "2013-06-18" in a["message"]]
+
+    link = urlparse(alert["links"]["airflow"])
+    assert f"{link.scheme}://{link.netloc}" == client.base
+    _, dags, dag_id, runs, run_id, tasks, task_id = link.path.split("/")
+    assert (dags, runs, tasks) == ("dags", "runs", "tasks")
+    ti = client.get(f"dags/{dag_id}/dagRuns/{unquote(run_id)}/taskInstances/{task_id}")
+    assert (ti["dag_id"], ti["task_id"], ti["state"]) == ("ingest_validate", "validate", "failed")
+    assert requests.get(alert["links"]["airflow"], timeout=10).status_code == 200  # the UI page itself
+    report = Path(alert["links"]["report"])
+    assert report.exists() and "QUARANTINED" in report.read_text()
+    assert alert in read_alerts(settings), "the local sink holds the same alert"
+
+
+def test_the_alert_webhook_starts_the_mapped_dag_once_and_refuses_strangers(loop):
+    settings, client, _, _ = loop
+    url = f"{client.base}/loop/alerts"
+    started = datetime.now(UTC).isoformat()
+    body = {
+        "version": "4",
+        "status": "firing",
+        "receiver": "loop",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": "E2ELateRateDrift", "dag_id": "monitor", "severity": "warning"},
+                "annotations": {
+                    "summary": "late rate up in the last week",
+                    "loop_conf": json.dumps({"window_start": "2013-06-25", "window_end": "2013-07-02"}),
+                },
+                "startsAt": started,
+                "fingerprint": "e2e0f1ngerpr1nt",
+            }
+        ],
+    }
+    before = len(client.runs("monitor"))
+    assert requests.post(url, json=body, timeout=10).status_code == 401
+    assert requests.post(url, json=body, headers={"Authorization": "Bearer nope"}, timeout=10).status_code == 401
+    assert len(client.runs("monitor")) == before
+
+    auth = {"Authorization": f"Bearer {WEBHOOK_TOKEN}"}
+    first = requests.post(url, json=body, headers=auth, timeout=30)
+    assert first.status_code == 200, first.text
+    [created] = first.json()["runs"]
+    assert created["status"] == "created" and created["dag_run_id"].startswith("alert__e2e0f1ngerpr1nt__")
+    repeat = requests.post(url, json=body, headers=auth, timeout=30)
+    assert repeat.status_code == 200 and repeat.json()["runs"][0]["status"] == "exists"
+    assert requests.post(url, json={"alerts": "nope"}, headers=auth, timeout=10).status_code == 422
+
+    runs = [r for r in client.runs("monitor") if r["dag_run_id"] == created["dag_run_id"]]
+    assert len(runs) == 1 and len(client.runs("monitor")) == before + 1
+    assert wait_until_idle(client, count_intervals(settings), timeout=300, poll=5)
+    run = client.get(f"dags/monitor/dagRuns/{created['dag_run_id']}")
+    assert run["state"] == "success", run
+    assert run["conf"]["window_start"] == "2013-06-25" and run["conf"]["reason"].startswith("alert E2ELateRateDrift")

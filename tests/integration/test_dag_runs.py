@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import mlflow
 import pytest
+import requests
 
 from include.alerts import read_alerts
 from include.config import get_settings
@@ -137,3 +138,29 @@ def test_monitor_checks_a_window_of_the_live_model_and_requests_retraining_on_dr
     assert states(drifted) == {"check": "success", "needs_retraining": "success", "request_retrain": "success"}, states(drifted)
     [requested] = [r for r in DagRun.find(dag_id="train")][before:]
     assert requested.conf["report_uri"].startswith("runs:/") and "drifted" in requested.conf["reason"]
+
+    # The drift alert carries working links: the monitor's MLflow run and its drift plot.
+    [drift] = [a for a in read_alerts(settings) if a["kind"] == "drift" and settings.model_name in a["message"]]
+    assert "retrain" in drift["message"]
+    page = requests.get(drift["links"]["mlflow"], timeout=10)
+    assert page.status_code == 200
+    plot = requests.get(drift["links"]["report"], timeout=10)
+    assert plot.status_code == 200 and plot.content[:8] == b"\x89PNG\r\n\x1a\n"
+    monitor_run = requested.conf["report_uri"].split("/")[1]
+    assert monitor_run in drift["links"]["mlflow"]
+
+    # The requested retraining goes through the champion gate like any other: a challenger that
+    # is not better (here a deliberately weak one) is not promoted, so nothing is deployed.
+    weak = requested.conf | {"n_estimators": 10, "max_depth": 1, "learning_rate": 0.05}
+    retrain = dags.get_dag("train").test(run_conf=weak)
+    assert states(retrain) == {"train_challenger": "success", "champion_gate": "success", "announce_champion": "skipped"}
+    mlc = connect(settings.mlflow_tracking_uri)
+    assert alias_version(mlc, settings.model_name, CHAMPION).version == champion.version
+    newest = max(mlc.search_model_versions(f"name = '{settings.model_name}'"), key=lambda v: int(v.version))
+    assert newest.tags["gate.decision"] == "reject"
+    assert newest.tags["loop.monitor_report"] == requested.conf["report_uri"]
+    assert newest.tags["loop.reason"] == requested.conf["reason"]
+    [rejected] = [a for a in read_alerts(settings) if a["kind"] == "gate_rejected" and settings.model_name in a["message"]]
+    assert f"v{newest.version} not promoted" in rejected["message"]
+    assert requests.get(rejected["links"]["mlflow"], timeout=10).status_code == 200
+    assert newest.run_id in rejected["links"]["mlflow"]

@@ -168,3 +168,27 @@ def test_a_passed_partition_replaced_by_a_broken_delivery_is_withdrawn(storage_r
     assert list_validated("flights") == [], "training must not keep using the replaced delivery"
     record = json.loads(get_storage().read_bytes(p.validation_key))
     assert record["status"] == "superseded" and get_storage().exists(p.validated_key)
+
+
+def test_a_quarantined_partition_is_revalidated_only_after_a_fix_and_keeps_the_evidence(storage_root, flights):
+    from include.validate import revalidate_quarantined
+
+    p, storage = week(1), get_storage()
+    plant_fault(flights, p, "truncated")
+    with pytest.raises(BatchQuarantined):
+        validate_partition(flights, p, max_bad_row_share=0.01)
+    broken_sha = sha256(storage.read_bytes(p.landing_key))
+
+    with pytest.raises(ValueError, match=r"never quarantined; quarantined: dt=2013-04-09T0400Z"):
+        revalidate_quarantined(flights, week(0).id, refetch=False, max_bad_row_share=0.01)
+    with pytest.raises(ValueError, match="is the one that was quarantined"):
+        revalidate_quarantined(flights, p.id, refetch=False, max_bad_row_share=0.01)
+    assert list_validated("flights") == []
+
+    rec = revalidate_quarantined(flights, p.id, refetch=True, max_bad_row_share=0.01)
+    assert rec["status"] == "passed" and rec["partition"] == p.id and rec["rows_validated"] > 5000
+    assert [r["partition"] for r in list_validated("flights")] == [p.id]
+    kept = storage.read_bytes(f"{p.quarantine_prefix(broken_sha)}/data.parquet")
+    assert sha256(kept) == broken_sha, "the quarantined input is kept as evidence"
+    again = revalidate_quarantined(flights, p.id, refetch=False, max_bad_row_share=0.01)
+    assert again == rec, "a second run finds the partition already passed with this input"

@@ -127,10 +127,18 @@ def test_the_monitor_logs_each_window_to_mlflow_and_requests_one_retrain(flights
     assert first["action"] == "retrain" and first["cause"] == "drift", first
     assert again["reused"] and again["mlflow_run_id"] == first["mlflow_run_id"]
     assert second["action"] == "suppressed" and "already requested" in second["reason"], second
+    # A training answers the request (its data ends half a day after `mid`); a drifted window
+    # inside the 24 h cooldown after it is recorded as suppressed, with the cooldown as reason.
+    answered = (mid + timedelta(hours=12)).isoformat()
+    mlflow.register_model(
+        info.model_uri, settings.model_name, tags={"loop.data_window": f"{WEEKS['feb'].isoformat()} … {answered}"}
+    )
+    third = run_monitor(settings, flights, jul + timedelta(days=1), jul + timedelta(days=4), dag_id="monitor", dag_run_id="t4")
+    assert third["action"] == "suppressed" and "cooldown" in third["reason"] and third["cause"] == "drift", third
 
     exp = client.get_experiment_by_name(monitoring_experiment(settings.model_name))
     runs = client.search_runs([exp.experiment_id])
-    assert sorted(r.data.tags["decision.action"] for r in runs) == ["none", "retrain", "suppressed"]
+    assert sorted(r.data.tags["decision.action"] for r in runs) == ["none", "retrain", "suppressed", "suppressed"]
     run = client.get_run(first["mlflow_run_id"])
     assert run.data.metrics["psi.temp"] > 0.25 and run.data.tags["monitor.model_version"] == mv.version
     history = client.get_metric_history(first["mlflow_run_id"], "psi.temp")
@@ -138,3 +146,23 @@ def test_the_monitor_logs_each_window_to_mlflow_and_requests_one_retrain(flights
     artifacts = {a.path for a in client.list_artifacts(first["mlflow_run_id"], "monitor")}
     assert {"monitor/report.json", "monitor/decision.json", "monitor/drift.png"} <= artifacts
     assert mlflow.artifacts.load_dict(first["report_uri"])["features"]["temp"]["psi"] == run.data.metrics["psi.temp"]
+
+
+def test_without_a_model_the_drift_mode_monitor_asks_for_the_first_training_once_data_suffices(
+    flights, storage_root, mlflow_env, monkeypatch
+):
+    from include.config import get_settings
+    from include.monitor import run_monitor
+
+    validate_weeks(flights)  # three validated partitions
+    monkeypatch.setenv("LOOP_RETRAIN_ON", "drift")
+    window = (WEEKS["jul"], WEEKS["jul"] + timedelta(weeks=1))
+    for need, active, action in ((4, False, "none"), (3, True, "suppressed"), (3, False, "retrain")):
+        monkeypatch.setenv("LOOP_MIN_TRAIN_PARTITIONS", str(need))
+        get_settings.cache_clear()
+        result = run_monitor(get_settings(), flights, *window, dag_id="monitor", dag_run_id="b", training_active=active)
+        assert result["action"] == action, result
+    assert result["cause"] == "bootstrap" and result["retrain_conf"]["reason"].startswith("monitor: no model")
+    monkeypatch.setenv("LOOP_RETRAIN_ON", "data")  # new data trains by itself: the monitor leaves it alone
+    get_settings.cache_clear()
+    assert run_monitor(get_settings(), flights, *window, dag_id="monitor", dag_run_id="b")["action"] == "none"

@@ -120,3 +120,26 @@ def test_the_score_sample_represents_every_partition_by_its_rows(flights, februa
         acc.update(part, np.full(len(part), float(i >= 5)))
     sample = np.concatenate([s for s, _ in acc._scores])
     assert sample.size == 2000 and abs(sample.mean() - 0.5) < 0.05
+
+
+def test_the_drift_plot_shows_psi_bars_auc_over_time_and_the_worst_histograms(flights, profile):
+    import matplotlib.pyplot as plt
+
+    from include.monitor import drift_figure
+
+    X, y = month(flights, 7)
+    acc = DriftAccumulator(profile)
+    acc.update(X, labels=y)
+    report = acc.report() | {"window": ("2013-07-01T00:00:00", "2013-08-01T00:00:00")}
+    history = [(datetime(2013, 6, d, tzinfo=UTC), auc, "3") for d, auc in ((10, 0.71), (17, 0.69), (24, 0.64))]
+    fig = drift_figure(profile, report, flights, auc_history=history, reference_auc=0.72)
+    try:
+        axes = {ax.get_title().split(" ")[0]: ax for ax in fig.axes if ax.get_title()}
+        assert axes["Drift"].get_title().startswith("Drift of 2013-07-01")
+        assert len(axes["Drift"].patches) == len(report["features"])  # one PSI bar per feature
+        [line, ref] = axes["ROC"].get_lines()
+        assert list(line.get_ydata()) == [0.71, 0.69, 0.64] and list(ref.get_ydata()) == [0.72, 0.72]
+        worst = max(report["features"], key=lambda k: report["features"][k]["psi"])
+        assert f"{worst}:" in axes
+    finally:
+        plt.close(fig)
