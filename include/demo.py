@@ -34,7 +34,7 @@ DEMO_END_DATE = "2013-03-31"
 # Week index → fault planted before the scheduler runs: two whole-batch rejections and one batch
 # that passes with a handful of impossible rows quarantined.
 DEMO_FAULTS = {4: "truncated", 8: "distance_in_km", 10: "some_bad_rows"}
-DAG_IDS = ("ingest_validate", "train", "deploy", "rollback", "monitor")
+DAG_IDS = ("ingest_validate", "train", "deploy", "rollback", "monitor", "revalidate")
 # The demo's retraining follows the monitor: new data trains the first model only, then drift or
 # decay asks for retraining, at most once per two weeks of data time (the rest is "suppressed").
 DEMO_POLICY = {"LOOP_RETRAIN_ON": "drift", "LOOP_RETRAIN_COOLDOWN_HOURS": "336", "LOOP_INGEST_MAX_ACTIVE_RUNS": "1"}
@@ -255,8 +255,9 @@ class DataClock:
 class BackgroundTraffic(threading.Thread):
     """Clients of the serving entry during the demo. Once a model serves, they send, at
     TRAFFIC_RATE requests/s, the flights of "this week" in data time: the week after the newest
-    validated partition (its labels have not landed yet; they arrive with the next partition, and
-    the monitor then checks those predictions). Every canary bakes under real traffic."""
+    partition that has landed (validated or quarantined). Its labels arrive with the next
+    partition, and the monitor then checks those predictions. Every canary bakes under real
+    traffic."""
 
     def __init__(self, settings: Settings):
         super().__init__(daemon=True, name="demo-traffic")
@@ -266,6 +267,7 @@ class BackgroundTraffic(threading.Thread):
 
     def run(self):
         from include.data import list_validated
+        from include.summary import quarantined_batches
         from include.traffic import Report, interval_records, replay
         from include.usecases import get_usecase
 
@@ -280,8 +282,8 @@ class BackgroundTraffic(threading.Thread):
         self.report = Report()
         usecase, current, records, pos = get_usecase(), None, [], 0
         while not self.stop.is_set():
-            newest = list_validated(usecase.name)
-            week = datetime.fromisoformat(newest[-1]["interval_end"]) if newest else self.settings.start_datetime
+            landed = list_validated(usecase.name) + quarantined_batches(usecase.name)  # passed or not, labels landed
+            week = max((datetime.fromisoformat(r["interval_end"]) for r in landed), default=self.settings.start_datetime)
             if week != current:
                 current, pos = week, 0
                 records = interval_records(usecase, week, week + timedelta(weeks=1))

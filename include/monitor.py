@@ -430,10 +430,12 @@ def drift_figure(profile: dict, report: dict, usecase, top: int = 6, auc_history
     import matplotlib.pyplot as plt
 
     psis = sorted(((k, v["psi"]) for k, v in report["features"].items()), key=lambda kv: kv[1])
-    worst = [k for k, _ in psis[::-1][:top]]
+    worst = [k for k, _ in psis[::-1] if k not in getattr(usecase, "drift_exempt", ())][:top]
     fig, axes = plt.subplots(1 + (len(worst) + 2) // 3, 3, figsize=(13, 3.2 * (1 + (len(worst) + 2) // 3)))
     ax = plt.subplot2grid((1 + (len(worst) + 2) // 3, 3), (0, 0), colspan=2, fig=fig)
-    ax.barh([k for k, _ in psis], [v for _, v in psis], color=["#c0392b" if v > 0.25 else "#3b75af" for _, v in psis])
+    exempt = set(getattr(usecase, "drift_exempt", ()))
+    colours = ["#aaaaaa" if k in exempt else "#c0392b" if v > 0.25 else "#3b75af" for k, v in psis]
+    ax.barh([f"{k} (exempt)" if k in exempt else k for k, _ in psis], [v for _, v in psis], color=colours)
     ax.axvline(0.25, color="grey", linestyle="--", linewidth=1)
     ax.set_xlabel("PSI against the training reference (dashed: 0.25)")
     ax.set_title(f"Drift of {report['window'][0][:10]} … {report['window'][1][:10]} ({report['n']:,} predictions)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from include.config import Settings
 from include.data import list_validated, read_json
 from include.storage import get_storage
@@ -40,10 +42,15 @@ def summarize(settings: Settings, ports, airflow=None, traffic=None) -> str:
 
     if airflow is not None:
         runs = airflow.runs("train")
-        by_type = {t: sum(r["run_type"] == t for r in runs) for t in ("asset_triggered", "scheduled", "manual")}
+        kinds = {
+            "asset_triggered": "on validated-data events",
+            "operator_triggered": "requested by the monitor",
+            "scheduled": "scheduled",
+            "manual": "manual (UI, REST, webhook)",
+        }
+        counts = Counter(r["run_type"] for r in runs)
         lines.append(
-            f"Training runs:        {len(runs)} ({by_type['asset_triggered']} on validated-data events, which "
-            f"coalesce while a run is active; {by_type['scheduled']} scheduled; {by_type['manual']} manual)"
+            f"Training runs:        {len(runs)} (" + ", ".join(f"{n} {kinds.get(t, t)}" for t, n in counts.most_common()) + ")"
         )
     client = connect(settings.mlflow_tracking_uri, attempts=2)
     name = settings.model_name or usecase.model_name
@@ -91,7 +98,6 @@ def summarize(settings: Settings, ports, airflow=None, traffic=None) -> str:
 def monitoring_story(settings: Settings, client, name: str, versions: list) -> list[str]:
     """What the monitor saw, window by window, what it decided, and what its retrain requests led
     to; with the time from the first drift-triggered request to its champion taking all traffic."""
-    from collections import Counter
     from datetime import UTC, datetime
 
     from include.alerts import read_alerts
@@ -108,22 +114,28 @@ def monitoring_story(settings: Settings, client, name: str, versions: list) -> l
         + ", ".join(f"{n} {a}" for a, n in sorted(actions.items()))
     ]
     by_report = {v.tags.get("loop.monitor_report"): v for v in versions if v.tags.get("loop.monitor_report")}
-    first_served = None
+    first_served = first_drift = None
     for r in runs:
         t = r.data.tags
         action = t["decision.action"]
         line = f"  {t['monitor.window_start'][:10]}…{t['monitor.window_end'][:10]} v{t['monitor.model_version']}: {action}"
         if action != "none" or t.get("decision.cause"):
             line += f" ({t['decision.reason'][:110]})"
+        checked = datetime.fromtimestamp(r.info.start_time / 1000, UTC)
+        if first_drift is None and t.get("decision.cause"):
+            first_drift = checked
         v = by_report.get(f"runs:/{r.info.run_id}/monitor/report.json")
         if v is not None:
             line += f"\n      → retrained v{v.version}: gate {v.tags.get('gate.decision', 'pending')}{_deployment(v.tags)}"
             if first_served is None and "deploy.deployed_at" in v.tags:
-                asked = datetime.fromtimestamp(r.info.start_time / 1000, UTC)
-                first_served = (datetime.fromisoformat(v.tags["deploy.deployed_at"]) - asked).total_seconds()
+                first_served = (checked, datetime.fromisoformat(v.tags["deploy.deployed_at"]))
         lines.append(line)
     if first_served is not None:
-        lines.append(f"First drift-triggered retrain request → its champion serving 100%: {first_served:.0f} s")
+        asked, served = first_served
+        lines.append(
+            f"Drift → new champion serving 100%: {(served - first_drift).total_seconds():.0f} s from the first drifted window "
+            f"(through cooldowns and gate rejections), {(served - asked).total_seconds():.0f} s from the request that produced it"
+        )
     alerts = read_alerts(settings)
     if alerts:
         kinds = Counter(a["kind"] for a in alerts)
