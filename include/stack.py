@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -24,10 +25,25 @@ from include.config import PROJECT_ROOT, Settings
 BIN = Path(sys.executable).parent
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port for a service started later, chosen below the kernel's ephemeral range
+    (32768+): a port from that range can be handed to an outgoing connection (or a TCP
+    self-connect) before the service binds it, which then looks like someone else's listener."""
+    for _ in range(500):
+        port = random.randint(20000, 32000)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free loopback port between 20000 and 32000")
 
 
 def port_in_use(port: int) -> bool:
