@@ -188,9 +188,11 @@ class Progress:
         return done, active
 
 
-def wait_until_idle(client: AirflowAPI, expected: int, timeout: float, poll: float = 15) -> bool:
+def wait_until_idle(
+    client: AirflowAPI, expected: int, timeout: float, poll: float = 15, progress: Progress | None = None
+) -> bool:
     """Print progress until every ingest interval has run and nothing is left to do."""
-    progress, idle_polls, deadline = Progress(client, expected), 0, time.monotonic() + timeout
+    progress, idle_polls, deadline = progress or Progress(client, expected), 0, time.monotonic() + timeout
     while time.monotonic() < deadline:
         done, active = progress()
         idle_polls = idle_polls + 1 if done >= expected and not active else 0
@@ -240,13 +242,17 @@ class DataClock:
             say(f"data clock: {need} weeks validated; ingestion waits until a first model serves")
         if not self._wait(lambda: Serving(self.settings).live() is not None or self.progress() == (self.expected, 0), deadline):
             return False
-        while (before := done()) < self.expected:
+        runs = lambda: len(self.client.runs("ingest_validate"))  # noqa: E731
+        while done() < self.expected:
             say(f"data clock: the clients send the current week's flights for {WEEK_SECONDS} s")
             time.sleep(WEEK_SECONDS)
+            before, created = done(), runs()
+            # One interval per tick: unpause until the scheduler creates the next run, pause again
+            # (a run already created goes on while the DAG is paused), then wait for it to land.
             self._ingest(paused=False)
-            arrived = self._wait(lambda: done() > before, deadline, poll=2)  # noqa: B023
+            started = self._wait(lambda: runs() > created or done() > before, deadline, poll=1)  # noqa: B023
             self._ingest(paused=True)
-            if not arrived:
+            if not (started and self._wait(lambda: done() > before, deadline, poll=2)):  # noqa: B023
                 return False
         self._ingest(paused=False)
         return True
@@ -330,9 +336,10 @@ def main() -> int:
     say(f"DAGs unpaused; {expected} weekly intervals to replay, a week per {WEEK_SECONDS} s once a model serves")
     traffic = BackgroundTraffic(settings)
     traffic.start()
-    if not DataClock(client, settings, expected).run(timeout=40 * 60):
+    clock = DataClock(client, settings, expected)
+    if not clock.run(timeout=40 * 60):
         say("the data clock did not finish within 40 minutes; the summary shows where it stands")
-    if not wait_until_idle(client, expected, timeout=45 * 60):
+    if not wait_until_idle(client, expected, timeout=45 * 60, progress=clock.progress):
         say("the catch-up did not finish within 45 minutes; the summary shows where it stands")
     report = traffic.finish()
     os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{ports.mlflow}"
