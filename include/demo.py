@@ -242,17 +242,15 @@ class DataClock:
             say(f"data clock: {need} weeks validated; ingestion waits until a first model serves")
         if not self._wait(lambda: Serving(self.settings).live() is not None or self.progress() == (self.expected, 0), deadline):
             return False
-        runs = lambda: len(self.client.runs("ingest_validate"))  # noqa: E731
-        while done() < self.expected:
+        while (before := done()) < self.expected:
             say(f"data clock: the clients send the current week's flights for {WEEK_SECONDS} s")
             time.sleep(WEEK_SECONDS)
-            before, created = done(), runs()
-            # One interval per tick: unpause until the scheduler creates the next run, pause again
-            # (a run already created goes on while the DAG is paused), then wait for it to land.
+            # Unpaused until the next interval has landed. The scheduler may already have created
+            # the run after it; that one waits (a paused DAG's new runs do not start) for the next tick.
             self._ingest(paused=False)
-            started = self._wait(lambda: runs() > created or done() > before, deadline, poll=1)  # noqa: B023
+            arrived = self._wait(lambda: done() > before, deadline, poll=1)  # noqa: B023
             self._ingest(paused=True)
-            if not (started and self._wait(lambda: done() > before, deadline, poll=2)):  # noqa: B023
+            if not arrived:
                 return False
         self._ingest(paused=False)
         return True
