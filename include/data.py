@@ -106,6 +106,13 @@ def list_validated(usecase: str, storage: Storage | None = None) -> list[dict]:
     return sorted((r for r in records if r.get("status") == "passed"), key=lambda r: r["interval_start"])
 
 
+def quarantined_batches(usecase: str, storage=None) -> list[dict]:
+    """Whole-batch quarantine records (one per distinct rejected input), oldest first."""
+    storage = storage or get_storage()
+    keys = [k for k in storage.list(f"quarantine/{usecase}/") if k.endswith("/validation.json")]
+    return sorted((read_json(storage, k) for k in keys), key=lambda r: r["interval_start"])
+
+
 def read_validated(records: list[dict], storage: Storage | None = None):
     """Concatenate validated partitions, checking each against the hash it was validated with."""
     import pandas as pd

@@ -270,8 +270,7 @@ class BackgroundTraffic(threading.Thread):
         self.report = None
 
     def run(self):
-        from include.data import list_validated
-        from include.summary import quarantined_batches
+        from include.data import list_validated, quarantined_batches
         from include.traffic import Report, interval_records, replay
         from include.usecases import get_usecase
 

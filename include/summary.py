@@ -5,16 +5,8 @@ from __future__ import annotations
 from collections import Counter
 
 from include.config import Settings
-from include.data import list_validated, read_json
-from include.storage import get_storage
+from include.data import list_validated, quarantined_batches
 from include.usecases import get_usecase
-
-
-def quarantined_batches(usecase: str, storage=None) -> list[dict]:
-    """Whole-batch quarantine records (one per distinct rejected input), oldest first."""
-    storage = storage or get_storage()
-    keys = [k for k in storage.list(f"quarantine/{usecase}/") if k.endswith("/validation.json")]
-    return sorted((read_json(storage, k) for k in keys), key=lambda r: r["interval_start"])
 
 
 def summarize(settings: Settings, ports, airflow=None, traffic=None) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from include.data import Partition, list_validated, read_json, sha256, write_json
+from include.data import Partition, list_validated, quarantined_batches, read_json, sha256, write_json
 from include.storage import MalformedPartitionError, Storage, get_storage, parse_parquet, write_parquet
 from include.usecases import GX_TYPES, Contract, UseCase
 
@@ -269,7 +269,7 @@ def validate_partition(
         )
         raise BatchQuarantined(
             f"partition {partition.id} ({landing_uri}) quarantined: {summary}. "
-            f"Report: {report_uri}; GX result: {result_uri}. Fix the input upstream and clear this task to re-run."
+            f"Report: {report_uri}; GX result: {result_uri}. Fix the input upstream, then re-validate it with the `revalidate` DAG (or clear this task)."
         )
 
     try:
@@ -357,12 +357,11 @@ def revalidate_quarantined(
     """
     from datetime import datetime
 
-    from include.summary import quarantined_batches
-
     storage = storage or get_storage()
-    found = [r for r in quarantined_batches(usecase.name, storage) if r["partition"] == partition_id]
+    quarantined = quarantined_batches(usecase.name, storage)
+    found = [r for r in quarantined if r["partition"] == partition_id]
     if not found:
-        known = sorted({r["partition"] for r in quarantined_batches(usecase.name, storage)})
+        known = sorted({r["partition"] for r in quarantined})
         raise ValueError(
             f"partition {partition_id!r} of {usecase.name} was never quarantined; quarantined: {', '.join(known) or 'none'}"
         )
@@ -376,14 +375,13 @@ def revalidate_quarantined(
             raise RuntimeError(f"the quarantined input {storage.uri(kept)} is missing: refusing to overwrite the landing file")
         uri = write_parquet(storage, partition.landing_key, usecase.load_interval(partition.start, partition.end))
         log.info("re-fetched %s from the source into %s (the quarantined input stays at %s)", partition.id, uri, kept)
+    landing_sha = sha256(storage.read_bytes(partition.landing_key))
     if storage.exists(partition.validation_key):
         current = read_json(storage, partition.validation_key)
-        landing_sha = sha256(storage.read_bytes(partition.landing_key))
         if current.get("status") == "passed" and current["landing_sha256"] == landing_sha:
             log.info("partition %s already passed with this input; nothing to do", partition.id)
             return current
-    quarantined_shas = {r["landing_sha256"] for r in found}
-    if sha256(storage.read_bytes(partition.landing_key)) in quarantined_shas:
+    if landing_sha in {r["landing_sha256"] for r in found}:
         raise ValueError(
             f"the landing input of {partition.id} ({storage.uri(partition.landing_key)}) is the one that was quarantined: "
             "deliver the fixed file there first, or re-fetch it from the source"

@@ -18,12 +18,11 @@ import requests
 
 from include.alerts import read_alerts
 from include.config import get_settings
-from include.data import list_validated
+from include.data import list_validated, quarantined_batches
 from include.demo import count_intervals, plant_faults, start_stack, wait_until_idle
 from include.deploy import golden_records
 from include.registry import CHAMPION, alias_version, connect
 from include.stack import Ports, Stack, free_port
-from include.summary import quarantined_batches
 from include.usecases import get_usecase
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
