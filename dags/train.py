@@ -5,7 +5,9 @@ Runs when the `monitor` DAG asks (drift or decay, with the reason and the report
 as scheduled retraining, from the UI with the form below, and, with `LOOP_RETRAIN_ON=data` (the
 default), whenever validated partitions arrive (events coalesce: one run at a time, and a run
 consumes every event queued while the previous one ran). With `LOOP_RETRAIN_ON=drift`, new data
-alone never trains: the monitor asks for the first model once enough data is validated. Trains XGBoost on a rolling window of validated partitions (newest
+alone never trains: the monitor asks for the first model once enough data is validated.
+
+Trains XGBoost on a rolling window of validated partitions (newest
 partition held out for evaluation), logs everything to MLflow, registers a version with alias
 `challenger`, and promotes it to `champion` only if it passes the gate in `include/evaluate.py`.
 """

@@ -234,7 +234,10 @@ class DataClock:
 
         deadline, usecase = time.monotonic() + timeout, get_usecase()
         need = self.settings.min_train_partitions
-        done = lambda: self.progress()[0]  # noqa: E731
+
+        def done() -> int:  # ingest intervals landed: one REST call, polled every second or so
+            return sum(r["state"] in ("success", "failed") for r in self.client.runs("ingest_validate"))
+
         if not self._wait(lambda: len(list_validated(usecase.name)) >= need or done() >= self.expected, deadline):
             return False
         if done() < self.expected:

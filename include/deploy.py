@@ -42,8 +42,6 @@ log = logging.getLogger(__name__)
 class DeployError(RuntimeError):
     """A rollout step failed; traffic stays on (or went back to) the previous slot."""
 
-    alerted = False
-
 
 class _Alerted:
     alerted = True  # `reject`/`rollback` alerted already; the failure notifier does not repeat it

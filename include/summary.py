@@ -89,7 +89,8 @@ def summarize(settings: Settings, ports, airflow=None, traffic=None) -> str:
 
 def monitoring_story(settings: Settings, client, name: str, versions: list) -> list[str]:
     """What the monitor saw, window by window, what it decided, and what its retrain requests led
-    to; with the time from the first drift-triggered request to its champion taking all traffic."""
+    to; with the time from the first drifted window, and from the request that produced it, to the
+    first drift-trained champion taking all traffic."""
     from datetime import UTC, datetime
 
     from include.alerts import read_alerts

@@ -229,12 +229,16 @@ def train_candidate(
     lineage = {"train": _lineage(train_recs), "eval": _lineage(eval_recs)}
     digest = hashlib.sha256("".join(r["validated_sha256"] for r in train_recs + eval_recs).encode()).hexdigest()
     window = f"{train_recs[0]['interval_start']} … {eval_recs[-1]['interval_end']}"
+    # Why this version exists, on the run and on the registered version alike.
+    request = {
+        "loop.reason": params.reason or "(none given)",
+        **({"loop.monitor_report": params.report_uri} if params.report_uri else {}),
+    }
     tags = {
         **identity,
         "mlflow.source.git.commit": commit,
         "loop.usecase": usecase.name,
-        "loop.reason": params.reason or "(none given)",
-        **({"loop.monitor_report": params.report_uri} if params.report_uri else {}),
+        **request,
         "loop.data_window": window,
         "loop.partitions_sha256": digest,
         "loop.eval_partitions": ",".join(r["partition"] for r in eval_recs),
@@ -306,8 +310,7 @@ def train_candidate(
             "loop.data_window": window,
             "loop.git_commit": commit,
             "loop.partitions_sha256": digest,
-            "loop.reason": params.reason or "(none given)",
-            **({"loop.monitor_report": params.report_uri} if params.report_uri else {}),
+            **request,
         },
     )
     client.set_registered_model_alias(model_name, CHALLENGER, mv.version)
