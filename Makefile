@@ -11,7 +11,7 @@ include .env
 export $(shell sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' .env)
 endif
 
-.PHONY: install demo up stop status test test-fast lint lock clean bench rerun
+.PHONY: install demo up stop status test test-fast lint graph lock clean bench rerun
 
 install: $(VENV)/.installed
 
@@ -22,19 +22,21 @@ $(VENV)/.installed: requirements.txt
 	@touch $@
 
 demo: install  ## the whole first half of the loop on embedded defaults; services keep running
-	$(BIN)/python -m include.demo
+	$(BIN)/python -m include.local.demo
 
 rerun:  ## trigger a DAG run through the REST API: make rerun DAG=train REASON="alert 1234: drift" [CONF='{"n_estimators": 200}']
-	$(BIN)/python -m include.rerun $(DAG) --reason "$(REASON)" --conf '$(or $(CONF),{})'
+	$(BIN)/python -m include.local.rerun $(DAG) --reason "$(REASON)" --conf '$(or $(CONF),{})'
 
 stop:  ## stop the services `make demo` started
-	$(BIN)/python -m include.stack stop
+	$(BIN)/python -m include.local.stack stop
 
 status:
-	$(BIN)/python -m include.stack status
+	$(BIN)/python -m include.local.stack status
 
-test: install  ## lint, then every test: DAG integrity, unit, integration (real MLflow, GX, dag.test), e2e
+test: install  ## lint and the layer contracts, then every test: DAG integrity, unit, integration (real MLflow, GX, dag.test), e2e
 	$(BIN)/ruff check dags include plugins tests
+	$(BIN)/lint-imports --no-logo
+	$(BIN)/python tests/tools/import_graph.py
 	$(BIN)/python -m pytest
 
 test-fast: install  ## the tests that need no server
@@ -46,6 +48,10 @@ bench: install  ## benchmarks against baselines measured in the same run (ratios
 
 lint: install
 	$(BIN)/ruff check dags include plugins tests
+	$(BIN)/lint-imports --no-logo
+
+graph: install  ## the import graph of include/ (stages; MODULES=1 for every module); fails on a cycle
+	$(BIN)/python tests/tools/import_graph.py $(if $(MODULES),--modules)
 
 lock:  ## re-resolve requirements.txt from requirements.in
 	$(BIN)/uv pip compile requirements.in -o requirements.txt --python-version 3.11

@@ -2,7 +2,7 @@
 ### deploy: roll the champion out blue/green behind Traefik
 
 Runs when the `champion` alias moves (the champion-model Asset), or from the UI for a chosen
-version. Steps (`include/package.py`, `include/deploy.py`):
+version. Steps (`include/model/packaging.py`, `include/rollout/`):
 
 1. **plan** — nothing to do if the version already serves 100% of traffic (the run ends here);
 2. **build_bento** — one bento per model version (reused if built), pinned to the project's lock,
@@ -22,9 +22,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from include.assets import CHAMPION_MODEL, DEPLOYMENT
-from include.config import get_settings
-from include.notify import task_defaults
+from include.airflow_glue import CHAMPION_MODEL, rollout_steps, task_defaults
+from include.settings import get_settings
 
 settings = get_settings()
 
@@ -51,49 +50,12 @@ settings = get_settings()
 def deploy():
     @task.short_circuit
     def plan(params=None) -> dict | None:
-        from include.deploy import plan_rollout
+        from include.rollout.rollout import plan_rollout
         from include.usecases import get_usecase
 
         return plan_rollout(get_settings(), get_usecase(), params["version"])  # None: already live, skip the rest
 
-    @task
-    def build_bento(ref: dict) -> dict:
-        from include.package import build_bento
-
-        return {**ref, **build_bento(get_settings(), ref["model_name"], ref["version"])}
-
-    @task
-    def start_candidate(ref: dict) -> dict:
-        from include.deploy import fail_fast, start_candidate
-
-        with fail_fast():
-            start_candidate(get_settings(), ref["model_name"], ref["version"], ref["slot"], ref["bento_tag"])
-        return ref
-
-    @task
-    def infra_validate(ref: dict) -> dict:
-        from include.deploy import fail_fast, infra_validate
-        from include.usecases import get_usecase
-
-        with fail_fast():
-            return {**ref, "infra": infra_validate(get_settings(), get_usecase(), ref["slot"], ref["model_name"], ref["version"])}
-
-    @task(execution_timeout=timedelta(minutes=30))
-    def canary(ref: dict) -> dict:
-        from include.deploy import canary, fail_fast
-
-        with fail_fast():
-            return {**ref, "canary": canary(get_settings(), ref["model_name"], ref["version"], ref["slot"])}
-
-    @task(outlets=[DEPLOYMENT])
-    def finalize(ref: dict, dag_run=None, outlet_events=None) -> dict:
-        from include.deploy import finalize
-
-        live = finalize(get_settings(), ref["model_name"], ref["version"], ref["slot"], ref["bento_tag"], dag_run.run_id)
-        outlet_events[DEPLOYMENT].extra = live
-        return live
-
-    finalize(canary(infra_validate(start_candidate(build_bento(plan())))))
+    rollout_steps(plan())
 
 
 deploy()

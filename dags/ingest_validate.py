@@ -3,7 +3,7 @@
 
 Each weekly data interval lands as one Parquet partition (from the replay source in the demo,
 from your upstream system in production) and is validated by the Great Expectations suite
-generated from the use case's contract (`include/validate.py`):
+generated from the use case's contract (`include/data/gate.py`):
 
 * a few bad rows → quarantined with a reason per row; the rest is published;
 * a bad batch (schema, types, row count, freshness, unit change, duplicate, too many bad rows)
@@ -19,9 +19,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
-from include.assets import VALIDATED_DATA
-from include.config import get_settings
-from include.notify import task_defaults
+from include.airflow_glue import VALIDATED_DATA, airflow_outcome, task_defaults
+from include.settings import get_settings
 
 settings = get_settings()
 
@@ -40,7 +39,7 @@ settings = get_settings()
 def ingest_validate():
     @task
     def land(data_interval_start=None, data_interval_end=None) -> str:
-        from include.data import Partition, land_partition
+        from include.data.partitions import Partition, land_partition
         from include.usecases import get_usecase
 
         usecase = get_usecase()
@@ -49,18 +48,14 @@ def ingest_validate():
 
     @task(outlets=[VALIDATED_DATA])
     def validate(landing_uri: str, data_interval_start=None, data_interval_end=None, outlet_events=None) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from include.data import Partition
+        from include.data.gate import validate_partition, validated_ref
+        from include.data.partitions import Partition
         from include.usecases import get_usecase
-        from include.validate import BatchQuarantined, validate_partition, validated_ref
 
         usecase = get_usecase()
         partition = Partition(usecase.name, data_interval_start, data_interval_end)
-        try:
+        with airflow_outcome():  # a quarantined batch fails now: retrying the same bytes cannot help
             record = validate_partition(usecase, partition, max_bad_row_share=get_settings().max_bad_row_share)
-        except BatchQuarantined as exc:
-            raise AirflowFailException(str(exc)) from exc  # retrying the same bytes cannot help
         ref = validated_ref(record)
         outlet_events[VALIDATED_DATA].extra = ref
         return ref

@@ -3,13 +3,13 @@
 
 Runs when validated partitions arrive (their labels have just landed, so decay can be measured
 for the predictions made on those days), or from the UI for chosen dates. For the model version
-that serves traffic (`include/monitor.py`):
+that serves traffic (`include/monitoring/`):
 
 1. **check** — reads the inference log of the window one day at a time, joins the labels, and
    compares it with the reference profile saved with the model's training run: PSI per feature,
    JS for categoricals, score PSI and KS, base rate, live ROC AUC / log loss / calibration, missing
    and unknown values. Everything goes to MLflow (`<model>-monitoring`: one run per window, metrics
-   charted over time, a report and a drift plot). The retrain policy (`include/policy.py`) decides:
+   charted over time, a report and a drift plot). The retrain policy (`include/monitoring/policy.py`) decides:
    drift or decay → retrain, unless a guard holds (a training run already active, cooldown since
    the last training, the daily cap, the same cause already requested); every decision is recorded
    with its reason.
@@ -23,9 +23,8 @@ import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, dag, task
 
-from include.assets import VALIDATED_DATA
-from include.config import get_settings
-from include.notify import task_defaults
+from include.airflow_glue import VALIDATED_DATA, task_defaults
+from include.settings import get_settings
 
 settings = get_settings()
 
@@ -54,7 +53,8 @@ settings = get_settings()
 def monitor():
     @task
     def check(params=None, triggering_asset_events=None, dag_run=None, ti=None) -> dict:
-        from include.monitor import monitoring_window, run_monitor
+        from include.monitoring.monitor import run_monitor
+        from include.monitoring.windows import monitoring_window
         from include.usecases import get_usecase
 
         events = [e.extra for evs in (triggering_asset_events or {}).values() for e in evs]

@@ -14,9 +14,8 @@ from datetime import timedelta
 
 from airflow.sdk import Param, dag, task
 
-from include.assets import VALIDATED_DATA
-from include.config import get_settings
-from include.notify import task_defaults
+from include.airflow_glue import VALIDATED_DATA, airflow_outcome, task_defaults
+from include.settings import get_settings
 
 
 @dag(
@@ -50,21 +49,17 @@ from include.notify import task_defaults
 def revalidate():
     @task(outlets=[VALIDATED_DATA])
     def validate_again(params=None, outlet_events=None) -> dict:
-        from airflow.sdk.exceptions import AirflowFailException
-
+        from include.data.gate import revalidate_quarantined, validated_ref
         from include.usecases import get_usecase
-        from include.validate import BatchQuarantined, revalidate_quarantined, validated_ref
 
         print(f"re-validating {params['partition']}: {params['reason'] or '(no reason given)'}")
-        try:
+        with airflow_outcome():  # refused, or quarantined again: fails without retries
             record = revalidate_quarantined(
                 get_usecase(),
                 params["partition"],
                 refetch=params["refetch"],
                 max_bad_row_share=get_settings().max_bad_row_share,
             )
-        except (BatchQuarantined, ValueError) as exc:
-            raise AirflowFailException(str(exc)) from exc
         outlet_events[VALIDATED_DATA].extra = validated_ref(record)
         return validated_ref(record)
 

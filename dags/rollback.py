@@ -2,9 +2,9 @@
 ### rollback: put a chosen model version back in front of users
 
 Manual only: trigger it from the UI with the version to restore (the form checks the input) and
-a reason. The version goes through the same build (reused), idle-slot start and infra validation
-as any rollout, then takes all traffic at once (no canary: this is the way back, and the version
-has served before). The `champion` alias moves to it, so the next challenger is gated against what
+a reason. The version goes through the same rollout tasks as `deploy` (the bento is reused,
+idle-slot start, infra validation), then takes all traffic in one step: the `canary` task in
+restore mode, a single short bake, since this is the way back and the version has served before. The `champion` alias moves to it, so the next challenger is gated against what
 actually serves; the reason is recorded on the version. The run ends early if the version already
 serves all traffic.
 """
@@ -14,9 +14,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from include.assets import DEPLOYMENT
-from include.config import get_settings
-from include.notify import task_defaults
+from include.airflow_glue import rollout_steps, task_defaults
+from include.settings import get_settings
 
 settings = get_settings()
 
@@ -43,25 +42,13 @@ settings = get_settings()
 def rollback():
     @task.short_circuit
     def plan(params=None) -> dict | None:
-        from include.deploy import plan_rollout
+        from include.rollout.rollout import plan_rollout
         from include.usecases import get_usecase
 
-        return plan_rollout(get_settings(), get_usecase(), params["version"])  # None: already live, skip the rest
+        # None: already live, skip the rest
+        return plan_rollout(get_settings(), get_usecase(), params["version"], restore_reason=params["reason"])
 
-    @task
-    def restore(ref: dict, params=None, dag_run=None, outlet_events=None) -> dict:
-        from include.deploy import fail_fast, restore_version
-        from include.usecases import get_usecase
-
-        with fail_fast():
-            return restore_version(get_settings(), get_usecase(), ref, params["reason"], dag_run.run_id)
-
-    @task(outlets=[DEPLOYMENT])
-    def record(live: dict, outlet_events=None) -> dict:
-        outlet_events[DEPLOYMENT].extra = live
-        return live
-
-    record(restore(plan()))
+    rollout_steps(plan())
 
 
 rollback()

@@ -24,8 +24,8 @@ import secrets
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import FastAPI, Header, HTTPException
 
-from include.config import get_settings
-from include.webhook import AlertmanagerPayload, plan
+from include.alerting.webhook import AlertmanagerPayload, plan
+from include.settings import get_settings
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 @pytest.fixture
 def storage_root(tmp_path, monkeypatch):
     """A fresh local storage root for one test."""
-    from include.config import get_settings
+    from include.settings import get_settings
 
     monkeypatch.setenv("LOOP_STORAGE_URI", str(tmp_path / "zones"))
     get_settings.cache_clear()

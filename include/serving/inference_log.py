@@ -21,7 +21,7 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from include.storage import Storage, get_storage
+from include.data.storage import Storage, get_storage
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -177,7 +177,7 @@ def read_inference_log(usecase: UseCase, start: datetime, end: datetime, storage
     """Logged predictions whose event time is in [start, end), across slots and model versions."""
     import pandas as pd
 
-    from include.storage import read_parquet
+    from include.data.storage import read_parquet
 
     storage = storage or get_storage()
     frames = []

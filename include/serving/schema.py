@@ -7,6 +7,7 @@ mistake therefore fails pydantic validation, which the service turns into a 4xx 
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, create_model
@@ -57,3 +58,9 @@ class Prediction(BaseModel):
     decision: bool = Field(description="probability >= threshold")
     threshold: float
     model_version: str = Field(description="Registered MLflow model version that scored the record.")
+
+
+def request_bodies(usecase: UseCase, df) -> list[dict]:
+    """Rows of `df` as JSON-ready request bodies: the use case's serving inputs, full precision."""
+    columns = df[list(usecase.serving_inputs)]
+    return json.loads(columns.to_json(orient="records", date_format="iso", date_unit="us", double_precision=15))

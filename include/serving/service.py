@@ -29,8 +29,8 @@ import bentoml
 import numpy as np
 from pydantic import Field
 
-from include.config import get_settings
 from include.serving.schema import MAX_BATCH, Prediction, request_model
+from include.settings import get_settings
 from include.usecases import get_usecase
 
 log = logging.getLogger("loop.serving")

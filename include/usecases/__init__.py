@@ -93,7 +93,7 @@ class UseCase:
 
 def get_usecase(name: str | None = None) -> UseCase:
     """The use case named by LOOP_USECASE (or `name`)."""
-    from include.config import get_settings
+    from include.settings import get_settings
 
     name = name or get_settings().usecase
     try:

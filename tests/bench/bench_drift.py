@@ -35,7 +35,8 @@ method, ref_path, cur_path = sys.argv[1:4]
 if method == "ours":
     sys.path.insert(0, sys.argv[4])
     import scipy.spatial.distance, scipy.stats
-    from include.monitor import DriftAccumulator, build_profile
+    from include.monitoring.drift import DriftAccumulator
+    from include.monitoring.profile import build_profile
 elif method == "evidently":
     from evidently import Report
     from evidently.presets import DataDriftPreset

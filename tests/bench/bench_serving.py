@@ -82,7 +82,7 @@ def say(msg: str) -> None:
 
 
 def measure(url: str, records: list[dict], batch: int, requests_n: int, clients: int) -> dict:
-    from include.traffic import replay
+    from include.local.traffic import replay
 
     replay(url, records, clients=clients, batch_size=batch, limit=max(100, requests_n // 10), loop=True)  # warm-up
     t0 = time.perf_counter()
@@ -100,16 +100,21 @@ def measure(url: str, records: list[dict], batch: int, requests_n: int, clients:
 
 
 def main() -> int:
-    from include.config import get_settings
-    from include.data import Partition, land_partition
-    from include.deploy import Serving, canary, finalize, golden_records, infra_validate, plan, start_candidate
-    from include.package import build_bento, import_model
-    from include.registry import CHAMPION, connect
-    from include.stack import Stack, free_port, start_mlflow, wait_http
-    from include.traffic import replay
-    from include.train import TrainParams, train_candidate
+    from include.data.gate import validate_partition
+    from include.data.partitions import Partition, land_partition
+    from include.local.stack import free_port, start_mlflow
+    from include.local.traffic import replay
+    from include.model.packaging import build_bento, import_model
+    from include.model.params import TrainParams
+    from include.model.registry import CHAMPION, connect
+    from include.model.training import train_candidate
+    from include.rollout.canary import canary
+    from include.rollout.infra import golden_records, infra_validate
+    from include.rollout.processes import Stack, wait_http
+    from include.rollout.rollout import finalize, plan, start_candidate
+    from include.rollout.slots import Serving
+    from include.settings import get_settings
     from include.usecases import get_usecase
-    from include.validate import validate_partition
 
     ports = {name: free_port() for name in ("mlflow", "entry", "metrics", "blue", "green", "baseline")}
     os.environ.update(
@@ -145,7 +150,7 @@ def main() -> int:
         start_candidate(settings, name, "1", step["slot"], bento["bento_tag"])
         infra_validate(settings, flights, step["slot"], name, "1")
         canary(settings, name, "1", step["slot"])
-        finalize(settings, name, "1", step["slot"], bento["bento_tag"], "bench")
+        finalize(settings, {"model_name": name, "version": "1", "slot": step["slot"]}, bento["bento_tag"], "bench")
 
         model_dir = Path(import_model(settings, name, "1").path) / "mlflow_model"
         model_file = next(model_dir.glob("**/*.ubj"))
@@ -208,7 +213,7 @@ def main() -> int:
         canary(settings, name, "2", step["slot"])
         steps["canary"] = time.monotonic() - t
         results["alias_to_100_percent_s"] = time.monotonic() - t0
-        finalize(settings, name, "2", step["slot"], bento["bento_tag"], "bench")
+        finalize(settings, {"model_name": name, "version": "2", "slot": step["slot"]}, bento["bento_tag"], "bench")
         stop.set()
         bg.join(10)
         results["rollout_steps_s"] = steps

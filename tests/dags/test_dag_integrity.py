@@ -61,7 +61,7 @@ def test_no_heavy_imports_at_parse_time(path):
 
 
 def test_train_schedule_coalesces_asset_events(dagbag):
-    from include.assets import VALIDATED_DATA
+    from include.airflow_glue import VALIDATED_DATA
 
     dag = dagbag.dags["train"]
     assert dag.max_active_runs == 1, "one run at a time is what makes queued events coalesce"
@@ -89,7 +89,7 @@ def test_invalid_form_values_are_rejected_before_any_task_runs(dagbag, conf, fie
 
 
 def test_default_form_values_are_valid(dagbag):
-    from include.train import TrainParams
+    from include.model.params import TrainParams
 
     params = dagbag.dags["train"].params
     params.validate()
@@ -97,7 +97,7 @@ def test_default_form_values_are_valid(dagbag):
 
 
 def test_deploy_runs_on_champion_events_one_rollout_at_a_time(dagbag):
-    from include.assets import CHAMPION_MODEL, DEPLOYMENT
+    from include.airflow_glue import CHAMPION_MODEL, DEPLOYMENT
 
     dag = dagbag.dags["deploy"]
     assert dag.max_active_runs == 1
@@ -126,7 +126,7 @@ def test_rollback_form_requires_a_version_number(dagbag, conf, field):
 
 
 def test_monitor_runs_on_validated_data_and_can_only_request_training_through_the_gate(dagbag):
-    from include.assets import VALIDATED_DATA
+    from include.airflow_glue import VALIDATED_DATA
 
     dag = dagbag.dags["monitor"]
     assert VALIDATED_DATA.name in repr(dag.timetable.asset_condition) and dag.max_active_runs == 1
@@ -152,7 +152,7 @@ def test_revalidate_form_names_a_quarantined_partition_and_emits_validated_data(
     from airflow.sdk.definitions.param import ParamsDict
     from airflow.sdk.exceptions import ParamValidationError
 
-    from include.assets import VALIDATED_DATA
+    from include.airflow_glue import VALIDATED_DATA
 
     dag = dagbag.dags["revalidate"]
     assert type(dag.timetable).__name__ == "NullTimetable"  # manual only

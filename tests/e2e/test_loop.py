@@ -16,13 +16,14 @@ import mlflow
 import pytest
 import requests
 
-from include.alerts import read_alerts
-from include.config import get_settings
-from include.data import list_validated, quarantined_batches
-from include.demo import count_intervals, plant_faults, start_stack, wait_until_idle
-from include.deploy import golden_records
-from include.registry import CHAMPION, alias_version, connect
-from include.stack import Ports, Stack, free_port
+from include.alerting.alerts import read_alerts
+from include.data.partitions import list_validated, quarantined_batches
+from include.local.demo import count_intervals, plant_faults, start_stack, wait_until_idle
+from include.local.stack import Ports, free_port
+from include.model.registry import CHAMPION, alias_version, connect
+from include.rollout.infra import golden_records
+from include.rollout.processes import Stack
+from include.settings import get_settings
 from include.usecases import get_usecase
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -145,8 +146,8 @@ def test_the_rollback_dag_puts_a_chosen_version_back_from_a_rest_trigger(loop):
 
 
 def test_make_rerun_triggers_through_the_rest_api_and_reports_refusals(loop, capsys):
-    from include.deploy import Serving
-    from include.rerun import main as rerun
+    from include.local.rerun import main as rerun
+    from include.rollout.slots import Serving
 
     settings, client, _, _ = loop
     url = client.base

@@ -11,11 +11,12 @@ from zoneinfo import ZoneInfo
 import pytest
 import requests
 
-from include.config import get_settings
-from include.data import Partition, land_partition
-from include.stack import Stack, free_port, start_mlflow
-from include.storage import get_storage
-from include.validate import validate_partition
+from include.data.gate import validate_partition
+from include.data.partitions import Partition, land_partition
+from include.data.storage import get_storage
+from include.local.stack import free_port, start_mlflow
+from include.rollout.processes import Stack
+from include.settings import get_settings
 
 NY = ZoneInfo("America/New_York")
 

@@ -14,11 +14,11 @@ import mlflow
 import pytest
 import requests
 
-from include.alerts import read_alerts
-from include.config import get_settings
-from include.data import Partition, list_validated
-from include.faults import plant_fault
-from include.registry import CHAMPION, alias_version, connect
+from include.alerting.alerts import read_alerts
+from include.data.partitions import Partition, list_validated
+from include.local.faults import plant_fault
+from include.model.registry import CHAMPION, alias_version, connect
+from include.settings import get_settings
 
 pytestmark = pytest.mark.integration
 NY = ZoneInfo("America/New_York")
@@ -113,9 +113,9 @@ def test_monitor_checks_a_window_of_the_live_model_and_requests_retraining_on_dr
     import pandas as pd
     from airflow.models.dagrun import DagRun
 
+    from include.local.traffic import interval_records
     from include.serving.inference_log import InferenceLog
     from include.serving.schema import request_model
-    from include.traffic import interval_records
 
     for i in range(4):
         assert run_ingest(dags, i).state == "success"

@@ -6,13 +6,13 @@ import json
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import pandas as pd
 import pytest
 
-from include.data import Partition, land_partition, list_validated, sha256
-from include.faults import plant_fault
-from include.storage import get_storage, read_parquet
-from include.validate import BATCH, ROW, BatchQuarantined, build_suite, validate_partition
+from include.data.gate import BatchQuarantined, validate_partition
+from include.data.partitions import Partition, land_partition, list_validated, sha256
+from include.data.storage import get_storage, read_parquet
+from include.data.suite import BATCH, ROW, build_suite
+from include.local.faults import plant_fault
 
 pytestmark = pytest.mark.integration
 NY = ZoneInfo("America/New_York")
@@ -149,12 +149,15 @@ def test_missing_landing_partition_is_named(storage_root, flights):
 def test_wrong_types_in_a_row_level_check_do_not_crash_the_gate(storage_root, flights):
     p = week(0)
     df = flights.load_interval(p.start, p.end).assign(distance=lambda d: d["distance"].astype("str"))
-    from include.storage import write_parquet
+    from include.data.storage import write_parquet
 
     write_parquet(get_storage(), p.landing_key, df, create_only=True)
     with pytest.raises(BatchQuarantined, match=r"expect_column_values_to_be_of_type\[distance\]"):
         validate_partition(flights, p, max_bad_row_share=0.01)
-    assert isinstance(df, pd.DataFrame)
+    storage = get_storage()
+    assert not storage.exists(p.validated_key)  # the whole batch was held back
+    # and the landing input is untouched: the text column is still there, as delivered
+    assert read_parquet(storage, p.landing_key)["distance"].tolist() == df["distance"].tolist()
 
 
 def test_a_passed_partition_replaced_by_a_broken_delivery_is_withdrawn(storage_root, flights):
@@ -171,7 +174,7 @@ def test_a_passed_partition_replaced_by_a_broken_delivery_is_withdrawn(storage_r
 
 
 def test_a_quarantined_partition_is_revalidated_only_after_a_fix_and_keeps_the_evidence(storage_root, flights):
-    from include.validate import revalidate_quarantined
+    from include.data.gate import revalidate_quarantined
 
     p, storage = week(1), get_storage()
     plant_fault(flights, p, "truncated")

@@ -9,13 +9,14 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from include.data import Partition, land_partition, read_validated
-from include.monitor import build_profile, window_report
-from include.policy import History, PolicyConfig, decide
+from include.data.gate import validate_partition
+from include.data.partitions import Partition, land_partition, read_validated
+from include.local.traffic import request_bodies
+from include.monitoring.policy import History, PolicyConfig, decide
+from include.monitoring.profile import build_profile
+from include.monitoring.windows import window_report
 from include.serving.inference_log import InferenceLog
 from include.serving.schema import request_model
-from include.traffic import request_bodies
-from include.validate import validate_partition
 
 pytestmark = pytest.mark.integration
 NY = ZoneInfo("America/New_York")
@@ -84,8 +85,9 @@ def test_the_monitor_logs_each_window_to_mlflow_and_requests_one_retrain(flights
     import mlflow
     from xgboost import XGBClassifier
 
-    from include.monitor import PROFILE_ARTIFACT, monitoring_experiment, run_monitor
-    from include.registry import CHAMPION, connect
+    from include.model.registry import CHAMPION, connect
+    from include.monitoring.monitor import monitoring_experiment, run_monitor
+    from include.monitoring.profile import PROFILE_ARTIFACT
 
     settings = mlflow_env
     parts = validate_weeks(flights)
@@ -151,8 +153,8 @@ def test_the_monitor_logs_each_window_to_mlflow_and_requests_one_retrain(flights
 def test_without_a_model_the_drift_mode_monitor_asks_for_the_first_training_once_data_suffices(
     flights, storage_root, mlflow_env, monkeypatch
 ):
-    from include.config import get_settings
-    from include.monitor import run_monitor
+    from include.monitoring.monitor import run_monitor
+    from include.settings import get_settings
 
     validate_weeks(flights)  # three validated partitions
     monkeypatch.setenv("LOOP_RETRAIN_ON", "drift")

@@ -20,25 +20,19 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from include.config import get_settings
-from include.data import list_validated, read_validated
-from include.deploy import (
-    CanaryRolledBack,
-    InfraValidationFailed,
-    Serving,
-    canary,
-    finalize,
-    golden_records,
-    infra_validate,
-    plan,
-    restore_version,
-    start_candidate,
-)
-from include.package import build_bento
-from include.registry import CHAMPION, alias_version, connect
-from include.stack import descendants, free_port, kill_tree
-from include.traffic import replay
-from include.train import TrainParams, train_candidate
+from include.data.partitions import list_validated, read_validated
+from include.local.stack import free_port
+from include.local.traffic import replay
+from include.model.packaging import build_bento
+from include.model.params import TrainParams
+from include.model.registry import CHAMPION, alias_version, connect
+from include.model.training import train_candidate
+from include.rollout.canary import CanaryRolledBack, canary
+from include.rollout.infra import golden_records, infra_validate
+from include.rollout.processes import descendants, kill_tree
+from include.rollout.rollout import finalize, plan, restore_version, start_candidate
+from include.rollout.slots import InfraValidationFailed, Serving
+from include.settings import get_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 NY = ZoneInfo("America/New_York")
@@ -98,7 +92,8 @@ def prepare(settings, flights, version: str) -> dict:
 def switch(settings, version: str, ref: dict) -> dict:
     """The deploy DAG's remaining steps: canary, then finalize."""
     canary(settings, settings.model_name, version, ref["slot"])
-    return finalize(settings, settings.model_name, version, ref["slot"], ref["bento_tag"], "test")
+    target = {"model_name": settings.model_name, "version": version, "slot": ref["slot"]}
+    return finalize(settings, target, ref["bento_tag"], "test")
 
 
 def entry_version(settings, record) -> str:

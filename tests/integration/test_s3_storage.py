@@ -7,9 +7,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from include.data import Partition, land_partition, list_validated
-from include.storage import ObjectExistsError, S3Storage
-from include.validate import validate_partition
+from include.data.gate import validate_partition
+from include.data.partitions import Partition, land_partition, list_validated
+from include.data.storage import ObjectExistsError, S3Storage
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +38,8 @@ def test_the_data_gate_runs_unchanged_on_s3(s3, flights):
 
 
 def test_the_inference_log_goes_to_s3_too(s3, flights):
+    from include.local.traffic import interval_records
     from include.serving.inference_log import InferenceLog, read_inference_log
-    from include.traffic import interval_records
 
     start = datetime(2013, 3, 4, tzinfo=ZoneInfo("UTC"))
     records = interval_records(flights, start, start + timedelta(hours=12))[:20]

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import mlflow
 import pytest
 
-from include.config import get_settings
-from include.data import list_validated
-from include.evaluate import run_champion_gate
-from include.monitor import load_profile
-from include.registry import CHALLENGER, CHAMPION, TrackingServerUnreachable, alias_version, connect
-from include.stack import free_port
-from include.train import TrainParams, train_candidate
+from include.data.partitions import list_validated
+from include.local.stack import free_port
+from include.model.gate import run_champion_gate
+from include.model.params import TrainParams
+from include.model.registry import CHALLENGER, CHAMPION, TrackingServerUnreachable, alias_version, connect
+from include.model.training import train_candidate
+from include.monitoring.profile import load_profile, log_reference_profile
+from include.settings import PROJECT_ROOT, get_settings
 
 pytestmark = pytest.mark.integration
 NY = ZoneInfo("America/New_York")
@@ -37,11 +39,15 @@ def test_training_logs_a_traceable_challenger(env, flights, tmp_path):
     run = client.get_run(mv.run_id)
     # from MLflow alone: partitions with hashes and GX results, code commit, Airflow DAG run
     assert run.data.tags["airflow.dag_id"] == "train" and run.data.tags["airflow.dag_run_id"] == "manual__lineage"
-    assert len(run.data.tags["mlflow.source.git.commit"]) in (40, 7) or run.data.tags["mlflow.source.git.commit"] == "unknown"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    assert run.data.tags["mlflow.source.git.commit"] == head.stdout.strip() and len(head.stdout.strip()) == 40
     lineage = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/lineage/partitions.json")
     validated = {r["partition"]: r for r in list_validated("flights")}
     assert [r["partition"] for r in lineage["train"]] == list(validated)[:5]
-    # the monitor's reference travels with the version
+    # the monitor's reference travels with the version: the train DAG's next task logs it, once
+    uri = log_reference_profile(env.mlflow_tracking_uri, flights, out["model_name"], out["version"])
+    assert uri == f"runs:/{mv.run_id}/reference/profile.json"
+    assert log_reference_profile(env.mlflow_tracking_uri, flights, out["model_name"], out["version"]) == uri
     profile = load_profile(env.mlflow_tracking_uri, out["model_name"], out["version"])
     assert list(profile["features"]) == list(flights.features)
     assert profile["n"] == int(run.data.params["n_train_rows"]) and 0.05 < profile["base_rate"] < 0.5

@@ -12,8 +12,10 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from include.evaluate import compute_metrics
-from include.train import TrainParams, fit, labelled
+from include.model.dataset import labelled
+from include.model.metrics import compute_metrics
+from include.model.params import TrainParams
+from include.model.training import fit
 
 pytestmark = pytest.mark.slow
 START = datetime(2013, 6, 4, tzinfo=ZoneInfo("America/New_York"))

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from include.alerts import airflow_task_link, read_alerts, send_alert
-from include.config import get_settings
+from include.alerting.alerts import airflow_task_link, read_alerts, send_alert
+from include.settings import get_settings
 
 
 @pytest.fixture
@@ -36,8 +36,8 @@ def test_inside_a_task_the_alert_links_the_task_in_the_airflow_ui(settings, monk
 
 
 def test_the_failure_notifier_alerts_once_and_leaves_specific_alerts_alone(settings):
-    from include.notify import AlertNotifier
-    from include.validate import BatchQuarantined
+    from include.airflow_glue import AlertNotifier
+    from include.data.gate import BatchQuarantined
 
     ti = SimpleNamespace(
         dag_id="train", task_id="champion_gate", run_id="r1", try_number=3, log_url="http://af/dags/train/runs/r1"
@@ -58,7 +58,7 @@ def test_provider_notifiers_come_from_settings_and_a_failing_sink_does_not_raise
     from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-    from include.notify import notify_sinks, sink_notifiers
+    from include.airflow_glue import notify_sinks, sink_notifiers
 
     alert = {"kind": "rollback", "message": "v4 rolled back", "links": {"airflow": "http://af/x"}, "details": {}}
     assert sink_notifiers(settings, alert) == []

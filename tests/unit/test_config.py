@@ -1,6 +1,6 @@
 import pytest
 
-from include.config import get_settings
+from include.settings import get_settings
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from include.evaluate import GateConfig, compute_metrics, decide
+from include.model.gate import GateConfig, decide
+from include.model.metrics import compute_metrics
 
 CFG = GateConfig(metric="roc_auc", margin=0.01, slice_tolerance=0.03, min_slice_rows=100, floor=0.6)
 

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from include.monitor import DriftAccumulator, build_profile, categorical_counts, numeric_counts, psi
+from include.monitoring.drift import DriftAccumulator, psi
+from include.monitoring.profile import build_profile, categorical_counts, numeric_counts
 
 
 def month(flights, m: int):
@@ -92,8 +93,8 @@ def test_unknown_categories_and_missing_values_are_counted_not_dropped(flights, 
 
 
 def test_the_monitoring_window_comes_from_the_form_or_from_the_triggering_partitions():
-    from include.config import get_settings
-    from include.monitor import monitoring_window
+    from include.monitoring.windows import monitoring_window
+    from include.settings import get_settings
 
     s = get_settings()
     a, b = monitoring_window(s, "2013-07-01", "2013-07-08", [])
@@ -125,7 +126,7 @@ def test_the_score_sample_represents_every_partition_by_its_rows(flights, februa
 def test_the_drift_plot_shows_psi_bars_auc_over_time_and_the_worst_histograms(flights, profile):
     import matplotlib.pyplot as plt
 
-    from include.monitor import drift_figure
+    from include.monitoring.plots import drift_figure
 
     X, y = month(flights, 7)
     acc = DriftAccumulator(profile)

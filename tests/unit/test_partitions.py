@@ -3,7 +3,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from include.data import MissingPartitionError, Partition, land_partition
+from include.data.partitions import MissingPartitionError, Partition, land_partition
 
 NY = ZoneInfo("America/New_York")
 

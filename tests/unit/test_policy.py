@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from include.policy import Decision, History, PolicyConfig, decide
+from include.monitoring.policy import Decision, History, PolicyConfig, decide
 
 NOW = datetime(2013, 7, 15, 12, tzinfo=UTC)
 CONFIG = PolicyConfig()
@@ -85,7 +85,7 @@ def test_a_cause_answered_by_a_new_training_may_be_requested_again():
 
 
 def test_thresholds_come_from_settings(monkeypatch):
-    from include.config import get_settings
+    from include.settings import get_settings
 
     monkeypatch.setenv("LOOP_DRIFT_MIN_FEATURES", "1")
     monkeypatch.setenv("LOOP_RETRAIN_COOLDOWN_HOURS", "6")

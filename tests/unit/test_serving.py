@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
+from include.data.storage import get_storage
+from include.local.traffic import request_bodies
+from include.rollout.proxy import routing_config
 from include.serving.inference_log import FEATURE_PREFIX, InferenceLog, join_labels, read_inference_log
-from include.serving.proxy import routing_config
 from include.serving.schema import request_model
-from include.storage import get_storage
-from include.traffic import request_bodies
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ loop_request_duration_seconds_count{endpoint="/readyz",http_response_code="503",
 
 
 def test_counters_are_read_per_slot_and_per_scoring_endpoint():
-    from include.deploy import bentoml_counters, traefik_counters
+    from include.rollout.canary import bentoml_counters, traefik_counters
 
     assert traefik_counters(TRAEFIK_METRICS, "blue") == {"requests": 930, "errors": 30, "seconds": 9.3}
     assert traefik_counters(TRAEFIK_METRICS, "green")["requests"] == 5000
@@ -179,8 +179,8 @@ def test_counters_are_read_per_slot_and_per_scoring_endpoint():
     ],
 )
 def test_judge_applies_the_rollback_thresholds(delta, breach, monkeypatch):
-    from include.config import get_settings
-    from include.deploy import judge
+    from include.rollout.canary import judge
+    from include.settings import get_settings
 
     monkeypatch.setenv("LOOP_CANARY_MIN_REQUESTS", "20")
     monkeypatch.setenv("LOOP_CANARY_MAX_ERROR_RATE", "0.02")

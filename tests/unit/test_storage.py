@@ -1,7 +1,14 @@
 import pandas as pd
 import pytest
 
-from include.storage import LocalStorage, MalformedPartitionError, ObjectExistsError, get_storage, read_parquet, write_parquet
+from include.data.storage import (
+    LocalStorage,
+    MalformedPartitionError,
+    ObjectExistsError,
+    get_storage,
+    read_parquet,
+    write_parquet,
+)
 
 
 def test_local_roundtrip_and_listing(tmp_path):

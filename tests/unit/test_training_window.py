@@ -2,7 +2,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from include.train import NotEnoughData, TrainParams, select_partitions
+from include.model.dataset import NotEnoughData, select_partitions
+from include.model.params import TrainParams
 
 
 def recs(n, start=datetime(2013, 1, 1, 5, tzinfo=UTC)):

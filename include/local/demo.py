@@ -14,7 +14,6 @@ The end-to-end test drives the same functions on free ports and a shorter window
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import subprocess
@@ -27,8 +26,10 @@ from pathlib import Path
 
 import requests
 
-from include.config import Settings
-from include.stack import BIN, Ports, Stack, airflow_env, port_in_use, start_mlflow, wait_http
+from include.local.airflow_api import AirflowAPI
+from include.local.stack import BIN, Ports, airflow_env, port_in_use, start_mlflow
+from include.rollout.processes import Stack, wait_http
+from include.settings import Settings
 
 DEMO_END_DATE = "2013-03-31"
 # Week index → fault planted before the scheduler runs: two whole-batch rejections and one batch
@@ -46,49 +47,10 @@ def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-class AirflowAPI:
-    """The few calls of Airflow's REST API (v2) the demo needs, with a token from the simple auth manager."""
-
-    def __init__(self, base: str, home: Path, user: str | None = None, password: str | None = None):
-        self.base = base.rstrip("/")
-        self.home = home
-        self.user = user or "admin"
-        self._password = password
-        self.session = requests.Session()
-
-    def password(self) -> str:
-        if self._password:
-            return self._password
-        return json.loads((self.home / "simple_auth_manager_passwords.json.generated").read_text())[self.user]
-
-    def login(self) -> None:
-        r = self.session.post(f"{self.base}/auth/token", json={"username": self.user, "password": self.password()}, timeout=10)
-        r.raise_for_status()
-        self.session.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
-
-    def request(self, method: str, path: str, **kwargs) -> requests.Response:
-        r = self.session.request(method, f"{self.base}/api/v2/{path}", timeout=20, **kwargs)
-        if r.status_code == 401:  # token expired
-            self.login()
-            r = self.session.request(method, f"{self.base}/api/v2/{path}", timeout=20, **kwargs)
-        return r
-
-    def get(self, path: str, **params) -> dict:
-        r = self.request("GET", path, params=params)
-        r.raise_for_status()
-        return r.json()
-
-    def runs(self, dag_id: str) -> list[dict]:
-        return self.get(f"dags/{dag_id}/dagRuns", limit=500, order_by="run_after")["dag_runs"]
-
-    def trigger(self, dag_id: str, conf: dict) -> requests.Response:
-        return self.request("POST", f"dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
-
-
 def plant_faults(settings: Settings, faults: dict[int, str]) -> None:
-    from include.data import Partition
-    from include.faults import plant_fault
-    from include.storage import get_storage
+    from include.data.partitions import Partition
+    from include.data.storage import get_storage
+    from include.local.faults import plant_fault
     from include.usecases import get_usecase
 
     usecase, storage = get_usecase(), get_storage()
@@ -228,8 +190,8 @@ class DataClock:
         return True
 
     def run(self, timeout: float) -> bool:
-        from include.data import list_validated
-        from include.deploy import Serving
+        from include.data.partitions import list_validated
+        from include.rollout.slots import Serving
         from include.usecases import get_usecase
 
         deadline, usecase = time.monotonic() + timeout, get_usecase()
@@ -273,8 +235,8 @@ class BackgroundTraffic(threading.Thread):
         self.report = None
 
     def run(self):
-        from include.data import list_validated, quarantined_batches
-        from include.traffic import Report, interval_records, replay
+        from include.data.partitions import list_validated, quarantined_batches
+        from include.local.traffic import Report, interval_records, replay
         from include.usecases import get_usecase
 
         url = f"http://{self.settings.serving_host}:{self.settings.serving_port}"
@@ -314,8 +276,8 @@ def main() -> int:
     for key, value in DEMO_POLICY.items():
         os.environ.setdefault(key, value)
 
-    from include.config import get_settings
-    from include.summary import summarize
+    from include.local.summary import summarize
+    from include.settings import get_settings
 
     settings, ports = get_settings(), Ports()
     stack = Stack(settings.state_dir)
@@ -327,7 +289,7 @@ def main() -> int:
     except (RuntimeError, TimeoutError) as exc:
         say(str(exc))
         return 1
-    from include.deploy import Serving
+    from include.rollout.slots import Serving
 
     live = Serving(settings).resume()
     if live:

@@ -5,7 +5,7 @@ Each client is a thread with its own keep-alive HTTP session, sending one record
 time, latency, HTTP status or 0 for a connection error, the version that answered), so the demo
 can report what users saw and the rollout tests can count failed requests around a switch.
 
-    python -m include.traffic 2013-07-01 2013-07-08 --clients 4
+    python -m include.local.traffic 2013-07-01 2013-07-08 --clients 4
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 import requests
+
+from include.serving.schema import request_bodies
 
 if TYPE_CHECKING:
     from include.usecases import UseCase
@@ -59,12 +61,6 @@ class Report:
             "p99_ms": round(float(np.percentile(ok, 99)), 2) if ok else None,
             "requests_per_s": round(len(self.outcomes) / span, 1) if span else None,
         }
-
-
-def request_bodies(usecase: UseCase, df) -> list[dict]:
-    """Rows of `df` as JSON-ready request bodies: the use case's serving inputs, full precision."""
-    columns = df[list(usecase.serving_inputs)]
-    return json.loads(columns.to_json(orient="records", date_format="iso", date_unit="us", double_precision=15))
 
 
 def interval_records(usecase: UseCase, start: datetime, end: datetime) -> list[dict]:
@@ -130,7 +126,7 @@ def replay(
 def main(argv: list[str] | None = None) -> int:
     from zoneinfo import ZoneInfo
 
-    from include.config import get_settings
+    from include.settings import get_settings
     from include.usecases import get_usecase
 
     settings = get_settings()

@@ -12,15 +12,16 @@ import hashlib
 import json
 import logging
 import subprocess
-from dataclasses import asdict, dataclass
-from datetime import date, datetime, timedelta
 from importlib.metadata import version as installed_version
 from typing import TYPE_CHECKING
 
-from include.config import PROJECT_ROOT, Settings
-from include.data import list_validated, read_validated
-from include.registry import CHALLENGER, connect, experiment_id, find_runs, version_of_run
-from include.storage import Storage, get_storage
+from include.data.partitions import list_validated, read_validated
+from include.data.storage import Storage, get_storage
+from include.model.dataset import LINEAGE_ARTIFACT, labelled, lineage, select_partitions
+from include.model.metrics import compute_metrics, slice_metrics
+from include.model.params import TrainParams
+from include.model.registry import CHALLENGER, connect, experiment_id, find_runs, version_of_run
+from include.settings import PROJECT_ROOT, Settings
 from include.usecases import UseCase
 
 if TYPE_CHECKING:
@@ -30,88 +31,6 @@ log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
 RUNTIME_PACKAGES = ("xgboost", "pandas", "numpy", "scikit-learn", "pyarrow")
-
-
-class NotEnoughData(RuntimeError):
-    """Fewer validated partitions than training needs; the run is skipped, not failed."""
-
-
-@dataclass(frozen=True)
-class TrainParams:
-    """Per-run knobs; the DAG's `params` form validates them first, this checks them again."""
-
-    window_weeks: int = 8
-    eval_partitions: int = 1
-    as_of: str | None = None
-    n_estimators: int = 300
-    max_depth: int = 6
-    learning_rate: float = 0.1
-    subsample: float = 0.9
-    colsample_bytree: float = 0.8
-    min_child_weight: float = 1.0
-    reason: str = ""
-    report_uri: str | None = None
-    """The monitoring report behind a drift-triggered run (tagged on the MLflow run)."""
-
-    def __post_init__(self):
-        checks = {
-            "window_weeks": 1 <= self.window_weeks <= 104,
-            "eval_partitions": 1 <= self.eval_partitions <= 8,
-            "n_estimators": 1 <= self.n_estimators <= 5000,
-            "max_depth": 1 <= self.max_depth <= 16,
-            "learning_rate": 0 < self.learning_rate <= 1,
-            "subsample": 0 < self.subsample <= 1,
-            "colsample_bytree": 0 < self.colsample_bytree <= 1,
-            "min_child_weight": 0 <= self.min_child_weight <= 1000,
-        }
-        bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"invalid training parameters: {', '.join(bad)}")
-        if self.as_of:
-            date.fromisoformat(self.as_of)
-
-    @classmethod
-    def from_mapping(cls, values: dict) -> TrainParams:
-        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
-    def xgb_params(self) -> dict:
-        return {
-            k: getattr(self, k)
-            for k in ("n_estimators", "max_depth", "learning_rate", "subsample", "colsample_bytree", "min_child_weight")
-        }
-
-
-def select_partitions(
-    records: list[dict], window_weeks: int, eval_partitions: int, min_partitions: int, as_of: str | None = None
-) -> tuple[list[dict], list[dict]]:
-    """Split validated partitions into (train, eval) by time.
-
-    The window ends with the newest partition starting on or before `as_of` (default: newest of
-    all) and reaches back `window_weeks` from that partition's end.
-    """
-    recs = sorted(records, key=lambda r: r["interval_start"])
-    if as_of:
-        cutoff = datetime.fromisoformat(as_of).date()
-        recs = [r for r in recs if datetime.fromisoformat(r["interval_start"]).date() <= cutoff]
-    if recs:
-        window_start = datetime.fromisoformat(recs[-1]["interval_end"]) - timedelta(weeks=window_weeks)
-        recs = [r for r in recs if datetime.fromisoformat(r["interval_start"]) >= window_start]
-    needed = max(min_partitions, eval_partitions + 1)
-    if len(recs) < needed:
-        raise NotEnoughData(
-            f"{len(recs)} validated partition(s) in a {window_weeks}-week window"
-            f"{f' up to {as_of}' if as_of else ''}; training needs at least {needed}"
-        )
-    return recs[:-eval_partitions], recs[-eval_partitions:]
-
-
-def labelled(usecase: UseCase, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame]:
-    """Features, labels and slice columns of the rows whose label is known."""
-    y = usecase.build_target(df)
-    known = y.notna()
-    df = df.loc[known].reset_index(drop=True)
-    return usecase.build_features(df), y[known].astype(int).reset_index(drop=True), df[list(usecase.slices)]
 
 
 def fit(X: pd.DataFrame, y: pd.Series, params: TrainParams, categorical: tuple[str, ...] = ()):
@@ -138,22 +57,6 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
-
-def _lineage(records: list[dict]) -> list[dict]:
-    keys = (
-        "partition",
-        "interval_start",
-        "interval_end",
-        "validated_key",
-        "validated_uri",
-        "validated_sha256",
-        "landing_uri",
-        "landing_sha256",
-        "gx_result_uri",
-        "rows_validated",
-        "rows_quarantined",
-    )
-    return [{k: r.get(k) for k in keys} for r in records]
 
 
 def _importance_figure(model):
@@ -222,11 +125,8 @@ def train_candidate(
     X_train, y_train, _ = labelled(usecase, train_df)
     X_eval, y_eval, eval_slices = labelled(usecase, eval_df)
 
-    from include.evaluate import compute_metrics, slice_metrics
-    from include.monitor import PROFILE_ARTIFACT, build_profile
-
     commit = git_commit()
-    lineage = {"train": _lineage(train_recs), "eval": _lineage(eval_recs)}
+    partitions = {"train": lineage(train_recs), "eval": lineage(eval_recs)}
     digest = hashlib.sha256("".join(r["validated_sha256"] for r in train_recs + eval_recs).encode()).hexdigest()
     window = f"{train_recs[0]['interval_start']} … {eval_recs[-1]['interval_end']}"
     # Why this version exists, on the run and on the registered version alike.
@@ -246,7 +146,7 @@ def train_candidate(
     with mlflow.start_run(experiment_id=exp_id, run_name=f"{dag_id}/{dag_run_id}", tags=tags) as run:
         mlflow.log_params(
             {
-                **asdict(params),
+                **params.model_dump(mode="json"),
                 "tree_method": "hist",
                 "n_train_partitions": len(train_recs),
                 "n_train_rows": len(X_train),
@@ -254,8 +154,8 @@ def train_candidate(
                 "n_unlabelled_dropped": len(train_df) + len(eval_df) - len(X_train) - len(X_eval),
             }
         )
-        mlflow.log_dict(lineage, "lineage/partitions.json")
-        # The exact partitions and hashes are in lineage/partitions.json; the datasets give
+        mlflow.log_dict(partitions, LINEAGE_ARTIFACT)
+        # The exact partitions and hashes are in the lineage artifact; the datasets give
         # MLflow's UI the schema, row counts and a digest of each split.
         zone = storage.uri(f"validated/{usecase.name}")
         for split, frame in (("train", train_df), ("eval", eval_df)):
@@ -270,8 +170,6 @@ def train_candidate(
         mlflow.log_metrics(
             {f"train_{k}": v for k, v in compute_metrics(y_train, train_score, settings.operating_threshold).items()}
         )
-        # The monitor's reference: everything it needs to judge drift against this model.
-        mlflow.log_dict(build_profile(X_train, train_score, y_train.to_numpy(), usecase.categorical), PROFILE_ARTIFACT)
         slices = slice_metrics(eval_slices, y_eval.to_numpy(), score, settings.operating_threshold)
         mlflow.log_dict(slices, "evaluation/slices.json")
         mlflow.log_metrics(

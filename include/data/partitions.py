@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from include.storage import ObjectExistsError, Storage, get_storage, parse_parquet, write_parquet
+from include.data.storage import ObjectExistsError, Storage, get_storage, parse_parquet, write_parquet
 from include.usecases import UseCase
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from include.config import PROJECT_ROOT, Settings
+from include.settings import PROJECT_ROOT, Settings
 
 if TYPE_CHECKING:
     import bentoml
@@ -47,7 +47,7 @@ def model_tag(model_name: str, version: str) -> str:
 
 def import_model(settings: Settings, model_name: str, version: str) -> bentoml.Model:
     """The registry version in the BentoML model store (imported once, then reused)."""
-    from include.registry import connect
+    from include.model.registry import connect
 
     bentoml = import_bentoml(settings)
     tag = model_tag(model_name, version)
@@ -67,7 +67,7 @@ def import_model(settings: Settings, model_name: str, version: str) -> bentoml.M
 
 
 def lineage_labels(settings: Settings, model_name: str, version: str) -> dict[str, str]:
-    from include.registry import connect
+    from include.model.registry import connect
 
     mv = connect(settings.mlflow_tracking_uri).get_model_version(model_name, version)
     return {
@@ -117,7 +117,7 @@ def export_bento(settings: Settings, bentoml, tag: str) -> str | None:
     """Copy the bento archive to `bentos/<name>/<version>.bento` in S3 storage (once)."""
     if not settings.storage_uri.startswith("s3://"):
         return None
-    from include.storage import ObjectExistsError, get_storage
+    from include.data.storage import ObjectExistsError, get_storage
 
     storage = get_storage()
     name, version = tag.split(":")

@@ -17,9 +17,9 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from include.config import get_settings
-    from include.demo import AirflowAPI
-    from include.stack import Ports
+    from include.local.airflow_api import AirflowAPI
+    from include.local.stack import Ports
+    from include.settings import get_settings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dag_id")

@@ -18,180 +18,30 @@ hash, so clearing the task after the upstream fix re-validates and nothing is lo
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from include.data import Partition, list_validated, quarantined_batches, read_json, sha256, write_json
-from include.storage import MalformedPartitionError, Storage, get_storage, parse_parquet, write_parquet
-from include.usecases import GX_TYPES, Contract, UseCase
+from include.alerting.alerts import send_alert
+from include.data.partitions import Partition, list_validated, quarantined_batches, read_json, sha256, write_json
+from include.data.storage import MalformedPartitionError, Storage, get_storage, parse_parquet, write_parquet
+from include.data.suite import BATCH, Failure, assess, build_suite, run_suite
+from include.outcomes import FailNow
+from include.settings import get_settings
+from include.usecases import UseCase
 
 if TYPE_CHECKING:
-    import great_expectations as gx
-    import pandas as pd
+    pass
 
 log = logging.getLogger(__name__)
 
-ROW = "row"
-BATCH = "batch"
 
-
-class BatchQuarantined(Exception):
+class BatchQuarantined(FailNow):
     """The whole partition failed the gate; its message names the partition and the failures."""
 
     alerted = True  # a `quarantined` alert went out already; the failure notifier does not repeat it
 
 
-@dataclass(frozen=True)
-class Failure:
-    expectation: str
-    column: str | None
-    level: str
-    detail: str
-
-    def __str__(self) -> str:
-        where = f"[{self.column}]" if self.column else ""
-        return f"{self.expectation}{where}: {self.detail}"
-
-
-def import_gx():
-    """Import great_expectations without its INFO flood in the task log (progress bars are
-    switched off per context in `run_suite`)."""
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
-    import great_expectations as gx
-
-    for name in ("great_expectations", "great_expectations.data_context.types.base"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # GX sets some levels while importing
-    return gx
-
-
-def build_suite(contract: Contract, partition: Partition) -> gx.ExpectationSuite:
-    """The expectation suite for one partition of `contract` (bounds depend on the interval)."""
-    gx = import_gx()
-    import great_expectations.expectations as gxe
-
-    row, batch = {"level": ROW}, {"level": BATCH}
-    lo, hi = contract.rows_per_day
-    exps = [
-        gxe.ExpectTableColumnsToMatchSet(column_set=contract.names, exact_match=True, meta=batch),
-        gxe.ExpectTableRowCountToBeBetween(
-            min_value=int(lo * partition.days), max_value=int(hi * partition.days) + 1, meta=batch
-        ),
-        gxe.ExpectColumnMaxToBeBetween(
-            column=contract.event_time,
-            min_value=partition.end - timedelta(hours=contract.freshness_hours),
-            max_value=partition.end,
-            meta=batch,
-        ),
-        gxe.ExpectColumnValuesToBeBetween(
-            column=contract.event_time,
-            min_value=partition.start,
-            max_value=partition.end - timedelta(microseconds=1),
-            meta=row,
-        ),
-        gxe.ExpectCompoundColumnsToBeUnique(column_list=list(contract.key), meta=row),
-    ]
-    for col in contract.columns:
-        exps.append(gxe.ExpectColumnValuesToBeOfType(column=col.name, type_=GX_TYPES[col.kind], meta=batch))
-        if not col.nullable:
-            exps.append(gxe.ExpectColumnValuesToNotBeNull(column=col.name, meta=row))
-        if col.min is not None or col.max is not None:
-            exps.append(gxe.ExpectColumnValuesToBeBetween(column=col.name, min_value=col.min, max_value=col.max, meta=row))
-        if col.allowed is not None:
-            exps.append(gxe.ExpectColumnValuesToBeInSet(column=col.name, value_set=list(col.allowed), meta=row))
-        if col.mean_between is not None:
-            lo_mean, hi_mean = col.mean_between
-            exps.append(gxe.ExpectColumnMeanToBeBetween(column=col.name, min_value=lo_mean, max_value=hi_mean, meta=batch))
-    return gx.ExpectationSuite(name=f"{partition.usecase}.landing", expectations=exps)
-
-
-def run_suite(df: pd.DataFrame, suite: gx.ExpectationSuite):
-    """Validate `df` with `suite` in an ephemeral GX context; COMPLETE results carry row indices."""
-    gx = import_gx()
-
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch_def = (
-        context.data_sources.add_pandas("landing").add_dataframe_asset("partition").add_batch_definition_whole_dataframe("whole")
-    )
-    suite = context.suites.add(suite)
-    batch = batch_def.get_batch(batch_parameters={"dataframe": df})
-    return batch.validate(suite, result_format={"result_format": "COMPLETE"})
-
-
-def _exception(result) -> str | None:
-    """The message of an exception GX raised while evaluating `result`, if any.
-
-    GX reports it either at the top of `exception_info` or per metric in a nested dict.
-    """
-    info = result.exception_info or {}
-    candidates = [info] + [v for v in info.values() if isinstance(v, dict)]
-    for item in candidates:
-        if item.get("raised_exception"):
-            return (str(item.get("exception_message") or "exception").splitlines() or ["exception"])[0]
-    return None
-
-
-def _plain(value):
-    """A value as a reader wants it in a report: no numpy or Timestamp reprs, floats rounded."""
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    if hasattr(value, "item"):  # numpy scalar
-        value = value.item()
-    return round(value, 3) if isinstance(value, float) else value
-
-
-def _describe(result) -> str:
-    cfg, res = result.expectation_config, result.result or {}
-    error = _exception(result)
-    if error:
-        return f"could not be evaluated: {error}"
-    if "observed_value" in res:
-        observed = _plain(res["observed_value"])
-        bounds = {k: _plain(v) for k, v in cfg.kwargs.items() if k in ("min_value", "max_value", "type_")}
-        if "column_set" in cfg.kwargs and isinstance(observed, list):
-            missing = sorted(set(cfg.kwargs["column_set"]) - set(observed))
-            extra = sorted(set(observed) - set(cfg.kwargs["column_set"]))
-            return f"missing columns {missing}, unexpected columns {extra}"
-        return f"observed {observed!r}, expected {bounds}"
-    sample = res.get("partial_unexpected_list", [])[:5]
-    return f"{res.get('unexpected_count', '?')} rows ({res.get('unexpected_percent', 0):.2f}%), e.g. {sample}"
-
-
-def assess(df: pd.DataFrame, gx_result, max_bad_row_share: float) -> tuple[list[Failure], dict[int, list[str]]]:
-    """Apply the policy to a GX result: batch-level failures, and reasons per bad row index."""
-    batch_failures: list[Failure] = []
-    unevaluated: list[Failure] = []
-    bad_rows: dict[int, list[str]] = {}
-    for r in gx_result.results:
-        if r.success:
-            continue
-        cfg = r.expectation_config
-        column = cfg.kwargs.get("column") or (",".join(cfg.kwargs.get("column_list", [])) or None)
-        failure = Failure(cfg.type, column, cfg.meta.get("level", BATCH), _describe(r))
-        indices = (r.result or {}).get("unexpected_index_list")
-        errored = _exception(r) is not None
-        if failure.level == ROW and indices is not None and not errored:
-            reason = f"{cfg.type}[{column}]" if column else cfg.type
-            for i in indices:
-                bad_rows.setdefault(int(i), []).append(reason)
-        elif errored:
-            unevaluated.append(failure)  # a consequence (e.g. of a missing column): reported last
-        else:
-            batch_failures.append(failure)
-    share = len(bad_rows) / len(df) if len(df) else 0.0
-    if share > max_bad_row_share:
-        batch_failures.append(
-            Failure(
-                "bad_row_share",
-                None,
-                BATCH,
-                f"{len(bad_rows)} of {len(df)} rows ({share:.2%}) fail row checks; the limit is {max_bad_row_share:.2%}",
-            )
-        )
-    return batch_failures + unevaluated, bad_rows
+class RevalidationRefused(FailNow, ValueError):
+    """`revalidate` was asked for a partition never quarantined, or for the input that was."""
 
 
 def _report(partition: Partition, landing_uri: str, status: str, failures: list[Failure], bad_rows: dict, n_rows: int) -> str:
@@ -257,9 +107,6 @@ def validate_partition(
             f"{qprefix}/report.md", _report(partition, landing_uri, "QUARANTINED", failures, bad_rows, n_rows).encode()
         )
         summary = "; ".join(str(f) for f in failures[:8]) + (f"; and {len(failures) - 8} more" if len(failures) > 8 else "")
-        from include.alerts import send_alert
-        from include.config import get_settings
-
         send_alert(
             get_settings(),
             "quarantined",
@@ -362,7 +209,7 @@ def revalidate_quarantined(
     found = [r for r in quarantined if r["partition"] == partition_id]
     if not found:
         known = sorted({r["partition"] for r in quarantined})
-        raise ValueError(
+        raise RevalidationRefused(
             f"partition {partition_id!r} of {usecase.name} was never quarantined; quarantined: {', '.join(known) or 'none'}"
         )
     last = found[-1]
@@ -382,7 +229,7 @@ def revalidate_quarantined(
             log.info("partition %s already passed with this input; nothing to do", partition.id)
             return current
     if landing_sha in {r["landing_sha256"] for r in found}:
-        raise ValueError(
+        raise RevalidationRefused(
             f"the landing input of {partition.id} ({storage.uri(partition.landing_key)}) is the one that was quarantined: "
             "deliver the fixed file there first, or re-fetch it from the source"
         )

@@ -14,16 +14,15 @@ listen on their own entry point (LOOP_TRAEFIK_METRICS_PORT, 8082), never on Airf
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
-from include.config import Settings
+from include.data.storage import atomic_write
+from include.settings import Settings
 
 SLOTS = ("blue", "green")
 SERVICE = "predictor"
@@ -96,15 +95,10 @@ class Proxy:
     def set_weights(self, weights: dict[str, int], wait: float = 15) -> None:
         """Route by `weights` (slot → weight; slots at 0 are left out) and wait until Traefik has
         applied it. Idempotent: the same weights rewrite the same file."""
-        self.dynamic_dir.mkdir(parents=True, exist_ok=True)
         doc = routing_config(weights, {slot: self.slot_url(slot) for slot in weights})
-        # YAML is a superset of JSON: Traefik reads this file as YAML.
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".routing-", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.routing_file)
+        # YAML is a superset of JSON: Traefik reads this file as YAML. The temporary file stays
+        # outside the watched directory.
+        atomic_write(self.routing_file, json.dumps(doc, indent=2).encode(), tmp_dir=self.dir)
         if wait:
             self.wait_applied(weights, wait)
 

@@ -1,4 +1,4 @@
-"""Model metrics and the champion gate.
+"""The champion gate.
 
 `decide` is the gate itself: a pure function of the two models' metrics on the same evaluation
 slice, used by the `train` DAG and asserted on by the tests. A challenger is promoted only if
@@ -12,46 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import numpy as np
-    import pandas as pd
-
-HIGHER_IS_BETTER = {"roc_auc", "pr_auc", "precision", "recall", "f1"}
-
-
-def compute_metrics(y_true, y_score, threshold: float) -> dict[str, float]:
-    """Classification metrics of scores `y_score` against 0/1 labels; NaN where undefined."""
-    import numpy as np
-    from sklearn import metrics
-
-    y_true = np.asarray(y_true, dtype=float)
-    y_score = np.asarray(y_score, dtype=float)
-    y_pred = (y_score >= threshold).astype(int)
-    out = {"n": float(len(y_true)), "positive_rate": float(y_true.mean()) if len(y_true) else math.nan}
-    both_classes = len(np.unique(y_true)) == 2
-    out["roc_auc"] = float(metrics.roc_auc_score(y_true, y_score)) if both_classes else math.nan
-    out["pr_auc"] = float(metrics.average_precision_score(y_true, y_score)) if both_classes else math.nan
-    out["log_loss"] = float(metrics.log_loss(y_true, y_score, labels=[0, 1])) if len(y_true) else math.nan
-    out["precision"] = float(metrics.precision_score(y_true, y_pred, zero_division=0))
-    out["recall"] = float(metrics.recall_score(y_true, y_pred, zero_division=0))
-    out["f1"] = float(metrics.f1_score(y_true, y_pred, zero_division=0))
-    return out
-
-
-def slice_metrics(slices: pd.DataFrame, y_true: np.ndarray, y_score: np.ndarray, threshold: float) -> dict[str, dict[str, float]]:
-    """Metrics per value of each slice column, keyed `column=value`."""
-    import numpy as np
-
-    y_true, y_score = np.asarray(y_true), np.asarray(y_score)
-    out = {}
-    for column in slices.columns:
-        values = slices[column].astype("object").to_numpy()
-        for value in sorted({v for v in values if v is not None and v == v}, key=str):
-            mask = values == value
-            out[f"{column}={value}"] = compute_metrics(y_true[mask], y_score[mask], threshold)
-    return out
+from include.alerting.alerts import mlflow_run_link, send_alert
+from include.data.partitions import read_validated
+from include.model.dataset import LINEAGE_ARTIFACT, labelled
+from include.model.metrics import HIGHER_IS_BETTER, compute_metrics, slice_metrics
+from include.model.registry import CHAMPION, alias_version, connect, tag_version
+from include.settings import get_settings
 
 
 @dataclass(frozen=True)
@@ -68,8 +35,6 @@ class GateConfig:
 
     @classmethod
     def from_settings(cls) -> GateConfig:
-        from include.config import get_settings
-
         s = get_settings()
         return cls(s.gate_metric, s.gate_margin, s.gate_slice_tolerance, s.gate_min_slice_rows, s.gate_floor)
 
@@ -142,10 +107,6 @@ def run_champion_gate(usecase, settings, model_name: str, version: str, storage=
     """
     import mlflow
 
-    from include.data import read_validated
-    from include.registry import CHAMPION, alias_version, connect, tag_version
-    from include.train import labelled
-
     client = connect(settings.mlflow_tracking_uri)
     mv = client.get_model_version(model_name, version)
     champion = alias_version(client, model_name, CHAMPION)
@@ -163,7 +124,7 @@ def run_champion_gate(usecase, settings, model_name: str, version: str, storage=
             "reused": True,
         }
 
-    lineage = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/lineage/partitions.json")
+    lineage = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/{LINEAGE_ARTIFACT}")
     X, y, slices = labelled(usecase, read_validated(lineage["eval"], storage))
     config = GateConfig.from_settings()
     threshold = settings.operating_threshold
@@ -215,8 +176,6 @@ def run_champion_gate(usecase, settings, model_name: str, version: str, storage=
         client.set_registered_model_alias(model_name, CHAMPION, version)
         tag_version(client, model_name, version, {"gate.applied": "true", "gate.promoted_at": _now()})
     else:
-        from include.alerts import mlflow_run_link, send_alert
-
         send_alert(
             settings,
             "gate_rejected",

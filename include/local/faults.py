@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from include.data import Partition
-from include.storage import Storage, get_storage, write_parquet
+from include.data.partitions import Partition
+from include.data.storage import Storage, get_storage, write_parquet
 from include.usecases import UseCase
 
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections import Counter
 
-from include.config import Settings
-from include.data import list_validated, quarantined_batches
+from include.data.partitions import list_validated, quarantined_batches
+from include.settings import Settings
 from include.usecases import get_usecase
 
 
 def summarize(settings: Settings, ports, airflow=None, traffic=None) -> str:
     """The summary; with `airflow` (an AirflowAPI), it also counts the DAG runs; with `traffic`
     (a replay report), what the demo's clients saw."""
-    from include.registry import CHAMPION, alias_version, connect
+    from include.model.registry import CHAMPION, alias_version, connect
 
     usecase = get_usecase()
     validated = list_validated(usecase.name)
@@ -93,8 +93,8 @@ def monitoring_story(settings: Settings, client, name: str, versions: list) -> l
     first drift-trained champion taking all traffic."""
     from datetime import UTC, datetime
 
-    from include.alerts import read_alerts
-    from include.monitor import monitoring_experiment
+    from include.alerting.alerts import read_alerts
+    from include.monitoring.monitor import monitoring_experiment
 
     exp = client.get_experiment_by_name(monitoring_experiment(name))
     runs = client.search_runs([exp.experiment_id], max_results=500) if exp else []
@@ -164,7 +164,7 @@ def _deployment(tags: dict) -> str:
 def _serving(settings: Settings, airflow, traffic) -> list[str]:
     import json
 
-    from include.deploy import Serving
+    from include.rollout.slots import Serving
 
     serving = Serving(settings)
     live = serving.live()
@@ -198,7 +198,7 @@ def _serving(settings: Settings, airflow, traffic) -> list[str]:
 
 
 def _sample_record(settings: Settings, usecase) -> list[dict]:
-    from include.deploy import golden_records
+    from include.rollout.infra import golden_records
 
     try:
         return golden_records(settings, usecase, 1)

@@ -6,8 +6,8 @@ Kinds: `drift`, `decay` (monitor), `quarantined` (data gate), `gate_rejected` (c
 Sinks:
 * always, the local JSON-lines file `<state>/alerts.jsonl` (the embedded runtime's sink; also
   logged at WARNING);
-* inside an Airflow task, Airflow's provider notifiers configured through Airflow connections
-  (`include/notify.py`): a generic webhook (HTTP provider, `LOOP_ALERT_HTTP_CONN_ID`), Slack
+* the sinks registered with `add_sink`: inside an Airflow task, Airflow's provider notifiers
+  configured through Airflow connections (`include/airflow_glue.py`): a generic webhook (HTTP provider, `LOOP_ALERT_HTTP_CONN_ID`), Slack
   (`LOOP_ALERT_SLACK_CONN_ID`), mail (SMTP provider, `LOOP_ALERT_EMAIL`). A sink that fails is
   logged and never fails the task that alerted.
 
@@ -20,12 +20,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from urllib.parse import quote, urlencode
 
-from include.config import Settings
+from include.settings import Settings
 
 log = logging.getLogger(__name__)
+
+Sink = Callable[[Settings, dict], None]
+_SINKS: dict[str, Sink] = {}
+
+
+def add_sink(name: str, sink: Sink) -> None:
+    """Send every later alert to `sink` too (registering a name again replaces its sink)."""
+    _SINKS[name] = sink
 
 
 def airflow_task_link() -> str | None:
@@ -67,12 +76,11 @@ def send_alert(settings: Settings, kind: str, message: str, details: dict | None
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
         f.write(json.dumps(alert, default=str) + "\n")
-    if os.environ.get("AIRFLOW_CTX_DAG_ID") and (
-        settings.alert_http_conn_id or settings.alert_slack_conn_id or settings.alert_email
-    ):
-        from include.notify import notify_sinks
-
-        notify_sinks(settings, alert)
+    for name, sink in _SINKS.items():
+        try:
+            sink(settings, alert)
+        except Exception:  # the alert is in the local sink; alerting must not fail the caller
+            log.exception("alert sink %s failed", name)
     return alert
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from include.config import get_settings
+from include.settings import get_settings
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -23,6 +23,31 @@ if TYPE_CHECKING:
 
 class ObjectExistsError(FileExistsError):
     """Raised by `create_only` writes when the key already holds an object."""
+
+
+def atomic_write(path: Path, data: bytes, *, create_only: bool = False, tmp_dir: Path | None = None) -> None:
+    """Write `data` to `path` so that a reader sees the old content or the new, never a part:
+    a temporary file beside it (a unique name: concurrent writers never share one), fsynced, then
+    renamed over `path`. `create_only` links instead of renaming, which fails if `path` exists
+    (`ObjectExistsError`). `tmp_dir` (same filesystem) keeps the temporary file out of a watched
+    directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir or path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if create_only:
+            try:
+                os.link(tmp, path)  # atomic, and fails if the target exists
+            except FileExistsError:
+                raise ObjectExistsError(f"refusing to overwrite {path}") from None
+        else:
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 class Storage(Protocol):
@@ -57,21 +82,7 @@ class LocalStorage:
 
     def write_bytes(self, key: str, data: bytes, *, create_only: bool = False) -> str:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            if create_only:
-                try:
-                    os.link(tmp, path)  # atomic, and fails if the target exists
-                except FileExistsError:
-                    raise ObjectExistsError(f"refusing to overwrite {path}") from None
-            else:
-                os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(path, data, create_only=create_only)
         return f"file://{path}"
 
     def list(self, prefix: str) -> list[str]:

@@ -7,20 +7,16 @@ workers too; pid files and logs live under the state directory.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import requests
-
-from include.config import PROJECT_ROOT, Settings
+from include.rollout.processes import Stack, port_in_use, wait_http
+from include.settings import PROJECT_ROOT, Settings
 
 BIN = Path(sys.executable).parent
 
@@ -44,11 +40,6 @@ def free_port() -> int:
         _HANDED_OUT.add(port)
         return port
     raise RuntimeError("no free loopback port between 20000 and 32000")
-
-
-def port_in_use(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @dataclass(frozen=True)
@@ -127,116 +118,6 @@ def webhook_token(settings: Settings) -> str:
     return path.read_text().strip()
 
 
-class Stack:
-    """Start, check and stop the local services; state under `<state_dir>/run`."""
-
-    def __init__(self, state_dir: Path):
-        self.run_dir = state_dir / "run"
-        self.log_dir = state_dir / "logs"
-
-    def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        full_env = {**os.environ, **env}
-        if full_env.get("PYTHONPATH") == "":
-            del full_env["PYTHONPATH"]
-        proc = subprocess.Popen(
-            cmd,
-            env=full_env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=PROJECT_ROOT,
-        )
-        (self.run_dir / f"{name}.pid").write_text(str(proc.pid))
-        return proc
-
-    def running(self) -> dict[str, int]:
-        alive = {}
-        for pidfile in sorted(self.run_dir.glob("*.pid")) if self.run_dir.exists() else []:
-            pid = int(pidfile.read_text())
-            try:
-                os.kill(pid, 0)
-                alive[pidfile.stem] = pid
-            except ProcessLookupError:
-                pidfile.unlink()
-        return alive
-
-    def stop_one(self, name: str, timeout: float = 20) -> bool:
-        """Stop one service and everything it started; True if it was running.
-
-        TERM goes to the service's process group (a supervisor such as BentoML's stops its
-        workers gracefully); descendants that live in process groups of their own (BentoML's
-        workers do) and are still there after `timeout` get KILL, so nothing is left behind."""
-        pid = self.running().get(name)
-        if pid is None:
-            return False
-        tree = descendants(pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and (_group_alive(pid) or any(p.is_running() and p.status() != "zombie" for p in tree)):
-            time.sleep(0.2)
-        kill_tree(pid, tree)
-        (self.run_dir / f"{name}.pid").unlink(missing_ok=True)
-        return True
-
-    def stop(self, timeout: float = 20) -> list[str]:
-        """Stop every service (see `stop_one`)."""
-        return [name for name in list(self.running()) if self.stop_one(name, timeout)]
-
-
-def descendants(pid: int) -> list:
-    import psutil
-
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
-def kill_tree(pid: int, tree: list | None = None) -> None:
-    """SIGKILL a process group and every process in `tree` (default: the descendants of `pid`)."""
-    import psutil
-
-    tree = descendants(pid) if tree is None else tree
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    for proc in tree:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-    psutil.wait_procs(tree, timeout=5)
-    _group_alive(pid)  # reaps our own child
-
-
-def _group_alive(pgid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):  # reap our own child, or it lingers as a zombie
-        os.waitpid(pgid, os.WNOHANG)
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-
-
-def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> float:
-    """Wait until `url` answers 2xx; fail early, with the log's tail, if `proc` exits."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-            raise RuntimeError(f"process for {url} exited with {proc.returncode} before answering:\n{tail}")
-        try:
-            if requests.get(url, timeout=3).ok:
-                return time.monotonic() - start
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
-
-
 def start_mlflow(stack: Stack, port: int, store: Path, name: str = "mlflow") -> subprocess.Popen:
     store.mkdir(parents=True, exist_ok=True)
     if port_in_use(port):
@@ -247,7 +128,7 @@ def start_mlflow(stack: Stack, port: int, store: Path, name: str = "mlflow") -> 
 
 
 def _cli(argv: list[str]) -> int:
-    from include.config import get_settings
+    from include.settings import get_settings
 
     stack = Stack(get_settings().state_dir)
     if argv[:1] == ["stop"]:
@@ -258,7 +139,7 @@ def _cli(argv: list[str]) -> int:
         running = stack.running()
         print("\n".join(f"{k}: pid {v}" for k, v in running.items()) or "nothing is running")
         return 0
-    print("usage: python -m include.stack stop|status", file=sys.stderr)
+    print("usage: python -m include.local.stack stop|status", file=sys.stderr)
     return 2
 
 

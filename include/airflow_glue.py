@@ -1,0 +1,197 @@
+"""Everything of the loop that knows Airflow: the Assets, the task defaults, the failure notifier,
+the provider notifiers alerts go out through, and the mapping of the project's exceptions to
+Airflow outcomes. The rest of `include/` never imports Airflow (import-linter checks it).
+
+Assets connect the DAGs and are declared once; producers and consumers import these objects:
+
+    validated data ──► train ──► champion model ──► deploy ──► deployment (serving)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from datetime import timedelta
+
+from airflow.sdk import Asset
+from airflow.sdk.bases.notifier import BaseNotifier
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from include.alerting.alerts import add_sink, send_alert
+from include.outcomes import FailNow, Skip
+from include.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+_usecase = get_settings().usecase
+
+VALIDATED_DATA = Asset(name=f"{_usecase}.validated_data", uri=f"loop://{_usecase}/validated", group="data")
+"""A partition passed the gate; event extra: partition id, interval, validated URI and hash."""
+
+CHAMPION_MODEL = Asset(name=f"{_usecase}.champion_model", uri=f"loop://{_usecase}/champion", group="model")
+"""The `champion` alias moved; event extra: model name, version, MLflow run id."""
+
+DEPLOYMENT = Asset(name=f"{_usecase}.deployment", uri=f"loop://{_usecase}/serving", group="serving")
+"""A model version took 100% of traffic on the serving entry; event extra: version, bento tag, slot."""
+
+
+@contextlib.contextmanager
+def airflow_outcome():
+    """Inside a task: `FailNow` fails it without retries (retrying cannot make a bad batch or a bad
+    model good), `Skip` skips it; any other error keeps the task's retries."""
+    try:
+        yield
+    except FailNow as exc:
+        raise AirflowFailException(str(exc)) from exc
+    except Skip as exc:
+        raise AirflowSkipException(str(exc)) from exc
+
+
+class AlertNotifier(BaseNotifier):
+    """Every task's `on_failure_callback`: once a task has used up its retries, its error and a
+    link to it become a `task_failed` alert."""
+
+    def __init__(self, kind: str = "task_failed"):
+        super().__init__()
+        self.kind = kind
+
+    def notify(self, context) -> None:
+        ti = context["ti"]
+        error = context.get("exception")
+        if getattr(error, "alerted", False) or getattr(getattr(error, "__cause__", None), "alerted", False):
+            return  # the task sent its own, more specific alert before failing
+        message = f"{ti.dag_id}.{ti.task_id} failed in run {ti.run_id}" + (f": {error}" if error else "")
+        details = {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id, "try_number": ti.try_number}
+        send_alert(get_settings(), self.kind, message[:2000], details, links={"airflow": ti.log_url})
+
+
+def task_defaults(retry_delay: timedelta, **extra) -> dict:
+    """`default_args` of every DAG of the loop: the owner, two retries, the failure notifier."""
+    return {"owner": "ml-platform", "on_failure_callback": [AlertNotifier()], "retries": 2, "retry_delay": retry_delay, **extra}
+
+
+def sink_notifiers(settings, alert: dict) -> list[BaseNotifier]:
+    """The provider notifiers the settings name, each carrying this alert. No endpoint or
+    credential lives in code: each is an Airflow connection named in the settings."""
+    notifiers: list[BaseNotifier] = []
+    links = alert["links"]
+    text = f"[loop] {alert['kind']}: {alert['message']}"
+    if settings.alert_http_conn_id:
+        from airflow.providers.http.notifications.http import HttpNotifier
+
+        notifiers.append(
+            HttpNotifier(
+                http_conn_id=settings.alert_http_conn_id,
+                endpoint=settings.alert_http_endpoint,
+                json=alert,
+                headers={"Content-Type": "application/json"},
+            )
+        )
+    if settings.alert_slack_conn_id:
+        from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
+
+        lines = [text] + [f"<{url}|{name}>" for name, url in links.items()]
+        notifiers.append(SlackWebhookNotifier(slack_webhook_conn_id=settings.alert_slack_conn_id, text="\n".join(lines)))
+    if settings.alert_email:
+        from html import escape
+
+        from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+        body = f"<p>{escape(alert['message'])}</p>" + "".join(
+            f'<p><a href="{escape(url)}">{escape(name)}</a></p>' for name, url in links.items()
+        )
+        notifiers.append(
+            SmtpNotifier(to=settings.alert_email, smtp_conn_id=settings.alert_smtp_conn_id, subject=text[:200], html_content=body)
+        )
+    return notifiers
+
+
+def notify_sinks(settings, alert: dict) -> None:
+    """Send the alert through every configured notifier; a failing sink is logged, not raised
+    (the alert is already in the local sink, and alerting must not fail the task)."""
+    from airflow.sdk import get_current_context
+
+    try:
+        context = get_current_context()
+    except Exception:
+        context = {}
+    for notifier in sink_notifiers(settings, alert):
+        try:
+            notifier.notify(context)
+        except Exception as exc:
+            log.error("alert sink %s failed: %s", type(notifier).__name__, exc)
+
+
+def _notify_inside_a_task(settings, alert: dict) -> None:
+    if os.environ.get("AIRFLOW_CTX_DAG_ID"):
+        notify_sinks(settings, alert)
+
+
+# An alert raised inside a task process (which has imported its DAG file, and so this module)
+# also goes out through the provider notifiers.
+add_sink("airflow-notifiers", _notify_inside_a_task)
+
+
+def form_params(model, defaults: dict | None = None) -> dict:
+    """A DAG's `params` form generated from a pydantic model: the same bounds, titles and
+    descriptions the model enforces (`defaults` overrides the model's defaults, e.g. from settings)."""
+    from airflow.sdk import Param
+
+    params = {}
+    for name, prop in model.model_json_schema()["properties"].items():
+        prop = dict(prop)
+        default = prop.pop("default", None)
+        if "anyOf" in prop:  # `X | None`: Airflow's form wants a list of types
+            variants = prop.pop("anyOf")
+            prop = {k: v for v in variants for k, v in v.items() if k != "type"} | prop
+            prop["type"] = [v["type"] for v in variants]
+        params[name] = Param((defaults or {}).get(name, default), **prop)
+    return params
+
+
+def rollout_steps(ref):
+    """The tasks of "put a version into traffic", shared by `deploy` (promote mode) and `rollback`
+    (restore mode): build_bento → start_candidate → infra_validate → canary → finalize. `ref` is
+    the plan task's output; returns the finalize task's output (the live deployment)."""
+    from airflow.sdk import task
+
+    @task
+    def build_bento(ref: dict) -> dict:
+        from include.model.packaging import build_bento
+
+        return {**ref, **build_bento(get_settings(), ref["model_name"], ref["version"])}
+
+    @task
+    def start_candidate(ref: dict) -> dict:
+        from include.rollout.rollout import start_candidate
+
+        with airflow_outcome():
+            start_candidate(get_settings(), ref["model_name"], ref["version"], ref["slot"], ref["bento_tag"])
+        return ref
+
+    @task
+    def infra_validate(ref: dict) -> dict:
+        from include.rollout.infra import infra_validate
+        from include.usecases import get_usecase
+
+        with airflow_outcome():
+            return {**ref, "infra": infra_validate(get_settings(), get_usecase(), ref["slot"], ref["model_name"], ref["version"])}
+
+    @task(execution_timeout=timedelta(minutes=30))
+    def canary(ref: dict) -> dict:
+        """Promote: LOOP_CANARY_STEPS, each baked and watched. Restore: one step to 100%."""
+        from include.rollout.rollout import shift_traffic
+
+        with airflow_outcome():
+            return {**ref, "canary": shift_traffic(get_settings(), ref)}
+
+    @task(outlets=[DEPLOYMENT])
+    def finalize(ref: dict, dag_run=None, outlet_events=None) -> dict:
+        from include.rollout.rollout import finalize
+
+        live = finalize(get_settings(), ref, ref["bento_tag"], dag_run.run_id)
+        outlet_events[DEPLOYMENT].extra = live
+        return live
+
+    return finalize(canary(infra_validate(start_candidate(build_bento(ref)))))

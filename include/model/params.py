@@ -1,0 +1,51 @@
+"""The knobs of one training run, defined once: the trainer validates them with this model, and the
+`train` DAG's form is generated from its JSON schema (bounds, titles, descriptions included)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from pydantic import BaseModel, ConfigDict, Field
+
+XGB_FIELDS = ("n_estimators", "max_depth", "learning_rate", "subsample", "colsample_bytree", "min_child_weight")
+
+
+class TrainParams(BaseModel):
+    """Per-run knobs of `train`; unknown keys (other conf of a DAG run) are ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    window_weeks: int = Field(
+        8, ge=2, le=104, title="Training window (weeks)", description="Validated partitions this far back from the newest."
+    )
+    eval_partitions: int = Field(1, ge=1, le=8, title="Evaluation partitions", description="Newest partitions held out for evaluation.")
+    as_of: date | None = Field(
+        None,
+        title="As of (optional)",
+        description="Train as if this date were today: use partitions starting on or before it.",
+    )
+    n_estimators: int = Field(300, ge=1, le=5000, title="Trees")
+    max_depth: int = Field(6, ge=1, le=16, title="Max depth")
+    learning_rate: float = Field(0.1, gt=0, le=1, title="Learning rate")
+    subsample: float = Field(0.9, gt=0, le=1, title="Row subsample")
+    colsample_bytree: float = Field(0.8, gt=0, le=1, title="Column subsample")
+    min_child_weight: float = Field(1.0, ge=0, le=1000, title="Min child weight")
+    reason: str = Field(
+        "",
+        max_length=500,
+        title="Reason",
+        description="Why this run: recorded on the MLflow run (e.g. 'alert 1234: drift on temp').",
+    )
+    report_uri: str | None = Field(
+        None,
+        max_length=1000,
+        title="Monitoring report (optional)",
+        description="Set by the monitor when it requests retraining: the drift/decay report behind the request.",
+    )
+
+    @classmethod
+    def from_mapping(cls, values: dict) -> TrainParams:
+        return cls.model_validate(values)
+
+    def xgb_params(self) -> dict:
+        return {k: getattr(self, k) for k in XGB_FIELDS}

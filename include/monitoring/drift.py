@@ -1,0 +1,111 @@
+"""Drift statistics: a streaming comparison of served traffic with a model's reference profile.
+
+`DriftAccumulator.update` takes one partition of the inference log at a time and only adds counts
+(one `searchsorted` + `bincount` per column), so memory stays bounded by the number of bins, not by
+the window. PSI is computed on the reference's bins; categorical features also get the
+Jensen–Shannon distance (scipy); scores get PSI and a two-sample KS test (scipy) against the
+reference sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from include.monitoring.profile import categorical_counts, numeric_counts
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+EPS = 1e-4
+"""Floor of a bin's share in PSI, so an empty bin gives a large but finite term."""
+
+
+def psi(reference: np.ndarray, current: np.ndarray, eps: float = EPS) -> float:
+    """Population stability index of two count vectors over the same bins."""
+    p = np.clip(np.asarray(reference, dtype="float64") / max(np.sum(reference), 1), eps, None)
+    q = np.clip(np.asarray(current, dtype="float64") / max(np.sum(current), 1), eps, None)
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+@dataclass
+class DriftAccumulator:
+    """Counts of the current window in the reference's bins; feed it partitions one by one."""
+
+    profile: dict
+    score_reservoir: int = 10_000
+    seed: int = 0
+    n: int = 0
+    labelled: int = 0
+    positives: float = 0.0
+    counts: dict[str, np.ndarray] = field(default_factory=dict)
+    score_counts: np.ndarray | None = None
+    _scores: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    """Sampled scores with the number of window rows each stands for."""
+
+    def update(self, features: pd.DataFrame, scores: np.ndarray | None = None, labels: np.ndarray | None = None) -> None:
+        for name, ref in self.profile["features"].items():
+            values = features[name].to_numpy(dtype="float64")
+            add = (
+                categorical_counts(values, ref["categories"])
+                if ref["kind"] == "categorical"
+                else numeric_counts(values, ref["edges"])
+            )
+            self.counts[name] = self.counts.get(name, 0) + add
+        self.n += len(features)
+        if scores is not None:
+            scores = np.asarray(scores, dtype="float64")
+            add = numeric_counts(scores, self.profile["score"]["edges"])
+            self.score_counts = add if self.score_counts is None else self.score_counts + add
+            self._scores.append((scores, np.ones(scores.size)))
+            self._shrink_scores()
+        if labels is not None:
+            labels = np.asarray(labels, dtype="float64")
+            known = ~np.isnan(labels)
+            self.labelled += int(known.sum())
+            self.positives += float(labels[known].sum())
+
+    def _shrink_scores(self) -> None:
+        # A bounded sample of the window's scores for the KS test; weights keep every partition
+        # represented by its row count, however many shrinks ago it was sampled.
+        pooled = np.concatenate([s for s, _ in self._scores])
+        weights = np.concatenate([w for _, w in self._scores])
+        if pooled.size > self.score_reservoir:
+            rng = np.random.default_rng(self.seed + self.n)
+            idx = rng.choice(pooled.size, size=self.score_reservoir, p=weights / weights.sum())  # with replacement: unbiased
+            pooled, weights = pooled[idx], np.full(self.score_reservoir, weights.sum() / self.score_reservoir)
+        self._scores = [(pooled, weights)]
+
+    def report(self) -> dict:
+        """Per-feature PSI (and JS distance for categoricals), prediction drift, base-rate shift."""
+        from scipy.spatial.distance import jensenshannon
+        from scipy.stats import ks_2samp
+
+        features = {}
+        for name, ref in self.profile["features"].items():
+            cur = self.counts.get(name)
+            if cur is None:
+                continue
+            entry = {"psi": psi(ref["counts"], cur), "missing_share": float(cur[-1] / max(cur.sum(), 1)), "counts": cur.tolist()}
+            if ref["kind"] == "categorical":
+                p = np.asarray(ref["counts"], dtype="float64")
+                entry["js_distance"] = float(jensenshannon(p / p.sum(), cur / max(cur.sum(), 1), base=2))
+                entry["unknown_share"] = float(cur[-2] / max(cur.sum(), 1))
+            features[name] = entry
+        out: dict = {"n": self.n, "features": features}
+        if self.score_counts is not None:
+            ks = ks_2samp(self.profile["score"]["sample"], np.concatenate([s for s, _ in self._scores]))
+            out["prediction"] = {
+                "psi": psi(self.profile["score"]["counts"], self.score_counts),
+                "ks_statistic": float(ks.statistic),
+                "ks_pvalue": float(ks.pvalue),
+            }
+        out["labels"] = {
+            "labelled": self.labelled,
+            "base_rate": self.positives / self.labelled if self.labelled else None,
+            "reference_base_rate": self.profile["base_rate"],
+        }
+        return out
+

@@ -1,0 +1,169 @@
+"""The monitor run: check a window of the live model, decide with the retrain policy, record it.
+
+One MLflow run per window and model version (experiment `<model>-monitoring`): metrics stamped at
+the window end so they chart over time, the report, the decision and the drift plot. Drift and
+decay alert with links to the run and the plot.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from include.alerting.alerts import mlflow_artifact_link, mlflow_run_link, send_alert
+from include.data.partitions import list_validated
+from include.model.registry import CHAMPION, alias_version, connect, experiment_id, find_runs
+from include.monitoring.plots import drift_figure
+from include.monitoring.policy import History, PolicyConfig, decide
+from include.monitoring.profile import PROFILE_ARTIFACT
+from include.monitoring.windows import window_report
+from include.rollout.slots import Serving
+
+
+def monitoring_experiment(model_name: str) -> str:
+    return f"{model_name}-monitoring"
+
+
+def run_monitor(
+    settings, usecase, start, end, *, dag_id: str, dag_run_id: str, training_active: bool = False, storage=None
+) -> dict:
+    """Check the window [start, end) of the live model: drift and decay report, the policy's
+    decision, all logged to MLflow (experiment `<model>-monitoring`, one run per window and
+    version; metrics stamped with the window end, so they chart over time). Idempotent: a rerun
+    for the same window and version returns the recorded decision.
+
+    Times are data time (the window's end is "now"): in production that is the wall clock; in the
+    2013 replay it keeps the cooldown meaningful."""
+    import mlflow
+    from mlflow.entities import Metric
+
+
+    client = connect(settings.mlflow_tracking_uri)
+    model_name = settings.model_name or usecase.model_name
+    live = _live_version(settings, client, model_name) or alias_version(client, model_name, CHAMPION)
+    if live is None:
+        return _without_model(settings, usecase, model_name, training_active, storage)
+    version = str(live.version)
+    exp = experiment_id(client, monitoring_experiment(model_name))
+    window = {"monitor.window_start": start.isoformat(), "monitor.window_end": end.isoformat(), "monitor.model_version": version}
+    for run in find_runs(client, exp, window):
+        if run.info.status == "FINISHED" and "decision.action" in run.data.tags:
+            return _result(run.info.run_id, run.data.tags, reused=True)
+
+    profile = mlflow.artifacts.load_dict(f"runs:/{live.run_id}/{PROFILE_ARTIFACT}")
+    report = window_report(usecase, profile, start, end, storage)
+    model_metrics = client.get_run(live.run_id).data.metrics
+    reference = {m: model_metrics.get(f"eval_{m}") for m in ("roc_auc", "pr_auc")}
+    history = History(
+        now=end,
+        last_training_at=_last_training_end(client, model_name),
+        training_active=training_active,
+        requests=_earlier_requests(client, exp, before=end),
+    )
+    decision = decide(report, reference, history, PolicyConfig.from_settings(settings, usecase.drift_exempt))
+
+    stamp = int(end.timestamp() * 1000)
+    metrics = {f"psi.{k}": v["psi"] for k, v in report["features"].items()}
+    metrics |= {f"prediction.{k}": v for k, v in report.get("prediction", {}).items()}
+    metrics |= {f"live.{k}": v for k, v in report.get("performance", {}).items()}
+    metrics |= {"rows": report["n"], "labelled": report["labels"]["labelled"]}
+    if report["labels"]["base_rate"] is not None:
+        metrics["base_rate"] = report["labels"]["base_rate"]
+    tags = {
+        **window,
+        "airflow.dag_id": dag_id,
+        "airflow.dag_run_id": dag_run_id,
+        "decision.action": decision.action,
+        "decision.cause": decision.cause,
+        "decision.reason": decision.reason[:4000],
+    }
+    with mlflow.start_run(experiment_id=exp, run_name=f"v{version} {start.date()}…{end.date()}", tags=tags) as run:
+        client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items() if v == v])
+        mlflow.log_dict(report, "monitor/report.json")
+        mlflow.log_dict(decision.as_dict(), "monitor/decision.json")
+        auc_history = _auc_history(client, exp, before=end)
+        if "roc_auc" in report.get("performance", {}):
+            auc_history.append((end, report["performance"]["roc_auc"], version))
+        fig = drift_figure(profile, report, usecase, auc_history=auc_history, reference_auc=reference["roc_auc"])
+        mlflow.log_figure(fig, "monitor/drift.png")
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    if decision.cause:
+        send_alert(
+            settings,
+            "decay" if "decay" in decision.cause else "drift",
+            f"{model_name} v{version}, {start.date()}…{end.date()}: {decision.reason} → {decision.action}",
+            {"model_version": version, "action": decision.action, "cause": decision.cause},
+            links={
+                "mlflow": mlflow_run_link(settings, run.info.run_id, exp),
+                "report": mlflow_artifact_link(settings, run.info.run_id, "monitor/drift.png"),
+            },
+        )
+    return _result(run.info.run_id, tags, reused=False)
+
+
+def _result(run_id: str, tags: dict, reused: bool) -> dict:
+    window = f"{tags['monitor.window_start'][:10]}…{tags['monitor.window_end'][:10]}"
+    report_uri = f"runs:/{run_id}/monitor/report.json"
+    return {
+        "retrain_conf": {"reason": f"monitor {window}: {tags['decision.reason']}"[:500], "report_uri": report_uri},
+        "action": tags["decision.action"],
+        "cause": tags["decision.cause"],
+        "reason": tags["decision.reason"],
+        "model_version": tags["monitor.model_version"],
+        "mlflow_run_id": run_id,
+        "report_uri": report_uri,
+        "reused": reused,
+    }
+
+
+def _without_model(settings, usecase, model_name, training_active, storage) -> dict:
+    """No version serves or is champion. With `LOOP_RETRAIN_ON=drift`, new data never trains by
+    itself, so the monitor asks for the first model once enough partitions are validated."""
+    none = {"action": "none", "cause": "", "retrain_conf": {}, "report_uri": None}
+    if settings.retrain_on != "drift":
+        return none | {"reason": f"no deployed or champion version of {model_name} to monitor"}
+    have, need = len(list_validated(usecase.name, storage)), settings.min_train_partitions
+    if have < need:
+        return none | {"reason": f"no model yet, and {have} validated partitions of the {need} a first training needs"}
+    why = f"no model of {model_name} yet and {have} validated partitions: first training"
+    if training_active:
+        return none | {"action": "suppressed", "cause": "bootstrap", "reason": f"{why}; a training run is already active"}
+    return none | {"action": "retrain", "cause": "bootstrap", "reason": why, "retrain_conf": {"reason": f"monitor: {why}"}}
+
+
+def _live_version(settings, client, model_name):
+    live = Serving(settings).live()
+    if live and live["model_name"] == model_name:
+        return client.get_model_version(model_name, live["model_version"])
+    return None
+
+
+def _last_training_end(client, model_name):
+    """Data time of the newest training: the end of the newest version's data window."""
+    versions = client.search_model_versions(f"name = '{model_name}'")
+    ends = [v.tags.get("loop.data_window", "").partition(" … ")[2] for v in versions]
+    ends = [datetime.fromisoformat(e) for e in ends if e]
+    return max(ends) if ends else None
+
+
+def _auc_history(client, exp, before) -> list:
+    """(window end, live ROC AUC, model version) of the earlier monitored windows that had labels."""
+    runs = client.search_runs([exp], filter_string="metrics.`live.roc_auc` > 0", max_results=1000)
+    points = [
+        (
+            datetime.fromisoformat(r.data.tags["monitor.window_end"]),
+            r.data.metrics["live.roc_auc"],
+            r.data.tags["monitor.model_version"],
+        )
+        for r in runs
+        if "monitor.window_end" in r.data.tags
+    ]
+    return [p for p in points if p[0] < before]
+
+
+def _earlier_requests(client, exp, before) -> tuple:
+    runs = client.search_runs([exp], filter_string="tags.`decision.action` = 'retrain'")
+    found = [(datetime.fromisoformat(r.data.tags["monitor.window_end"]), r.data.tags["decision.cause"]) for r in runs]
+    return tuple(sorted(x for x in found if x[0] < before))
+

@@ -1,0 +1,76 @@
+"""A monitoring window: which days a monitor run checks, and the report of the predictions served
+for them (drift, data quality and, once labels have landed, live performance)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from include.data.partitions import list_validated, read_validated
+from include.model.metrics import compute_metrics
+from include.monitoring.drift import DriftAccumulator
+from include.serving.inference_log import FEATURE_PREFIX, join_labels, read_inference_log
+
+
+def window_report(usecase, profile: dict, start, end, storage=None) -> dict:
+    """Drift, data quality and (once labels have landed) performance of the predictions logged
+    for events in [start, end): the inference log is read one day at a time, so memory holds one
+    day plus the window's labelled (score, label) pairs."""
+    import pandas as pd
+
+    acc = DriftAccumulator(profile)
+    # labels come from the validated partitions whose interval overlaps the window
+    overlap = [
+        r
+        for r in list_validated(usecase.name, storage)
+        if datetime.fromisoformat(r["interval_start"]) < end and datetime.fromisoformat(r["interval_end"]) > start
+    ]
+    labels = read_validated(overlap, storage) if overlap else None
+    pairs: list[tuple[np.ndarray, np.ndarray]] = []
+    versions: dict[str, int] = {}
+    day = start
+    while day < end:
+        log = read_inference_log(usecase, day, min(day + timedelta(days=1), end), storage)
+        day += timedelta(days=1)
+        if log.empty:
+            continue
+        for v, n in log["model_version"].value_counts().items():
+            versions[str(v)] = versions.get(str(v), 0) + int(n)
+        features = log[[FEATURE_PREFIX + f for f in usecase.features]].set_axis(list(usecase.features), axis=1)
+        y = join_labels(usecase, log, labels)["label"].to_numpy() if labels is not None else None
+        acc.update(features, log["score"].to_numpy(), y)
+        if y is not None:
+            known = ~np.isnan(y)
+            pairs.append((log["score"].to_numpy()[known], y[known]))
+    report = acc.report() | {"window": [start.isoformat(), end.isoformat()], "model_versions": versions}
+    scores = np.concatenate([p[0] for p in pairs]) if pairs else np.array([])
+    ys = np.concatenate([p[1] for p in pairs]) if pairs else np.array([])
+    if ys.size and 0 < ys.sum() < ys.size:
+        metrics = compute_metrics(pd.Series(ys), scores, 0.5)
+        report["performance"] = {"roc_auc": metrics["roc_auc"], "pr_auc": metrics["pr_auc"], "log_loss": metrics["log_loss"]}
+        report["calibration"] = {"mean_score": float(scores.mean()), "base_rate": float(ys.mean())}
+    else:
+        report["performance"] = {}
+    return report
+
+
+def monitoring_window(settings, start: str | None, end: str | None, events: list[dict]):
+    """The window a monitor run checks: the form's dates (days in LOOP_TIMEZONE, end exclusive)
+    if given, else the intervals of the validated partitions whose arrival triggered the run (their
+    labels have just landed)."""
+    if start or end:
+        if not (start and end):
+            raise ValueError("give both window_start and window_end, or neither")
+        tz = ZoneInfo(settings.timezone)
+        a, b = (datetime.combine(date.fromisoformat(d), time(), tz) for d in (start, end))
+    else:
+        spans = [(e["interval_start"], e["interval_end"]) for e in events if "interval_start" in e]
+        if not spans:
+            raise ValueError("no window: trigger with window_start/window_end, or let validated-data events trigger it")
+        a, b = min(datetime.fromisoformat(s) for s, _ in spans), max(datetime.fromisoformat(e) for _, e in spans)
+    if b <= a:
+        raise ValueError(f"window end {b} is not after its start {a}")
+    return a, b
+

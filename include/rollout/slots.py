@@ -1,0 +1,163 @@
+"""The serving runtime on one host: Traefik and the blue and green slots as local processes, and
+what is live (`<state>/serving/live.json`, `slot-<colour>.json`).
+
+In the embedded runtime the processes are children of the task; in production they run on the
+serving host's worker (LOOP_SERVING_QUEUE), with the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import requests
+
+from include.data.storage import atomic_write
+from include.outcomes import FailNow
+from include.rollout.processes import Stack, port_in_use, wait_http
+from include.rollout.proxy import SLOTS, Proxy
+from include.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class DeployError(RuntimeError):
+    """A rollout step failed; traffic stays on (or went back to) the previous slot."""
+
+
+class InfraValidationFailed(FailNow, DeployError):
+    """The candidate never became ready, or scored differently: it never gets traffic."""
+
+    alerted = True  # `reject` alerted already; the failure notifier does not repeat it
+
+
+def other(slot: str) -> str:
+    return SLOTS[1 - SLOTS.index(slot)]
+
+
+@dataclass
+class Serving:
+    """The serving runtime on this machine: Traefik and the two slots as local processes."""
+
+    settings: Settings
+
+    def __post_init__(self):
+        self.proxy = Proxy(self.settings)
+        self.stack = Stack(self.settings.state_dir)
+
+    # State -------------------------------------------------------------------------------------
+
+    @property
+    def live_file(self) -> Path:
+        return self.proxy.dir / "live.json"
+
+    def live(self) -> dict | None:
+        """The deployment serving 100% of traffic: slot, bento tag, model name/version, time."""
+        return json.loads(self.live_file.read_text()) if self.live_file.exists() else None
+
+    def slot_record(self, slot: str) -> dict | None:
+        path = self.proxy.dir / f"slot-{slot}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def write_json(self, path: Path, doc: dict | None) -> None:
+        if doc is None:
+            path.unlink(missing_ok=True)
+        else:
+            atomic_write(path, json.dumps(doc, indent=2).encode())
+
+    # Processes ---------------------------------------------------------------------------------
+
+    def ensure_proxy(self) -> None:
+        """Start Traefik unless it answers (ours, or a service of the production runtime); it
+        reads the routing it had from disk."""
+        if self.proxy.answers():
+            return
+        s = self.settings
+        for port in (s.serving_port, s.traefik_metrics_port):
+            if port_in_use(port):
+                raise DeployError(
+                    f"port {port} is taken but Traefik is not ours: stop that process or change LOOP_SERVING_PORT / LOOP_TRAEFIK_METRICS_PORT"
+                )
+        self.proxy.dynamic_dir.mkdir(parents=True, exist_ok=True)
+        proc = self.stack.start("traefik", self.proxy.command(), {})
+        wait_http(f"{self.proxy.admin_url}/ping", 30, proc, self.stack.log_dir / "traefik.log")
+
+    def resume(self) -> dict | None:
+        """After a restart of the machine or the runtime: Traefik up, and the live deployment's
+        slot serving again (from its bento, as recorded in `live.json`)."""
+        live = self.live()
+        if live is None:
+            return None
+        self.ensure_proxy()
+        self.start_slot(live["slot"], live["bento_tag"], live["model_version"])
+        self.proxy.set_weights({live["slot"]: 100})
+        return live
+
+    def slot_running(self, slot: str) -> bool:
+        return f"slot-{slot}" in self.stack.running()
+
+    def start_slot(
+        self, slot: str, bento_tag: str, model_version: str, env: dict[str, str] | None = None, timeout: float = 180
+    ) -> dict:
+        """Serve `bento_tag` in `slot` and wait for `/readyz`; a slot already serving it is reused.
+        `env` adds variables to the slot's environment (the tests inject faults this way)."""
+        record = self.slot_record(slot)
+        same = record is not None and record["bento_tag"] == bento_tag and record.get("env") == (env or {})
+        if same and self.slot_running(slot) and ready(self.proxy.slot_url(slot)):
+            return record
+        self.stop_slot(slot)
+        port = self.settings.slot_ports[SLOTS.index(slot)]
+        if port_in_use(port):
+            raise DeployError(f"slot {slot}: port {port} is taken by another process; free it or change LOOP_SLOT_PORTS")
+        cmd = [
+            str(Path(sys.executable).parent / "bentoml"),
+            "serve",
+            bento_tag,
+            "--host",
+            self.settings.slot_host,
+            "--port",
+            str(port),
+        ]
+        proc_env = {
+            **(env or {}),
+            "LOOP_SLOT": slot,
+            "BENTOML_HOME": str(self.settings.bentoml_home),
+            "BENTOML_DO_NOT_TRACK": "true",
+            "PYTHONPATH": "",  # the bento's own copy of the code, not the checkout's
+        }
+        proc = self.stack.start(f"slot-{slot}", cmd, proc_env)
+        record = {
+            "slot": slot,
+            "bento_tag": bento_tag,
+            "model_version": str(model_version),
+            "pid": proc.pid,
+            "env": env or {},
+            "started_at": datetime.now(UTC).isoformat(),
+        }
+        self.write_json(self.proxy.dir / f"slot-{slot}.json", record)
+        try:
+            wait_http(f"{self.proxy.slot_url(slot)}/readyz", timeout, proc, self.stack.log_dir / f"slot-{slot}.log")
+        except (TimeoutError, RuntimeError) as exc:
+            self.stop_slot(slot)
+            raise InfraValidationFailed(f"slot {slot} serving {bento_tag} never became ready: {exc}") from exc
+        return record
+
+    def stop_slot(self, slot: str, drain_seconds: float = 0) -> None:
+        """Stop the slot's whole process group (BentoML's supervisor and its workers)."""
+        if drain_seconds:
+            time.sleep(drain_seconds)
+        self.stack.stop_one(f"slot-{slot}")
+        self.write_json(self.proxy.dir / f"slot-{slot}.json", None)
+
+
+def ready(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/readyz", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
