@@ -82,11 +82,13 @@ def replay(
     stop: threading.Event | None = None,
     timeout: float = 10,
     rate: float | None = None,
+    report: Report | None = None,
 ) -> Report:
     """Send `records` to `url` from `clients` threads until they are all sent (or `limit`
     requests, or `stop` is set; with `loop` the records repeat). `rate` caps the requests per
-    second of all clients together (None: as fast as the service answers)."""
-    report = Report()
+    second of all clients together (None: as fast as the service answers). Outcomes are appended
+    to `report` (a new one by default) as they come, so a caller can watch a replay in progress."""
+    report = Report() if report is None else report
     source = itertools.cycle(records) if loop else iter(records)
     lock = threading.Lock()
     stop = stop or threading.Event()

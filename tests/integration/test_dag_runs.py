@@ -83,7 +83,7 @@ def test_ingest_then_train_then_gate_end_to_end(dags, flights):
     train = dags.get_dag("train")
     dr = train.test(run_conf={"reason": "integration test", "n_estimators": 100})
     assert dr.state == "success", states(dr)
-    assert states(dr) == {"train_challenger": "success", "champion_gate": "success", "announce_champion": "success"}
+    assert states(dr) == {"train_challenger": "success", "profile_reference": "success", "champion_gate": "success", "announce_champion": "success"}
     settings = get_settings()
     client = connect(settings.mlflow_tracking_uri)
     champion = alias_version(client, settings.model_name, CHAMPION)
@@ -96,7 +96,7 @@ def test_ingest_then_train_then_gate_end_to_end(dags, flights):
 
     # a worse challenger from the form is gated out: the champion-model Asset is not emitted
     dr = train.test(run_conf={"n_estimators": 10, "max_depth": 1, "learning_rate": 0.01})
-    assert states(dr) == {"train_challenger": "success", "champion_gate": "success", "announce_champion": "skipped"}
+    assert states(dr) == {"train_challenger": "success", "profile_reference": "success", "champion_gate": "success", "announce_champion": "skipped"}
     assert alias_version(client, settings.model_name, CHAMPION).version == champion.version
 
 
@@ -157,7 +157,7 @@ def test_monitor_checks_a_window_of_the_live_model_and_requests_retraining_on_dr
     # is not better (here a deliberately weak one) is not promoted, so nothing is deployed.
     weak = requested.conf | {"n_estimators": 10, "max_depth": 1, "learning_rate": 0.05}
     retrain = dags.get_dag("train").test(run_conf=weak)
-    assert states(retrain) == {"train_challenger": "success", "champion_gate": "success", "announce_champion": "skipped"}
+    assert states(retrain) == {"train_challenger": "success", "profile_reference": "success", "champion_gate": "success", "announce_champion": "skipped"}
     mlc = connect(settings.mlflow_tracking_uri)
     assert alias_version(mlc, settings.model_name, CHAMPION).version == champion.version
     newest = max(mlc.search_model_versions(f"name = '{settings.model_name}'"), key=lambda v: int(v.version))

@@ -1,9 +1,10 @@
 """Serving and rollout against real processes on loopback: an MLflow server, bentos built from its
 registry, `bentoml serve` slots and the real Traefik binary.
 
-The tests of this module run in order and share one serving runtime, like the life of a
-deployment: first rollout, a blue/green switch under load, bad candidates that must never get
-traffic, a rollback during the bake, a slot that dies, a manual rollback. Numbers each test
+The tests share one serving runtime, like the life of a deployment: first rollout, a blue/green
+switch under load, bad candidates that must never get traffic, a rollback during the bake, a slot
+that dies, a manual rollback. Each first puts the runtime in the state it starts from
+(`ensure_live`, `nothing_served`), so any one of them runs alone and in any order. Numbers each test
 measures (failed requests, detection delay) are printed in the test output (`-s` or the report).
 """
 
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 
 from include.data.partitions import list_validated, read_validated
 from include.local.stack import free_port
-from include.local.traffic import replay
+from include.local.traffic import Report, replay
 from include.model.packaging import build_bento
 from include.model.params import TrainParams
 from include.model.registry import CHAMPION, alias_version, connect
@@ -31,7 +32,7 @@ from include.rollout.canary import CanaryRolledBack, canary
 from include.rollout.infra import golden_records, infra_validate
 from include.rollout.processes import descendants, kill_tree
 from include.rollout.rollout import finalize, plan, restore_version, start_candidate
-from include.rollout.slots import InfraValidationFailed, Serving
+from include.rollout.slots import InfraValidationFailed, Serving, other
 from include.settings import get_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -89,6 +90,23 @@ def prepare(settings, flights, version: str) -> dict:
     return {**step, **bento}
 
 
+def poll(condition, timeout: float, what: str) -> None:
+    """Wait until `condition()` holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def ensure_live(settings, flights, version: str) -> dict:
+    """`version` serving all traffic: rolled out through the deploy steps unless it already is, so
+    each test sets up the state it starts from instead of relying on the tests before it."""
+    if plan(settings, settings.model_name, version)["action"] == "noop":
+        return Serving(settings).live()
+    return switch(settings, version, prepare(settings, flights, version))
+
+
 def switch(settings, version: str, ref: dict) -> dict:
     """The deploy DAG's remaining steps: canary, then finalize."""
     canary(settings, settings.model_name, version, ref["slot"])
@@ -107,15 +125,16 @@ class Load:
 
     def __init__(self, settings, records, clients=3, limit=6000):
         self.stop = threading.Event()
-        self.result = None
+        self.clients = clients
+        self.result = Report()  # filled as answers come in
         url = f"http://127.0.0.1:{settings.serving_port}"
         self.thread = threading.Thread(
-            target=lambda: setattr(self, "result", replay(url, records, clients=clients, loop=True, limit=limit, stop=self.stop))
+            target=replay, args=(url, records), kwargs={"clients": clients, "loop": True, "limit": limit, "stop": self.stop, "report": self.result}
         )
 
     def __enter__(self):
         self.thread.start()
-        time.sleep(0.5)
+        poll(lambda: len(self.result.outcomes) >= 2 * self.clients, 30, "the client loop to get answers")
         return self
 
     def __exit__(self, *exc):
@@ -133,7 +152,16 @@ def test_bento_is_built_once_per_version_with_lineage_labels(env):
     assert labels["data_window"] == mv.tags["loop.data_window"] and labels["git_commit"] == mv.tags["loop.git_commit"]
 
 
-def test_first_rollout_serves_the_version_on_the_entry(env, flights, records):
+@pytest.fixture
+def nothing_served(env):
+    """No slot, no routing, no live deployment: the state before the first rollout."""
+    serving = Serving(env)
+    serving.stack.stop()
+    for path in (serving.live_file, serving.proxy.routing_file, *serving.proxy.dir.glob("slot-*.json")):
+        path.unlink(missing_ok=True)
+
+
+def test_first_rollout_serves_the_version_on_the_entry(env, flights, records, nothing_served):
     live = switch(env, "1", prepare(env, flights, "1"))
     assert live["slot"] == "blue" and live["model_version"] == "1"
     assert entry_version(env, records[0]) == "1"
@@ -144,8 +172,9 @@ def test_first_rollout_serves_the_version_on_the_entry(env, flights, records):
 
 
 def test_blue_green_switch_under_load_fails_no_request(env, flights, records):
+    old = ensure_live(env, flights, "1")
     ref = prepare(env, flights, "2")
-    old_slot = descendants(Serving(env).stack.running()["slot-blue"])
+    old_slot = descendants(Serving(env).stack.running()[f"slot-{old['slot']}"])
     assert old_slot, "BentoML's supervisor should have worker processes"
     with Load(env, records, limit=20000) as load:
         live = switch(env, "2", ref)
@@ -154,45 +183,50 @@ def test_blue_green_switch_under_load_fails_no_request(env, flights, records):
     assert summary["requests"] > 500
     assert summary["failed"] == 0, summary
     assert set(summary["versions"]) == {"1", "2"}
-    assert live["slot"] == "green" and entry_version(env, records[0]) == "2"
+    assert live["slot"] == other(old["slot"]) and entry_version(env, records[0]) == "2"
     serving = Serving(env)
-    assert not serving.slot_running("blue") and serving.proxy.weights() == {"green": 100}
+    assert not serving.slot_running(old["slot"]) and serving.proxy.weights() == {live["slot"]: 100}
     assert not [p for p in old_slot if p.is_running() and p.status() != "zombie"], "the old slot left processes behind"
 
 
-def test_routing_survives_a_proxy_restart(env, records):
+def test_routing_survives_a_proxy_restart(env, flights, records):
+    live = ensure_live(env, flights, "2")
     serving = Serving(env)
     assert serving.stack.stop_one("traefik")
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{env.serving_port}/readyz", timeout=2)
     serving.ensure_proxy()
-    serving.proxy.wait_applied({"green": 100})
+    serving.proxy.wait_applied({live["slot"]: 100})
     assert entry_version(env, records[0]) == "2"
 
 
 @pytest.mark.parametrize("fault", ["unready", "skew"])
 def test_a_bad_candidate_never_receives_traffic(env, flights, records, fault):
+    live = ensure_live(env, flights, "2")
+    idle = other(live["slot"])
     serving = Serving(env)
     bento = build_bento(env, env.model_name, "3")
     with Load(env, records, limit=3000) as load, pytest.raises(InfraValidationFailed):
-        start_candidate(env, env.model_name, "3", "blue", bento["bento_tag"], env={"LOOP_SLOT_FAULT": fault}, timeout=30)
-        infra_validate(env, flights, "blue", env.model_name, "3")
+        start_candidate(env, env.model_name, "3", idle, bento["bento_tag"], env={"LOOP_SLOT_FAULT": fault}, timeout=30)
+        infra_validate(env, flights, idle, env.model_name, "3")
     assert load.result.summary()["versions"] == {"2": len(load.result.outcomes)}
     assert load.result.summary()["failed"] == 0
-    assert serving.proxy.weights() == {"green": 100} and not serving.slot_running("blue")
+    assert serving.proxy.weights() == {live["slot"]: 100} and not serving.slot_running(idle)
     tags = connect(env.mlflow_tracking_uri).get_model_version(env.model_name, "3").tags
     assert "deploy.rejected" in tags and "deploy.bento_tag" not in tags
     print(f"\n{fault} candidate rejected: {tags['deploy.rejected'][:160]}")
 
 
 def test_errors_during_the_bake_roll_back_within_one_check(env, flights, records):
+    live = ensure_live(env, flights, "2")
+    idle = other(live["slot"])
     serving = Serving(env)
     bento = build_bento(env, env.model_name, "3")
     # healthy through infra validation (GOLDEN single requests + 1 batch), then every request fails
-    start_candidate(env, env.model_name, "3", "blue", bento["bento_tag"], env={"LOOP_SLOT_FAULT": f"errors:{GOLDEN + 50}"})
-    infra_validate(env, flights, "blue", env.model_name, "3")
+    start_candidate(env, env.model_name, "3", idle, bento["bento_tag"], env={"LOOP_SLOT_FAULT": f"errors:{GOLDEN + 50}"})
+    infra_validate(env, flights, idle, env.model_name, "3")
     with Load(env, records, limit=8000) as load, pytest.raises(CanaryRolledBack) as rolled:
-        canary(env, env.model_name, "3", "blue")
+        canary(env, env.model_name, "3", idle)
     outcomes = load.result.outcomes
     failed = [o for o in outcomes if o.status != 200]
     assert failed, "the faulty canary should have failed some requests"
@@ -204,20 +238,22 @@ def test_errors_during_the_bake_roll_back_within_one_check(env, flights, records
     assert not after
     assert delay <= CHECK_SECONDS + 1.0
     assert {o.status for o in failed} <= {500}
-    assert serving.proxy.weights() == {"green": 100} and not serving.slot_running("blue")
+    assert serving.proxy.weights() == {live["slot"]: 100} and not serving.slot_running(idle)
     assert "deploy.rolled_back" in connect(env.mlflow_tracking_uri).get_model_version(env.model_name, "3").tags
 
 
 def test_a_slot_dying_during_the_bake_costs_only_its_in_flight_requests(env, flights, records):
+    live = ensure_live(env, flights, "2")
+    idle = other(live["slot"])
     serving = Serving(env)
     bento = build_bento(env, env.model_name, "3")
-    start_candidate(env, env.model_name, "3", "blue", bento["bento_tag"])
-    infra_validate(env, flights, "blue", env.model_name, "3")
+    start_candidate(env, env.model_name, "3", idle, bento["bento_tag"])
+    infra_validate(env, flights, idle, env.model_name, "3")
     errors: list[Exception] = []
 
     def bake():
         try:
-            canary(env, env.model_name, "3", "blue", bake_seconds=6)
+            canary(env, env.model_name, "3", idle, bake_seconds=6)
         except Exception as exc:  # noqa: BLE001 - inspected below
             errors.append(exc)
 
@@ -225,12 +261,12 @@ def test_a_slot_dying_during_the_bake_costs_only_its_in_flight_requests(env, fli
     with Load(env, records, clients=clients, limit=10000) as load:
         t = threading.Thread(target=bake)
         t.start()
-        deadline = time.monotonic() + 30
-        while serving.proxy.weights().get("blue") != 50 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(1)
+        poll(lambda: serving.proxy.weights().get(idle) == 50, 30, f"the canary's 50% step on {idle}")
+        at_half = time.time()
+        # the candidate is answering its half of the traffic when it dies
+        poll(lambda: sum(o.version == "3" and o.started > at_half for o in list(load.result.outcomes)) >= 10, 30, "v3 answers at 50%")
         killed_at = time.time()
-        kill_tree(serving.stack.running()["slot-blue"])  # supervisor and workers, as an OOM kill would
+        kill_tree(serving.stack.running()[f"slot-{idle}"])  # supervisor and workers, as an OOM kill would
         t.join(60)
     failed = load.result.failed
     detail = [(o.status, round(o.started - killed_at, 3), round(o.latency_ms)) for o in failed]
@@ -243,10 +279,11 @@ def test_a_slot_dying_during_the_bake_costs_only_its_in_flight_requests(env, fli
     # yet). None after Traefik confirmed the old routing, and a small share of the traffic.
     assert not [o for o in failed if o.started > restored_at]
     assert len(failed) <= max(clients, len(load.result.outcomes) // 500)
-    assert serving.proxy.weights() == {"green": 100}
+    assert serving.proxy.weights() == {live["slot"]: 100}
 
 
 def test_manual_rollback_restores_the_requested_version(env, flights, records):
+    ensure_live(env, flights, "2")
     ref = {"model_name": env.model_name, "version": "1", "slot": plan(env, env.model_name, "1")["slot"]}
     live = restore_version(env, flights, ref, "test: v2 misbehaves", "manual__test")
     assert live["model_version"] == "1" and entry_version(env, records[0]) == "1"
@@ -262,9 +299,14 @@ JSON_VALUES = st.recursive(
 )
 
 
+@pytest.fixture
+def serving_v2(env, flights):
+    return ensure_live(env, flights, "2")
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_malformed_requests_never_get_a_5xx(env, records, data):
+def test_malformed_requests_never_get_a_5xx(env, records, serving_v2, data):
     """Property: whatever a client sends (a valid record with one field broken, dropped or added,
     a batch too big, a body that is no JSON at all), the answer is never a 5xx, and it is a 4xx
     whenever the request is invalid."""
@@ -297,23 +339,35 @@ def test_malformed_requests_never_get_a_5xx(env, records, data):
         assert r.json().get("detail") or r.json().get("error")
 
 
-def test_every_prediction_is_logged_and_joins_its_label(env, flights):
+def test_every_prediction_is_logged_and_joins_its_label(env, flights, records):
     from include.serving.inference_log import FEATURE_PREFIX, join_labels, read_inference_log
 
-    Serving(env).stack.stop_one("slot-blue")  # shutdown flushes the buffer
+    url = f"http://127.0.0.1:{env.serving_port}"
+    sent: dict[str, str] = {}
+    for version in ("1", "2"):
+        ensure_live(env, flights, version)  # the switch to v2 stops v1's slot, which flushes its log
+        batch = [{**r, "request_id": f"logged-{version}-{i}"} for i, r in enumerate(records)]
+        report = replay(url, batch, clients=2)
+        assert not report.failed and report.summary()["versions"] == {version: len(batch)}
+        sent |= {r["request_id"]: version for r in batch}
+    serving = Serving(env)
+    serving.stack.stop_one(f"slot-{serving.live()['slot']}")  # shutdown flushes the buffer
     newest = list_validated("flights")[-1]
     start, end = datetime.fromisoformat(newest["interval_start"]), datetime.fromisoformat(newest["interval_end"])
     log = read_inference_log(flights, start - timedelta(days=1), end + timedelta(days=1))
-    assert len(log) > 1000
-    assert {"1", "2", "3"} <= set(log["model_version"])
-    assert log["request_id"].notna().all() and log["score"].between(0, 1).all()
+    mine = log[log["request_id"].isin(sent)]
+    # every prediction, once, with the version that made it
+    assert len(mine) == len(sent) and mine["request_id"].is_unique
+    assert dict(zip(mine["request_id"], mine["model_version"], strict=True)) == sent
+    assert mine["score"].between(0, 1).all()
     assert [c for c in log.columns if c.startswith(FEATURE_PREFIX)] == [FEATURE_PREFIX + f for f in flights.features]
-    joined = join_labels(flights, log, read_validated([newest]))
-    assert len(joined) == len(log)
+    joined = join_labels(flights, mine, read_validated([newest]))
+    assert len(joined) == len(mine)
     assert joined["label"].notna().mean() > 0.9  # a few cancelled flights have no label
 
 
 def test_a_bento_is_exported_once_to_s3_storage(env, s3):
+    build_bento(env, env.model_name, "1")  # built on the local runtime before
     first = build_bento(get_settings(), env.model_name, "1")
     assert first["reused"] and first["export_uri"] == "s3://loop-test/zones/bentos/it-serving-service/v1.bento"
     archive = s3.read_bytes("bentos/it-serving-service/v1.bento")

@@ -1,0 +1,170 @@
+"""The demo's clock and clients: production data arrives a week at a time, after a week of
+predictions; the replay imitates that instead of letting Airflow catch up a whole quarter at once."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import requests
+
+from include.local.airflow_api import AirflowAPI
+from include.settings import Settings
+
+WEEK_SECONDS = 25  # once a model serves: wall-clock seconds of traffic per week of data time
+TRAFFIC_RATE = 20  # requests/s of background traffic once a model serves: the canary watches it
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def loop_status(client: AirflowAPI, expected: int) -> tuple[str, int, int]:
+    """One progress line, the ingest intervals done, and the runs still active or queued."""
+    runs = {dag: client.runs(dag) for dag in ("ingest_validate", "train", "deploy", "monitor", "rollback", "revalidate")}
+    n = {
+        dag: {s: sum(r["state"] == s for r in rs) for s in ("success", "failed", "running", "queued")} for dag, rs in runs.items()
+    }
+    ingest, train, deploy = n["ingest_validate"], n["train"], n["deploy"]
+    done = ingest["success"] + ingest["failed"]
+    line = (
+        f"ingest_validate {done}/{expected} done ({ingest['success']} passed, {ingest['failed']} quarantined, "
+        f"{ingest['running']} running) · train {len(runs['train'])} runs ({train['success']} done, "
+        f"{train['running'] + train['queued']} active) · deploy {len(runs['deploy'])} runs "
+        f"({deploy['success']} done, {deploy['failed']} failed, {deploy['running'] + deploy['queued']} active)"
+        f" · monitor {len(runs['monitor'])} runs"
+    )
+    queued = [
+        e
+        for dag in ("train", "deploy", "monitor")
+        for e in client.get(f"dags/{dag}/assets/queuedEvents").get("queued_events", [])
+    ]
+    active = sum(n[dag]["running"] + n[dag]["queued"] for dag in n if dag != "ingest_validate") + len(queued)
+    return line, done, active
+
+
+class Progress:
+    """Prints the loop's status line when it changes."""
+
+    def __init__(self, client: AirflowAPI, expected: int):
+        self.client, self.expected, self.last = client, expected, ""
+
+    def __call__(self) -> tuple[int, int]:
+        line, done, active = loop_status(self.client, self.expected)
+        if line != self.last:
+            say(line)
+            self.last = line
+        return done, active
+
+
+class DataClock:
+    """The replay's clock. Airflow would catch up all of 2013 at once, but production data arrives
+    a week at a time, after a week of predictions. So once enough weeks are in for a first model,
+    ingestion pauses until that model serves; then it advances one week per WEEK_SECONDS while the
+    clients send that week's flights (by pausing and unpausing `ingest_validate`, as an operator
+    would)."""
+
+    def __init__(self, client: AirflowAPI, settings: Settings, expected: int):
+        self.client, self.settings, self.expected = client, settings, expected
+        self.progress = Progress(client, expected)
+
+    def _ingest(self, paused: bool) -> None:
+        self.client.request("PATCH", "dags/ingest_validate", json={"is_paused": paused}).raise_for_status()
+
+    def _wait(self, until: Callable[[], bool], deadline: float, poll: float = 3) -> bool:
+        last = 0.0
+        while not until():
+            if time.monotonic() > deadline:
+                return False
+            if time.monotonic() - last > 15:
+                self.progress()
+                last = time.monotonic()
+            time.sleep(poll)
+        return True
+
+    def run(self, timeout: float) -> bool:
+        from include.data.partitions import list_validated
+        from include.rollout.slots import Serving
+        from include.usecases import get_usecase
+
+        deadline, usecase = time.monotonic() + timeout, get_usecase()
+        need = self.settings.min_train_partitions
+
+        def done() -> int:  # ingest intervals landed: one REST call, polled every second or so
+            return sum(r["state"] in ("success", "failed") for r in self.client.runs("ingest_validate"))
+
+        if not self._wait(lambda: len(list_validated(usecase.name)) >= need or done() >= self.expected, deadline):
+            return False
+        if done() < self.expected:
+            self._ingest(paused=True)
+            say(f"data clock: {need} weeks validated; ingestion waits until a first model serves")
+        if not self._wait(lambda: Serving(self.settings).live() is not None or self.progress() == (self.expected, 0), deadline):
+            return False
+        while (before := done()) < self.expected:
+            say(f"data clock: the clients send the current week's flights for {WEEK_SECONDS} s")
+            time.sleep(WEEK_SECONDS)
+            # Unpaused until the next interval has landed. The scheduler may already have created
+            # the run after it; that one waits (a paused DAG's new runs do not start) for the next tick.
+            self._ingest(paused=False)
+            arrived = self._wait(lambda: done() > before, deadline, poll=1)  # noqa: B023
+            self._ingest(paused=True)
+            if not arrived:
+                return False
+        self._ingest(paused=False)
+        return True
+
+
+class BackgroundTraffic(threading.Thread):
+    """Clients of the serving entry during the demo. Once a model serves, they send, at
+    TRAFFIC_RATE requests/s, the flights of "this week" in data time: the week after the newest
+    partition that has landed (validated or quarantined). Its labels arrive with the next
+    partition, and the monitor then checks those predictions. Every canary bakes under real
+    traffic."""
+
+    def __init__(self, settings: Settings):
+        super().__init__(daemon=True, name="demo-traffic")
+        self.settings = settings
+        self.stop = threading.Event()
+        self.report = None
+
+    def run(self):
+        from include.data.partitions import list_validated, quarantined_batches
+        from include.local.traffic import Report, interval_records, replay
+        from include.usecases import get_usecase
+
+        url = f"http://{self.settings.serving_host}:{self.settings.serving_port}"
+        while not self.stop.wait(5):
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{url}/readyz", timeout=2).ok:
+                    break
+        if self.stop.is_set():
+            return
+        say(f"a model serves on {url}: clients send it {TRAFFIC_RATE} requests/s")
+        self.report = Report()
+        usecase, current, records, pos = get_usecase(), None, [], 0
+        while not self.stop.is_set():
+            landed = list_validated(usecase.name) + quarantined_batches(usecase.name)  # passed or not, labels landed
+            week = max((datetime.fromisoformat(r["interval_end"]) for r in landed), default=self.settings.start_datetime)
+            if week != current:
+                current, pos = week, 0
+                records = interval_records(usecase, week, week + timedelta(weeks=1))
+                random.Random(week.toordinal()).shuffle(records)  # the whole week, not its first day
+                say(f"clients now send the flights of the week from {week.date()} ({len(records):,} flights)")
+            pos = 0 if pos >= len(records) else pos
+            chunk = records[pos : pos + TRAFFIC_RATE * 5]
+            pos += len(chunk)
+            if not chunk:
+                self.stop.wait(5)
+                continue
+            self.report.outcomes += replay(url, chunk, clients=2, stop=self.stop, rate=TRAFFIC_RATE).outcomes
+
+    def finish(self):
+        self.stop.set()
+        self.join(30)
+        return self.report
+
+
