@@ -5,13 +5,9 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 export PYTHONPATH := $(CURDIR)
 
-# Optional local settings (see .env.example): a value set in .env applies to every command here.
-ifneq (,$(wildcard .env))
-include .env
-export $(shell sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' .env)
-endif
+# Local settings: .env at the project root (see .env.example) is read by the settings class itself.
 
-.PHONY: install demo up stop status test test-fast lint graph lock clean bench rerun
+.PHONY: install demo up stop status test test-fast lint graph settings-docs lock clean bench rerun
 
 install: $(VENV)/.installed
 
@@ -52,6 +48,9 @@ lint: install
 
 graph: install  ## the import graph of include/ (stages; MODULES=1 for every module); fails on a cycle
 	$(BIN)/python tests/tools/import_graph.py $(if $(MODULES),--modules)
+
+settings-docs: install  ## regenerate .env.example and the README's configuration reference from include/settings.py
+	$(BIN)/python tests/tools/settings_docs.py
 
 lock:  ## re-resolve requirements.txt from requirements.in
 	$(BIN)/uv pip compile requirements.in -o requirements.txt --python-version 3.11

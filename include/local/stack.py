@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from include.rollout.processes import Stack, port_in_use, wait_http
-from include.settings import PROJECT_ROOT, Settings
+from include.settings import PROJECT_ROOT, Settings, get_settings
 
 BIN = Path(sys.executable).parent
 
@@ -44,8 +44,8 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class Ports:
-    airflow: int = field(default_factory=lambda: int(os.environ.get("LOOP_AIRFLOW_PORT", "8080")))
-    mlflow: int = field(default_factory=lambda: int(os.environ.get("LOOP_MLFLOW_PORT", "5000")))
+    airflow: int = field(default_factory=lambda: get_settings().airflow_port)
+    mlflow: int = field(default_factory=lambda: get_settings().mlflow_port)
 
 
 def mlflow_command(port: int, store: Path) -> list[str]:
@@ -128,8 +128,6 @@ def start_mlflow(stack: Stack, port: int, store: Path, name: str = "mlflow") -> 
 
 
 def _cli(argv: list[str]) -> int:
-    from include.settings import get_settings
-
     stack = Stack(get_settings().state_dir)
     if argv[:1] == ["stop"]:
         stopped = stack.stop()

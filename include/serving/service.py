@@ -14,13 +14,12 @@ The hot path is plain Python and one `inplace_predict` call: no DataFrame per re
 LOOP_SLOT_FAULT=<kind>[:<n>] in a slot's environment (chaos testing only; unset in normal
 operation) makes the slot misbehave on purpose once it has answered n scoring requests: `errors`,
 `slow`, `skew` (scores off by 0.01) or `unready`. The rollout tests use it to prove that a bad
-slot never keeps traffic. The rollout tests use it to prove that a bad slot never keeps traffic.
+slot never keeps traffic.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from typing import Annotated
@@ -54,10 +53,10 @@ class Predictor:
     def __init__(self) -> None:
         self.model_version = str(getattr(ARGS, "model_version", self.model.tag.version))
         self.threshold = float(getattr(ARGS, "threshold", 0.5))
-        self.slot = os.environ.get("LOOP_SLOT", "dev")
+        self.slot = get_settings().slot
         classifier = bentoml.mlflow.load_model(self.model).get_raw_model()
         self.booster = classifier.get_booster()
-        fault, _, after = os.environ.get("LOOP_SLOT_FAULT", "").partition(":")
+        fault, _, after = get_settings().slot_fault.partition(":")
         self.fault, self.fault_after, self.served = fault, int(after or 0), 0
         self.sink = None
         if get_settings().inference_log:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -62,17 +61,18 @@ def test_provider_notifiers_come_from_settings_and_a_failing_sink_does_not_raise
 
     alert = {"kind": "rollback", "message": "v4 rolled back", "links": {"airflow": "http://af/x"}, "details": {}}
     assert sink_notifiers(settings, alert) == []
-    configured = dataclasses.replace(
-        settings,
-        alert_http_conn_id="loop_alerts",
-        alert_http_endpoint="/hooks/loop",
-        alert_slack_conn_id="loop_slack",
-        alert_email="ml-oncall@example.com",
+    configured = settings.model_copy(
+        update={
+            "alert_http_conn_id": "loop_alerts",
+            "alert_http_endpoint": "/hooks/loop",
+            "alert_slack_conn_id": "loop_slack",
+            "alert_email": "ml-oncall@example.com",
+        }
     )
     http, slack, smtp = sink_notifiers(configured, alert)
     assert isinstance(http, HttpNotifier) and http.json == alert and http.http_conn_id == "loop_alerts"
     assert isinstance(slack, SlackWebhookNotifier) and "<http://af/x|airflow>" in slack.text
     assert isinstance(smtp, SmtpNotifier) and "v4 rolled back" in smtp.subject and 'href="http://af/x"' in smtp.html_content
 
-    notify_sinks(dataclasses.replace(settings, alert_http_conn_id="no_such_connection"), alert)
+    notify_sinks(settings.model_copy(update={"alert_http_conn_id": "no_such_connection"}), alert)
     assert "alert sink HttpNotifier failed" in caplog.text
