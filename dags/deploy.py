@@ -24,13 +24,15 @@ from airflow.sdk import Param, dag, task
 
 from include.airflow_glue import CHAMPION_MODEL, rollout_steps, task_defaults
 from include.settings import get_settings
+from include.usecases import get_calendar
 
 settings = get_settings()
+calendar = get_calendar()
 
 
 @dag(
     schedule=[CHAMPION_MODEL],
-    start_date=pendulum.instance(settings.start_datetime),
+    start_date=pendulum.instance(calendar.start_datetime),
     catchup=False,
     max_active_runs=1,  # one rollout at a time: two would fight over the idle slot
     # The tasks start and stop the slots: they run where the slots live (LOOP_SERVING_QUEUE).

@@ -1,7 +1,8 @@
 """
-### ingest_validate: land one partition per week and put it through the data gate
+### ingest_validate: land one partition per data interval and put it through the data gate
 
-Each weekly data interval lands as one Parquet partition (from the replay source in the demo,
+Each data interval of the use case's calendar (weekly for the flights, daily or weekly for yours)
+lands as one Parquet partition (from the replay source in the demo,
 from your upstream system in production) and is validated by the Great Expectations suite
 generated from the use case's contract (`include/data/gate.py`):
 
@@ -21,15 +22,18 @@ from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 from include.airflow_glue import VALIDATED_DATA, airflow_outcome, task_defaults
 from include.settings import get_settings
+from include.usecases import get_calendar
 
 settings = get_settings()
+calendar = get_calendar()
 
 
 @dag(
-    # One partition per week, midnight to midnight in LOOP_TIMEZONE (DST-aware), on the start date's weekday.
-    schedule=CronDataIntervalTimetable(f"0 0 * * {settings.start_date.isoweekday() % 7}", timezone=settings.timezone),
-    start_date=pendulum.instance(settings.start_datetime),
-    end_date=pendulum.instance(settings.end_datetime),
+    # One partition per data interval of the use case's calendar: midnight to midnight in its
+    # timezone (DST-aware), daily or weekly (on the start date's weekday).
+    schedule=CronDataIntervalTimetable(calendar.cron, timezone=calendar.timezone),
+    start_date=pendulum.instance(calendar.start_datetime),
+    end_date=pendulum.instance(calendar.end_datetime),
     catchup=True,
     max_active_runs=settings.ingest_max_active_runs,  # intervals validated side by side in a catch-up
     default_args=task_defaults(retry_delay=timedelta(seconds=20)),

@@ -25,13 +25,15 @@ from airflow.sdk import Param, dag, task
 
 from include.airflow_glue import VALIDATED_DATA, task_defaults
 from include.settings import get_settings
+from include.usecases import get_calendar
 
 settings = get_settings()
+calendar = get_calendar()
 
 
 @dag(
     schedule=[VALIDATED_DATA],
-    start_date=pendulum.instance(settings.start_datetime),
+    start_date=pendulum.instance(calendar.start_datetime),
     catchup=False,
     max_active_runs=1,
     default_args=task_defaults(retry_delay=timedelta(seconds=30)),
@@ -57,11 +59,12 @@ def monitor():
         from include.monitoring.windows import monitoring_window
         from include.usecases import get_usecase
 
+        usecase = get_usecase()
         events = [e.extra for evs in (triggering_asset_events or {}).values() for e in evs]
-        start, end = monitoring_window(get_settings(), params["window_start"], params["window_end"], events)
+        start, end = monitoring_window(usecase.calendar.timezone, params["window_start"], params["window_end"], events)
         active = ti.get_dr_count(dag_id="train", states=["queued", "running"]) > 0
         return run_monitor(
-            get_settings(), get_usecase(), start, end, dag_id=dag_run.dag_id, dag_run_id=dag_run.run_id, training_active=active
+            get_settings(), usecase, start, end, dag_id=dag_run.dag_id, dag_run_id=dag_run.run_id, training_active=active
         )
 
     @task.short_circuit

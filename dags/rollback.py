@@ -16,13 +16,15 @@ from airflow.sdk import Param, dag, task
 
 from include.airflow_glue import rollout_steps, task_defaults
 from include.settings import get_settings
+from include.usecases import get_calendar
 
 settings = get_settings()
+calendar = get_calendar()
 
 
 @dag(
     schedule=None,
-    start_date=pendulum.instance(settings.start_datetime),
+    start_date=pendulum.instance(calendar.start_datetime),
     catchup=False,
     max_active_runs=1,
     # The tasks start and stop the slots: they run where the slots live (LOOP_SERVING_QUEUE).

@@ -21,14 +21,16 @@ from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 from include.airflow_glue import CHAMPION_MODEL, VALIDATED_DATA, airflow_outcome, form_params, task_defaults
 from include.model.params import TrainParams
 from include.settings import get_settings
+from include.usecases import get_calendar
 
 settings = get_settings()
+calendar = get_calendar()
 WEEKLY = CronTriggerTimetable("0 6 * * 1", timezone="UTC")  # scheduled retraining, Mondays 06:00 UTC
 
 
 @dag(
     schedule=(AssetOrTimeSchedule(timetable=WEEKLY, assets=VALIDATED_DATA) if settings.retrain_on == "data" else WEEKLY),
-    start_date=pendulum.instance(settings.start_datetime),
+    start_date=pendulum.instance(calendar.start_datetime),
     catchup=False,
     max_active_runs=1,
     default_args=task_defaults(retry_delay=timedelta(seconds=30)),

@@ -12,7 +12,7 @@ accepts. Reading settings has no side effects: no directories are created, nothi
 
 from __future__ import annotations
 
-from datetime import date, datetime, time
+from datetime import date
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -56,12 +56,12 @@ class Settings(BaseSettings):
         description="BentoML's model and bento stores (BentoML's own variable; default: `<state dir>/bentoml`).",
     )
 
-    # The use case and its replay
+    # The use case and its calendar (the calendar's defaults are the use case's own)
     usecase: str = Field("flights", description="The use case: module `include/usecases/<name>.py`.")
     model_name: str = Field("", description="Registered model name (empty: the use case's own, e.g. `flights-delay`).")
-    start_date: date = Field(date(2013, 1, 1), description="First data interval the ingest DAG schedules.")
-    end_date: date = Field(date(2013, 12, 31), description="Last day the ingest DAG schedules (`make demo` stops at 2013-03-31 unless set).")
-    timezone: str = Field("America/New_York", description="The timezone data intervals are cut in (midnight to midnight there).")
+    start_date: date | None = Field(None, description="First data interval the ingest DAG schedules (default: the use case's calendar).")
+    end_date: date | None = Field(None, description="Last day the ingest DAG schedules (default: the use case's calendar; `make demo`: its demo end).")
+    timezone: str | None = Field(None, description="The timezone data intervals are cut in, midnight to midnight (default: the use case's).")
     replay: bool = Field(True, description="1: land missing partitions from the use case's replay source; 0: wait for upstream deliveries.")
     ingest_max_active_runs: int = Field(2, ge=1, description="Intervals the ingest DAG validates at once during a catch-up.")
 
@@ -153,6 +153,8 @@ class Settings(BaseSettings):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value):
+        if value is None:
+            return value
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
@@ -165,17 +167,7 @@ class Settings(BaseSettings):
         self.state_dir = self.state_dir.resolve()
         self.storage_uri = self.storage_uri or str(self.state_dir / "data")
         self.bentoml_home = (self.bentoml_home or self.state_dir / "bentoml").resolve()
-        if self.end_date < self.start_date:
-            raise ValueError(f"LOOP_END_DATE {self.end_date} is before LOOP_START_DATE {self.start_date}")
         return self
-
-    @property
-    def start_datetime(self) -> datetime:
-        return datetime.combine(self.start_date, time(), ZoneInfo(self.timezone))
-
-    @property
-    def end_datetime(self) -> datetime:
-        return datetime.combine(self.end_date, time(23, 59, 59), ZoneInfo(self.timezone))
 
 
 def variable(name: str) -> str:

@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from include.data.partitions import Partition
-from include.usecases import GX_TYPES, Contract
+from include.usecases import Contract, Kind
 
 if TYPE_CHECKING:
     import great_expectations as gx
@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 
 ROW = "row"
 BATCH = "batch"
+
+# The type name GX's expect_column_values_to_be_of_type observes for each kind under pandas 3
+# (string columns are `str`; tz-aware timestamps are checked per value as `Timestamp`).
+GX_TYPES: dict[Kind, str] = {"int": "int64", "float": "float64", "str": "str", "datetime": "Timestamp"}
 
 @dataclass(frozen=True)
 class Failure:

@@ -1,5 +1,5 @@
-"""The demo's clock and clients: production data arrives a week at a time, after a week of
-predictions; the replay imitates that instead of letting Airflow catch up a whole quarter at once."""
+"""The demo's clock and clients: production data arrives an interval at a time, after an interval
+of predictions; the replay imitates that instead of letting Airflow catch up a whole quarter at once."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import requests
 
 from include.local.airflow_api import AirflowAPI
 from include.settings import Settings
 
-WEEK_SECONDS = 25  # once a model serves: wall-clock seconds of traffic per week of data time
+INTERVAL_SECONDS = 25  # once a model serves: wall-clock seconds of traffic per data interval
 TRAFFIC_RATE = 20  # requests/s of background traffic once a model serves: the canary watches it
 
 
@@ -62,11 +62,11 @@ class Progress:
 
 
 class DataClock:
-    """The replay's clock. Airflow would catch up all of 2013 at once, but production data arrives
-    a week at a time, after a week of predictions. So once enough weeks are in for a first model,
-    ingestion pauses until that model serves; then it advances one week per WEEK_SECONDS while the
-    clients send that week's flights (by pausing and unpausing `ingest_validate`, as an operator
-    would)."""
+    """The replay's clock. Airflow would catch up the whole window at once, but production data
+    arrives an interval at a time, after an interval of predictions. So once enough partitions are
+    in for a first model, ingestion pauses until that model serves; then it advances one interval
+    per INTERVAL_SECONDS while the clients send that interval's records (by pausing and unpausing
+    `ingest_validate`, as an operator would)."""
 
     def __init__(self, client: AirflowAPI, settings: Settings, expected: int):
         self.client, self.settings, self.expected = client, settings, expected
@@ -101,12 +101,12 @@ class DataClock:
             return False
         if done() < self.expected:
             self._ingest(paused=True)
-            say(f"data clock: {need} weeks validated; ingestion waits until a first model serves")
+            say(f"data clock: {need} partitions validated; ingestion waits until a first model serves")
         if not self._wait(lambda: Serving(self.settings).live() is not None or self.progress() == (self.expected, 0), deadline):
             return False
         while (before := done()) < self.expected:
-            say(f"data clock: the clients send the current week's flights for {WEEK_SECONDS} s")
-            time.sleep(WEEK_SECONDS)
+            say(f"data clock: the clients send the current interval's {usecase.wording.records} for {INTERVAL_SECONDS} s")
+            time.sleep(INTERVAL_SECONDS)
             # Unpaused until the next interval has landed. The scheduler may already have created
             # the run after it; that one waits (a paused DAG's new runs do not start) for the next tick.
             self._ingest(paused=False)
@@ -120,8 +120,8 @@ class DataClock:
 
 class BackgroundTraffic(threading.Thread):
     """Clients of the serving entry during the demo. Once a model serves, they send, at
-    TRAFFIC_RATE requests/s, the flights of "this week" in data time: the week after the newest
-    partition that has landed (validated or quarantined). Its labels arrive with the next
+    TRAFFIC_RATE requests/s, the records of the current interval in data time: the one after the
+    newest partition that has landed (validated or quarantined). Its labels arrive with the next
     partition, and the monitor then checks those predictions. Every canary bakes under real
     traffic."""
 
@@ -148,12 +148,13 @@ class BackgroundTraffic(threading.Thread):
         usecase, current, records, pos = get_usecase(), None, [], 0
         while not self.stop.is_set():
             landed = list_validated(usecase.name) + quarantined_batches(usecase.name)  # passed or not, labels landed
-            week = max((datetime.fromisoformat(r["interval_end"]) for r in landed), default=self.settings.start_datetime)
-            if week != current:
-                current, pos = week, 0
-                records = interval_records(usecase, week, week + timedelta(weeks=1))
-                random.Random(week.toordinal()).shuffle(records)  # the whole week, not its first day
-                say(f"clients now send the flights of the week from {week.date()} ({len(records):,} flights)")
+            start = max((datetime.fromisoformat(r["interval_end"]) for r in landed), default=usecase.calendar.start_datetime)
+            if start != current:
+                current, pos = start, 0
+                records = interval_records(usecase, start, start + usecase.calendar.interval)
+                random.Random(start.toordinal()).shuffle(records)  # the whole interval, not its first day
+                words = usecase.wording.records
+                say(f"clients now send the {words} of the interval from {start.date()} ({len(records):,} {words})")
             pos = 0 if pos >= len(records) else pos
             chunk = records[pos : pos + TRAFFIC_RATE * 5]
             pos += len(chunk)

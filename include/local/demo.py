@@ -2,9 +2,9 @@
 
 Starts a loopback MLflow server and Airflow (scheduler, dag-processor, API server; SQLite,
 LocalExecutor), plants realistic faults in the landing zone, and lets the scheduler catch up on
-the first months of 2013: validation, training, the champion gate, and a blue/green rollout
+the use case's demo window (January to March 2013 for the flights): validation, training, the champion gate, and a blue/green rollout
 behind Traefik for every new champion. Once a model serves, background clients replay the
-flights against the serving entry. It shows progress and ends with a summary and a sample
+records against the serving entry. It shows progress and ends with a summary and a sample
 `curl`. The services keep running; `make stop` stops them. Run it again and it resumes from the
 state in `.state/`.
 
@@ -18,35 +18,30 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 
 from include.local.airflow_api import AirflowAPI
-from include.local.clock import WEEK_SECONDS, BackgroundTraffic, DataClock, Progress, say
+from include.local.clock import INTERVAL_SECONDS, BackgroundTraffic, DataClock, Progress, say
 from include.local.stack import BIN, Ports, airflow_env, port_in_use, start_mlflow
 from include.rollout.processes import Stack, wait_http
 from include.settings import Settings
+from include.usecases import Calendar, UseCase
 
-DEMO_END_DATE = "2013-03-31"
-# Week index → fault planted before the scheduler runs: two whole-batch rejections and one batch
-# that passes with a handful of impossible rows quarantined.
-DEMO_FAULTS = {4: "truncated", 8: "distance_in_km", 10: "some_bad_rows"}
 DAG_IDS = ("ingest_validate", "train", "deploy", "rollback", "monitor", "revalidate")
 # The demo's retraining follows the monitor: new data trains the first model only, then drift or
 # decay asks for retraining, at most once per two weeks of data time (the rest is "suppressed").
 DEMO_POLICY = {"LOOP_RETRAIN_ON": "drift", "LOOP_RETRAIN_COOLDOWN_HOURS": "336", "LOOP_INGEST_MAX_ACTIVE_RUNS": "1"}
 
 
-def plant_faults(settings: Settings, faults: dict[int, str]) -> None:
+def plant_faults(usecase: UseCase, faults: dict[int, str]) -> None:
+    """Land `faults` (interval index → fault) before the scheduler reaches those intervals."""
     from include.data.partitions import Partition
     from include.data.storage import get_storage
     from include.local.faults import plant_fault
-    from include.usecases import get_usecase
 
-    usecase, storage = get_usecase(), get_storage()
-    for week, fault in faults.items():
-        start = settings.start_datetime + timedelta(weeks=week)
-        partition = Partition(usecase.name, start, start + timedelta(weeks=1))
+    storage, intervals = get_storage(), usecase.calendar.intervals()
+    for index, fault in faults.items():
+        partition = Partition(usecase.name, *intervals[index])
         if not storage.exists(partition.landing_key):
             plant_fault(usecase, partition, fault, storage)
             say(f"planted fault '{fault}' in landing partition {partition.id}")
@@ -95,11 +90,8 @@ def start_stack(
     return client
 
 
-def count_intervals(settings: Settings) -> int:
-    n, start = 0, settings.start_datetime
-    while start <= settings.end_datetime:
-        n, start = n + 1, start + timedelta(weeks=1)
-    return n
+def count_intervals(calendar: Calendar) -> int:
+    return len(calendar.intervals())
 
 
 def wait_until_idle(
@@ -117,20 +109,25 @@ def wait_until_idle(
 
 
 def main() -> int:
-    os.environ.setdefault("LOOP_END_DATE", DEMO_END_DATE)
-    for key, value in DEMO_POLICY.items():
-        os.environ.setdefault(key, value)
-
     from include.local.summary import summarize
     from include.settings import get_settings
+    from include.usecases import get_usecase, load_usecase
 
-    settings, ports = get_settings(), Ports()
+    for key, value in DEMO_POLICY.items():
+        os.environ.setdefault(key, value)
+    demo = load_usecase(get_settings().usecase).demo
+    if demo is not None:
+        os.environ.setdefault("LOOP_END_DATE", demo.end.isoformat())
+    get_settings.cache_clear()
+    settings, ports, usecase = get_settings(), Ports(), get_usecase()
+    calendar = usecase.calendar
     stack = Stack(settings.state_dir)
     if stack.running():
         say(f"stopping the services left running: {', '.join(stack.stop())}")
-    say(f"state in {settings.state_dir}; replaying {settings.start_date} … {settings.end_date} weekly")
+    say(f"state in {settings.state_dir}; replaying {usecase.name} {calendar.start} … {calendar.end}, {calendar.cadence}")
+    faults = demo.faults if demo is not None else {}
     try:
-        client = start_stack(settings, ports, stack, before_scheduler=lambda: plant_faults(settings, DEMO_FAULTS))
+        client = start_stack(settings, ports, stack, before_scheduler=lambda: plant_faults(usecase, faults))
     except (RuntimeError, TimeoutError) as exc:
         say(str(exc))
         return 1
@@ -139,8 +136,8 @@ def main() -> int:
     live = Serving(settings).resume()
     if live:
         say(f"serving resumed: v{live['model_version']} in slot {live['slot']} behind Traefik on port {settings.serving_port}")
-    expected = count_intervals(settings)
-    say(f"DAGs unpaused; {expected} weekly intervals to replay, a week per {WEEK_SECONDS} s once a model serves")
+    expected = count_intervals(calendar)
+    say(f"DAGs unpaused; {expected} {calendar.cadence} intervals to replay, one per {INTERVAL_SECONDS} s once a model serves")
     traffic = BackgroundTraffic(settings)
     traffic.start()
     clock = DataClock(client, settings, expected)

@@ -1,8 +1,10 @@
 """Realistic faults of a landing partition, for the demo and the tests of the data gate.
 
 Each fault takes the partition's correct rows and returns what a broken upstream would deliver.
-`plant_fault` writes that to the landing zone (create-only, like any delivery), so the gate meets
-it exactly as it would meet a real one.
+The generic ones here work on any use case (they know only the contract); faults particular to
+some data (a unit change, a renamed column) are the use case's own (`UseCase.faults`).
+`plant_fault` writes the result to the landing zone (create-only, like any delivery), so the gate
+meets it exactly as it would meet a real one.
 """
 
 from __future__ import annotations
@@ -17,51 +19,27 @@ from include.data.storage import Storage, get_storage, write_parquet
 from include.usecases import UseCase
 
 
-def truncated(df: pd.DataFrame) -> pd.DataFrame:
+def truncated(df: pd.DataFrame, usecase: UseCase) -> pd.DataFrame:
     """The upload was cut off: only the first 40% of the interval's rows arrived."""
     return df.head(int(len(df) * 0.4))
 
 
-def distance_in_km(df: pd.DataFrame) -> pd.DataFrame:
-    """A unit change upstream: distance delivered in kilometres instead of miles."""
-    return df.assign(distance=(df["distance"] * 1.609344).round())
-
-
-def renamed_column(df: pd.DataFrame) -> pd.DataFrame:
-    """Schema drift: a column renamed by the producer."""
-    return df.rename(columns={"arr_delay": "arrival_delay"})
-
-
-def numbers_as_text(df: pd.DataFrame) -> pd.DataFrame:
-    """Wrong type: a numeric column exported as text."""
-    return df.assign(dep_delay=df["dep_delay"].astype("str"))
-
-
-def empty(df: pd.DataFrame) -> pd.DataFrame:
+def empty(df: pd.DataFrame, usecase: UseCase) -> pd.DataFrame:
     """An empty file with the right header."""
     return df.head(0)
 
 
-def stale_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """Freshness: the interval's newest day is missing (rows stop 2 days before its end)."""
-    cutoff = df["time_hour"].max() - pd.Timedelta(days=2)
-    return df[df["time_hour"] <= cutoff]
+def stale_rows(df: pd.DataFrame, usecase: UseCase) -> pd.DataFrame:
+    """Freshness: the newest rows are missing (they stop twice the contract's freshness before the end)."""
+    t = df[usecase.contract.event_time]
+    return df[t <= t.max() - pd.Timedelta(hours=2 * usecase.contract.freshness_hours)]
 
 
-def some_bad_rows(df: pd.DataFrame, n: int = 7) -> pd.DataFrame:
-    """A handful of impossible rows (negative distance, unknown carrier) in an otherwise good batch."""
-    out = df.copy()
-    idx = out.index[:: max(1, len(out) // n)][:n]
-    out.loc[idx[: n // 2 + 1], "distance"] = -1.0
-    out["carrier"] = out["carrier"].astype("object")
-    out.loc[idx[n // 2 + 1 :], "carrier"] = "ZZ"
-    out["carrier"] = out["carrier"].astype("str")
-    return out
+GENERIC: dict[str, Callable[[pd.DataFrame, UseCase], pd.DataFrame]] = {f.__name__: f for f in (truncated, empty, stale_rows)}
 
 
-FAULTS: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
-    f.__name__: f for f in (truncated, distance_in_km, renamed_column, numbers_as_text, empty, stale_rows, some_bad_rows)
-}
+def known_faults(usecase: UseCase) -> list[str]:
+    return sorted({*GENERIC, *usecase.faults, "corrupt_file", "duplicate_of:<partition id>"})
 
 
 def plant_fault(usecase: UseCase, partition: Partition, fault: str, storage: Storage | None = None) -> str:
@@ -78,7 +56,11 @@ def plant_fault(usecase: UseCase, partition: Partition, fault: str, storage: Sto
     if fault.startswith("duplicate_of:"):
         source = partition.landing_key.replace(partition.id, fault.split(":", 1)[1])
         return storage.write_bytes(partition.landing_key, storage.read_bytes(source), create_only=True)
-    if fault not in FAULTS:
-        raise ValueError(f"unknown fault {fault!r}; known: {sorted(FAULTS)}, corrupt_file, duplicate_of:<id>")
-    df = FAULTS[fault](usecase.load_interval(partition.start, partition.end))
+    rows = usecase.load_interval(partition.start, partition.end)
+    if fault in GENERIC:
+        df = GENERIC[fault](rows, usecase)
+    elif fault in usecase.faults:
+        df = usecase.faults[fault](rows)
+    else:
+        raise ValueError(f"unknown fault {fault!r} for use case {usecase.name!r}; known: {', '.join(known_faults(usecase))}")
     return write_parquet(storage, partition.landing_key, df, create_only=True)

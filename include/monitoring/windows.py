@@ -56,14 +56,14 @@ def window_report(usecase, profile: dict, start, end, storage=None) -> dict:
     return report
 
 
-def monitoring_window(settings, start: str | None, end: str | None, events: list[dict]):
-    """The window a monitor run checks: the form's dates (days in LOOP_TIMEZONE, end exclusive)
+def monitoring_window(timezone: str, start: str | None, end: str | None, events: list[dict]):
+    """The window a monitor run checks: the form's dates (days in `timezone`, end exclusive)
     if given, else the intervals of the validated partitions whose arrival triggered the run (their
     labels have just landed)."""
     if start or end:
         if not (start and end):
             raise ValueError("give both window_start and window_end, or neither")
-        tz = ZoneInfo(settings.timezone)
+        tz = ZoneInfo(timezone)
         a, b = (datetime.combine(date.fromisoformat(d), time(), tz) for d in (start, end))
     else:
         spans = [(e["interval_start"], e["interval_end"]) for e in events if "interval_start" in e]

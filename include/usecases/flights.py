@@ -12,13 +12,13 @@ Cancelled flights have no arrival delay: their label is undefined, so they are k
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from include.usecases import Column, Contract, UseCase
+from include.usecases import Calendar, Column, Contract, Demo, UseCase, Wording
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -200,6 +200,36 @@ def encode_records(records: Sequence[Mapping]) -> list[list[float]]:
     return rows
 
 
+# Broken deliveries particular to these flights, for the demo and the gate's tests (the generic
+# ones, a truncated or empty upload, stale rows, a corrupt file, a duplicate, are the machinery's).
+
+
+def distance_in_km(df: pd.DataFrame) -> pd.DataFrame:
+    """A unit change upstream: distance delivered in kilometres instead of miles."""
+    return df.assign(distance=(df["distance"] * 1.609344).round())
+
+
+def renamed_column(df: pd.DataFrame) -> pd.DataFrame:
+    """Schema drift: a column renamed by the producer."""
+    return df.rename(columns={"arr_delay": "arrival_delay"})
+
+
+def numbers_as_text(df: pd.DataFrame) -> pd.DataFrame:
+    """Wrong type: a numeric column exported as text."""
+    return df.assign(dep_delay=df["dep_delay"].astype("str"))
+
+
+def some_bad_rows(df: pd.DataFrame, n: int = 7) -> pd.DataFrame:
+    """A handful of impossible rows (negative distance, unknown carrier) in an otherwise good batch."""
+    out = df.copy()
+    idx = out.index[:: max(1, len(out) // n)][:n]
+    out.loc[idx[: n // 2 + 1], "distance"] = -1.0
+    out["carrier"] = out["carrier"].astype("object")
+    out.loc[idx[n // 2 + 1 :], "carrier"] = "ZZ"
+    out["carrier"] = out["carrier"].astype("str")
+    return out
+
+
 def build_target(df: pd.DataFrame) -> pd.Series:
     """1.0 if the flight arrived more than 15 minutes late, 0.0 if not, NaN if cancelled."""
     late = (df["arr_delay"] > LATE_MINUTES).astype("float64")
@@ -210,6 +240,7 @@ USECASE = UseCase(
     name="flights",
     model_name="flights-delay",
     contract=CONTRACT,
+    calendar=Calendar(start=date(2013, 1, 1), end=date(2013, 12, 31), timezone=LOCAL_TZ.key, cadence="weekly"),
     load_interval=load_interval,
     build_features=build_features,
     build_target=build_target,
@@ -219,5 +250,9 @@ USECASE = UseCase(
     encode_records=encode_records,
     features=FEATURES,
     drift_exempt=("month",),
+    wording=Wording(record="flight", records="flights", positive="late"),
+    faults={f.__name__: f for f in (distance_in_km, renamed_column, numbers_as_text, some_bad_rows)},
+    # Week index → fault: two whole-batch rejections and a batch that passes with a few rows quarantined.
+    demo=Demo(end=date(2013, 3, 31), faults={4: "truncated", 8: "distance_in_km", 10: "some_bad_rows"}),
     description=__doc__.splitlines()[0],
 )

@@ -24,7 +24,7 @@ from include.model.registry import CHAMPION, alias_version, connect
 from include.rollout.infra import golden_records
 from include.rollout.processes import Stack
 from include.settings import get_settings
-from include.usecases import get_usecase
+from include.usecases import get_calendar, get_usecase
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -79,8 +79,8 @@ def loop(tmp_path_factory, alert_receiver):
         settings = get_settings()
         stack = Stack(state)
         try:
-            client = start_stack(settings, ports, stack, before_scheduler=lambda: plant_faults(settings, {2: "renamed_column"}))
-            finished = wait_until_idle(client, count_intervals(settings), timeout=600, poll=5)
+            client = start_stack(settings, ports, stack, before_scheduler=lambda: plant_faults(get_usecase(), {2: "renamed_column"}))
+            finished = wait_until_idle(client, count_intervals(get_calendar()), timeout=600, poll=5)
             yield settings, client, finished, stack
         finally:
             stopped = stack.stop()
@@ -135,7 +135,7 @@ def test_the_rollback_dag_puts_a_chosen_version_back_from_a_rest_trigger(loop):
     r = client.trigger("rollback", {"version": target, "reason": "e2e: put v" + target + " back"})
     assert r.status_code == 200, r.text
     assert client.trigger("rollback", {"version": "latest"}).status_code == 400
-    assert wait_until_idle(client, count_intervals(settings), timeout=300, poll=5)
+    assert wait_until_idle(client, count_intervals(get_calendar()), timeout=300, poll=5)
     run = client.get(f"dags/rollback/dagRuns/{r.json()['dag_run_id']}")
     assert run["state"] == "success"
     [record] = golden_records(settings, get_usecase(), 1)
@@ -157,7 +157,7 @@ def test_make_rerun_triggers_through_the_rest_api_and_reports_refusals(loop, cap
     assert "triggered rollback run" in out and f"{url}/dags/rollback/runs/" in out
     assert rerun(["train", "--url", url, "--conf", '{"max_depth": 100}']) == 1
     assert "HTTP 400" in capsys.readouterr().err
-    assert wait_until_idle(client, count_intervals(settings), timeout=300, poll=5)
+    assert wait_until_idle(client, count_intervals(get_calendar()), timeout=300, poll=5)
 
 
 def test_an_invalid_form_value_is_rejected_by_the_api_before_any_task_runs(loop):
@@ -173,7 +173,7 @@ def test_an_alert_driven_rerun_through_the_rest_api(loop):
     r = client.trigger("train", {"reason": "alert 1234: late-rate drift", "n_estimators": 50})
     assert r.status_code == 200, r.text
     run_id = r.json()["dag_run_id"]
-    assert wait_until_idle(client, count_intervals(settings), timeout=300, poll=5)
+    assert wait_until_idle(client, count_intervals(get_calendar()), timeout=300, poll=5)
     run = client.get(f"dags/train/dagRuns/{run_id}")
     assert run["state"] == "success"
     mlc = connect(settings.mlflow_tracking_uri)
@@ -250,7 +250,7 @@ def test_the_alert_webhook_starts_the_mapped_dag_once_and_refuses_strangers(loop
 
     runs = [r for r in client.runs("monitor") if r["dag_run_id"] == created["dag_run_id"]]
     assert len(runs) == 1 and len(client.runs("monitor")) == before + 1
-    assert wait_until_idle(client, count_intervals(settings), timeout=300, poll=5)
+    assert wait_until_idle(client, count_intervals(get_calendar()), timeout=300, poll=5)
     run = client.get(f"dags/monitor/dagRuns/{created['dag_run_id']}")
     assert run["state"] == "success", run
     assert run["conf"]["window_start"] == "2013-06-25" and run["conf"]["reason"].startswith("alert E2ELateRateDrift")

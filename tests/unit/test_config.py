@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from include.settings import PROJECT_ROOT, Settings, get_settings, variable
+from include.usecases import get_calendar
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +22,8 @@ def test_defaults_run_the_embedded_demo(monkeypatch):
     s = get_settings()
     assert s.mlflow_tracking_uri == "http://127.0.0.1:5000"
     assert s.usecase == "flights" and s.gate_metric == "roc_auc"
-    assert s.start_datetime.isoformat() == "2013-01-01T00:00:00-05:00"
+    # the calendar is the use case's, unless LOOP_START_DATE / LOOP_END_DATE / LOOP_TIMEZONE say otherwise
+    assert get_calendar().start_datetime.isoformat() == "2013-01-01T00:00:00-05:00"
 
 
 @pytest.mark.parametrize(
@@ -44,6 +46,7 @@ def test_bad_settings_name_the_variable(monkeypatch, name, value, message):
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=message):
         get_settings()
+        get_calendar()  # the calendar's checks need the use case's dates
 
 
 def test_lists_and_derived_defaults(monkeypatch, tmp_path):

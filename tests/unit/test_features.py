@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.usecases import GX_TYPES, get_usecase
+from include.data.suite import GX_TYPES
+from include.usecases import get_usecase
 from include.usecases.flights import CARRIERS
 
 NY = ZoneInfo("America/New_York")

@@ -94,9 +94,9 @@ def test_unknown_categories_and_missing_values_are_counted_not_dropped(flights, 
 
 def test_the_monitoring_window_comes_from_the_form_or_from_the_triggering_partitions():
     from include.monitoring.windows import monitoring_window
-    from include.settings import get_settings
+    from include.usecases import get_calendar
 
-    s = get_settings()
+    s = get_calendar().timezone
     a, b = monitoring_window(s, "2013-07-01", "2013-07-08", [])
     assert (a.isoformat(), b.isoformat()) == ("2013-07-01T00:00:00-04:00", "2013-07-08T00:00:00-04:00")
     events = [
