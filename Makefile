@@ -41,6 +41,7 @@ test-fast: install  ## the tests that need no server
 bench: install  ## benchmarks against baselines measured in the same run (ratios, not timed tests)
 	$(BIN)/python tests/bench/bench_serving.py
 	$(BIN)/python tests/bench/bench_drift.py
+	$(BIN)/python tests/bench/bench_bento.py
 
 lint: install
 	$(BIN)/ruff check dags include plugins tests
@@ -52,8 +53,9 @@ graph: install  ## the import graph of include/ (stages; MODULES=1 for every mod
 settings-docs: install  ## regenerate .env.example and the README's configuration reference from include/settings.py
 	$(BIN)/python tests/tools/settings_docs.py
 
-lock:  ## re-resolve requirements.txt from requirements.in
+lock:  ## re-resolve requirements.txt from requirements.in, then the bentos' lock against it
 	$(BIN)/uv pip compile requirements.in -o requirements.txt --python-version 3.11
+	$(BIN)/uv pip compile include/serving/requirements.in -c requirements.txt -o include/serving/requirements.txt --python-version 3.11
 
 clean: stop
 	rm -rf .state

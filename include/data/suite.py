@@ -75,7 +75,10 @@ def build_suite(contract: Contract, partition: Partition) -> gx.ExpectationSuite
             max_value=partition.end - timedelta(microseconds=1),
             meta=row,
         ),
-        gxe.ExpectCompoundColumnsToBeUnique(column_list=list(contract.key), meta=row),
+        # GX's compound-key expectation wants two columns or more; a one-column key is a column check.
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=list(contract.key), meta=row)
+        if len(contract.key) > 1
+        else gxe.ExpectColumnValuesToBeUnique(column=contract.key[0], meta=row),
     ]
     for col in contract.columns:
         exps.append(gxe.ExpectColumnValuesToBeOfType(column=col.name, type_=GX_TYPES[col.kind], meta=batch))

@@ -64,7 +64,7 @@ def summarize(settings: Settings, ports, airflow=None, traffic=None) -> str:
     if champion:
         m = client.get_run(champion.run_id).data.metrics
         lines.append(
-            f"Champion v{champion.version} on its evaluation week: "
+            f"Champion v{champion.version} on its evaluation partitions: "
             + ", ".join(
                 f"{k} {m[f'eval_{k}']:.4f}" for k in ("roc_auc", "pr_auc", "log_loss", "precision", "recall") if f"eval_{k}" in m
             )

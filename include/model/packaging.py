@@ -1,10 +1,11 @@
 """Package a registered model version as a bento: the model in BentoML's store, the service, the lock.
 
 One bento per model version, tagged `<model name>-service:v<version>`: building a version that
-already has a bento reuses it. The model is imported from the MLflow registry
+already has a bento reuses it. A bento carries the serving code only (`BENTO_INCLUDE`) with its
+own lock (`include/serving/requirements.txt`, about 100 packages instead of the project's 270). The model is imported from the MLflow registry
 (`bentoml.mlflow.import_model`, which keeps the MLflow model directory and so XGBoost's native
-`.ubj` file; nothing is pickled). Dependencies come from the project's pinned `requirements.txt`
-with BentoML's own locking off, so a build never runs a resolver against the index. Labels carry
+`.ubj` file; nothing is pickled). BentoML's own locking is off, so a build never runs a resolver
+against the index. Labels carry
 the lineage back to MLflow and the data.
 """
 
@@ -25,6 +26,19 @@ log = logging.getLogger(__name__)
 
 SERVICE = "include.serving.service:Predictor"
 BENTO_PREFIX = "bentos"
+BENTO_INCLUDE = [
+    "include/__init__.py",
+    "include/settings.py",
+    "include/usecases/*.py",
+    "include/serving/*.py",
+    "include/data/__init__.py",
+    "include/data/storage.py",
+]
+"""What a bento carries: the serving package and what it imports (the use cases, the settings, the
+storage layer for the inference log), nothing of training, monitoring, rollout or Airflow; a test
+checks this against the service's import closure."""
+SERVING_LOCK = "include/serving/requirements.txt"
+"""The bento's own lock, resolved from `include/serving/requirements.in` against the project's."""
 
 
 def import_bentoml(settings: Settings):
@@ -98,8 +112,8 @@ def build_bento(settings: Settings, model_name: str, version: str) -> dict:
             version=tag.split(":")[1],
             labels=labels,
             description=f"{model_name} version {version}, served by {SERVICE}",
-            include=["include/**/*.py"],
-            python={"requirements_txt": "requirements.txt", "lock_packages": False},
+            include=BENTO_INCLUDE,
+            python={"requirements_txt": SERVING_LOCK, "lock_packages": False},
             args={
                 "model_tag": str(model.tag),
                 "model_version": str(version),

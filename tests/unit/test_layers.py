@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "import_graph.py"
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "tests" / "tools" / "import_graph.py"
 
 
 @pytest.fixture(scope="module")
@@ -35,3 +36,22 @@ def test_serving_stays_below_training_monitoring_and_rollout(tool):
     edges = tool.import_graph()
     assert not edges["include.serving"] & {"include.model", "include.monitoring", "include.rollout", "include.airflow_glue"}
     assert not any("include.local" in imported for importer, imported in edges.items() if importer != "include.local")
+
+
+def test_the_bento_carries_everything_the_service_imports_and_nothing_more():
+    """Every module of ours the service imports (transitively) is in the bento's include list; the
+    list names no module the service does not need."""
+    import fnmatch
+
+    import grimp
+
+    from include.model.packaging import BENTO_INCLUDE
+
+    graph = grimp.build_graph("include")
+    needed = {"include.serving.service", *graph.find_upstream_modules("include.serving.service")}
+    paths = {m.replace(".", "/") + ("/__init__.py" if graph.find_children(m) else ".py") for m in needed}
+    paths |= {"include/__init__.py"} | {p.rsplit("/", 1)[0] + "/__init__.py" for p in paths if p.count("/") > 1}
+    carried = {p.relative_to(ROOT).as_posix() for pattern in BENTO_INCLUDE for p in ROOT.glob(pattern)}
+    missing = sorted(p for p in paths if not any(fnmatch.fnmatch(p, pattern) for pattern in BENTO_INCLUDE))
+    assert not missing, f"the service imports modules the bento does not carry: {missing}"
+    assert not {"include/model", "include/monitoring", "include/rollout", "include/local"} & {p.rsplit("/", 1)[0] for p in carried}

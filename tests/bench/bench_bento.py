@@ -1,0 +1,149 @@
+"""`make bench` (bento): what a bento carries and how fast its slot starts, before and after the
+bento was cut down to the serving package and its own lock.
+
+* before: every module of `include/` and the project's whole lock (Airflow, GX, MLflow server,
+  moto, pytest, ruff: what bentos carried until the layers were split);
+* after: `BENTO_INCLUDE` and `include/serving/requirements.txt`;
+* after, served from a venv holding only the bento's lock: proof that the bento needs nothing
+  else (the venv is installed by uv from the same lock, under the bench's state directory).
+
+For each: the bento's size on disk and as an exported archive, its files and pinned packages, and
+the cold start of a slot (`bentoml serve` until `/readyz` answers), the median of three starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+ROOT = Path(__file__).resolve().parents[2]
+STATE = Path(tempfile.mkdtemp(prefix="loop-bench-bento-"))
+os.environ.update(
+    {
+        "LOOP_STATE_DIR": str(STATE),
+        "LOOP_STORAGE_URI": str(STATE / "data"),
+        "LOOP_MODEL_NAME": "bench-bento",
+        "LOOP_INFERENCE_LOG": "0",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "GIT_PYTHON_REFRESH": "quiet",
+    }
+)
+STARTS = 3
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def cold_start(bentoml_bin: Path, tag: str, port: int, env: dict) -> float:
+    from include.rollout.processes import Stack, wait_http
+
+    stack = Stack(STATE / "cold")
+    t0 = time.monotonic()
+    proc = stack.start("slot", [str(bentoml_bin), "serve", tag, "--host", "127.0.0.1", "--port", str(port)], env)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/readyz", 180, proc, stack.log_dir / "slot.log")
+        return time.monotonic() - t0
+    finally:
+        stack.stop_one("slot")
+
+
+def main() -> int:
+    from include.data.gate import validate_partition
+    from include.data.partitions import Partition, land_partition
+    from include.local.stack import free_port, start_mlflow
+    from include.model.packaging import BENTO_INCLUDE, SERVICE, SERVING_LOCK, import_bentoml, import_model
+    from include.model.params import TrainParams
+    from include.model.training import train_candidate
+    from include.rollout.processes import Stack
+    from include.settings import get_settings
+    from include.usecases import get_usecase
+
+    port = free_port()
+    os.environ["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{port}"
+    settings, flights = get_settings(), get_usecase("flights")
+    stack = Stack(STATE)
+    results: dict = {"machine": f"{os.cpu_count()} cores", "starts": STARTS}
+    try:
+        say(f"setting up in {STATE}: MLflow, three validated weeks, one model version")
+        start_mlflow(stack, port, STATE / "mlflow")
+        ny = ZoneInfo("America/New_York")
+        for i in range(3):
+            start = datetime(2013, 5, 7, tzinfo=ny) + timedelta(weeks=i)
+            p = Partition("flights", start, start + timedelta(weeks=1))
+            land_partition(flights, p, replay=True)
+            validate_partition(flights, p, max_bad_row_share=0.01)
+        train_candidate(flights, TrainParams(n_estimators=100), settings, dag_id="bench", dag_run_id="bento")
+        bentoml = import_bentoml(settings)
+        model = import_model(settings, settings.model_name, "1")
+        variants = {"before": (["include/**/*.py"], "requirements.txt"), "after": (BENTO_INCLUDE, SERVING_LOCK)}
+        env = {"BENTOML_HOME": str(settings.bentoml_home), "BENTOML_DO_NOT_TRACK": "true", "PYTHONPATH": ""}
+        project_bentoml = Path(sys.executable).parent / "bentoml"
+        for name, (include, lock) in variants.items():
+            bento = bentoml.bentos.build(
+                SERVICE,
+                name=f"bench-{name}",
+                version="v1",
+                include=include,
+                python={"requirements_txt": lock, "lock_packages": False},
+                args={"model_tag": str(model.tag), "model_version": "1", "usecase": "flights", "threshold": "0.5"},
+                build_ctx=str(ROOT),
+            )
+            path = Path(bento.path)
+            archive = Path(bentoml.export_bento(str(bento.tag), str(STATE / f"{name}.bento")))
+            pins = sum(1 for line in (path / "env" / "python" / "requirements.txt").read_text().splitlines() if "==" in line)
+            say(f"{name}: cold starts of {bento.tag} from the project's venv")
+            starts = [cold_start(project_bentoml, str(bento.tag), free_port(), env) for _ in range(STARTS)]
+            results[name] = {
+                "bento_mb": round(du(path) / 1e6, 3),
+                "archive_mb_with_model": round(archive.stat().st_size / 1e6, 3),
+                "python_files": len(list((path / "src").rglob("*.py"))),
+                "pinned_packages": pins,
+                "cold_start_s": round(statistics.median(starts), 2),
+                "cold_starts_s": [round(s, 2) for s in starts],
+            }
+        say("after: a venv with only the bento's lock (uv pip sync), then the same cold starts")
+        venv = STATE / "serving-venv"
+        uv = Path(sys.executable).parent / "uv"
+        subprocess.run([str(uv), "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
+        t0 = time.monotonic()
+        subprocess.run([str(uv), "pip", "sync", "--quiet", "--python", str(venv / "bin" / "python"), str(ROOT / SERVING_LOCK)], check=True)
+        install_s = time.monotonic() - t0
+        starts = [cold_start(venv / "bin" / "bentoml", "bench-after:v1", free_port(), env) for _ in range(STARTS)]
+        results["after_serving_only_venv"] = {
+            "venv_mb": round(du(venv) / 1e6, 1),
+            "project_venv_mb": round(du(Path(sys.executable).parent.parent) / 1e6, 1),
+            "install_s": round(install_s, 1),
+            "cold_start_s": round(statistics.median(starts), 2),
+            "cold_starts_s": [round(s, 2) for s in starts],
+        }
+        b, a = results["before"], results["after"]
+        results["ratios"] = {
+            "bento_size_after_over_before": round(a["bento_mb"] / b["bento_mb"], 3),
+            "pinned_packages_after_over_before": round(a["pinned_packages"] / b["pinned_packages"], 3),
+            "cold_start_after_over_before": round(a["cold_start_s"] / b["cold_start_s"], 3),
+            "cold_start_serving_venv_over_before": round(results["after_serving_only_venv"]["cold_start_s"] / b["cold_start_s"], 3),
+        }
+    finally:
+        stack.stop()
+    print(json.dumps(results, indent=2))
+    out = ROOT / "bench-results"
+    out.mkdir(exist_ok=True)
+    (out / "bento.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
