@@ -55,3 +55,16 @@ def test_the_bento_carries_everything_the_service_imports_and_nothing_more():
     missing = sorted(p for p in paths if not any(fnmatch.fnmatch(p, pattern) for pattern in BENTO_INCLUDE))
     assert not missing, f"the service imports modules the bento does not carry: {missing}"
     assert not {"include/model", "include/monitoring", "include/rollout", "include/local"} & {p.rsplit("/", 1)[0] for p in carried}
+
+
+def test_dags_and_plugins_never_import_the_embedded_runtime():
+    """`include.local` is the embedded runtime only: DAG files and plugins never import it (the
+    contracts in pyproject.toml cover `include/` itself)."""
+    import ast
+
+    offenders = []
+    for path in [*(ROOT / "dags").glob("*.py"), *(ROOT / "plugins").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.name}: {n}" for n in names if n.startswith("include.local")]
+    assert not offenders, offenders
