@@ -27,7 +27,6 @@ from include.airflow_glue import VALIDATED_DATA, task_defaults
 from include.settings import get_settings
 from include.usecases import get_calendar
 
-settings = get_settings()
 calendar = get_calendar()
 
 

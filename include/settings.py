@@ -181,8 +181,11 @@ _SIGNS = {"Ge": ">=", "Gt": ">", "Le": "<=", "Lt": "<"}
 
 def bounds(name: str) -> str:
     """The range field `name` accepts, e.g. `[>= 0, < 1]`."""
-    kinds = [type(m).__name__ for m in Settings.model_fields[name].metadata]
-    parts = [f"{_SIGNS[k]} {getattr(m, k.lower())}" for k, m in zip(kinds, Settings.model_fields[name].metadata, strict=True) if k in _SIGNS]
+    parts = [
+        f"{_SIGNS[type(m).__name__]} {getattr(m, type(m).__name__.lower())}"
+        for m in Settings.model_fields[name].metadata
+        if type(m).__name__ in _SIGNS
+    ]
     return "[" + ", ".join(parts) + "]" if parts else "(any)"
 
 

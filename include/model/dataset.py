@@ -53,7 +53,6 @@ def labelled(usecase: UseCase, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Serie
     return usecase.build_features(df), y[known].astype(int).reset_index(drop=True), df[list(usecase.slices)]
 
 
-
 def lineage(records: list[dict]) -> list[dict]:
     """What a training run records of each partition it read."""
     keys = (

@@ -58,7 +58,6 @@ def git_commit() -> str:
         return "unknown"
 
 
-
 def _importance_figure(model):
     import matplotlib
 

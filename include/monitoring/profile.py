@@ -29,7 +29,6 @@ BINS = 10
 SCORE_SAMPLE = 2000
 
 
-
 def _edges(values: np.ndarray, bins: int) -> list[float]:
     """Interior cut points at the reference's quantiles (duplicates dropped: a feature with few
     distinct values gets fewer bins)."""
@@ -87,7 +86,6 @@ def build_profile(
         "sample": np.round(np.sort(sample), 6).tolist(),
     }
     return profile
-
 
 
 def load_profile(tracking_uri: str, model_name: str, version: str) -> dict:

@@ -163,7 +163,6 @@ def canary(
     return {"slot": slot, "steps": history}
 
 
-
 def rollback(settings: Settings, model_name: str, version: str, slot: str, reason: str, restore: str | None) -> float:
     """All traffic back to `restore`, `slot` stopped, the version tagged, an alert sent.
     Returns the time Traefik confirmed the old routing."""

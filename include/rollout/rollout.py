@@ -19,6 +19,7 @@ Each step is idempotent: a retried task finds its slot already running, its weig
 applied, or its tags already written. Every function takes references (model name and version,
 bento tag, slot name) and returns small dicts of references.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,7 +52,6 @@ def resolve(settings: Settings, usecase, version: str | None = None) -> dict:
     return {"model_name": model_name, "version": str(mv.version), "run_id": mv.run_id}
 
 
-
 def plan(settings: Settings, model_name: str, version: str) -> dict:
     """What a rollout of `version` has to do: nothing if it already serves all traffic."""
     serving = Serving(settings)
@@ -61,7 +61,6 @@ def plan(settings: Settings, model_name: str, version: str) -> dict:
         return {"action": "noop", "slot": live["slot"], "reason": f"version {version} already serves 100% from {live['slot']}"}
     target = other(live["slot"]) if live else SLOTS[0]
     return {"action": "rollout", "slot": target, "previous": live}
-
 
 
 def plan_rollout(settings: Settings, usecase, version: str | None, *, restore_reason: str | None = None) -> dict | None:
@@ -91,7 +90,6 @@ def start_candidate(
     except InfraValidationFailed as exc:
         reject(settings, model_name, version, str(exc), {"slot": slot, "bento_tag": bento_tag})
         raise
-
 
 
 def shift_traffic(settings: Settings, ref: dict) -> dict:

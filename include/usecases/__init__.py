@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 Kind = Literal["int", "float", "str", "datetime"]
 
 
-
 @dataclass(frozen=True)
 class Column:
     """One column of the landing contract."""
@@ -259,9 +258,12 @@ def check_usecase(usecase: UseCase) -> UseCase:
         ]
         encoded = np.asarray(usecase.encode_records(records), dtype="float64")
         built = X.to_numpy(dtype="float64")
-        if encoded.shape != built.shape or not np.allclose(encoded, built, rtol=0, atol=1e-9, equal_nan=True):
-            bad = [usecase.features[j] for j in range(built.shape[1]) if encoded.shape != built.shape or not np.allclose(encoded[:, j], built[:, j], rtol=0, atol=1e-9, equal_nan=True)]
-            fail("encode_records", f"disagrees with build_features on {bad or 'the shape'}: serving would score other numbers than training")
+        if encoded.shape != built.shape:
+            fail("encode_records", f"returns shape {encoded.shape} where build_features gives {built.shape}")
+        agrees = np.isclose(encoded, built, rtol=0, atol=1e-9, equal_nan=True).all(axis=0)
+        if not agrees.all():
+            bad = [usecase.features[j] for j in np.flatnonzero(~agrees)]
+            fail("encode_records", f"disagrees with build_features on {bad}: serving would score other numbers than training")
     return usecase
 
 

@@ -18,29 +18,13 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from datetime import datetime, timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
-ROOT = Path(__file__).resolve().parents[2]
-STATE = Path(tempfile.mkdtemp(prefix="loop-bench-bento-"))
-os.environ.update(
-    {
-        "LOOP_STATE_DIR": str(STATE),
-        "LOOP_STORAGE_URI": str(STATE / "data"),
-        "LOOP_MODEL_NAME": "bench-bento",
-        "LOOP_INFERENCE_LOG": "0",
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        "GIT_PYTHON_REFRESH": "quiet",
-    }
-)
+from benchkit import ROOT, isolated_state, say, validate_flights_weeks
+
+STATE = isolated_state("loop-bench-bento-", "bench-bento", LOOP_INFERENCE_LOG="0")
 STARTS = 3
-
-
-def say(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def du(path: Path) -> int:
@@ -72,8 +56,6 @@ def cold_start(bentoml_bin: Path, tag: str, port: int, env: dict) -> float:
 
 
 def main() -> int:
-    from include.data.gate import validate_partition
-    from include.data.partitions import Partition, land_partition
     from include.local.stack import free_port, start_mlflow
     from include.model.packaging import BENTO_INCLUDE, SERVICE, SERVING_LOCK, import_bentoml, import_model
     from include.model.params import TrainParams
@@ -90,12 +72,7 @@ def main() -> int:
     try:
         say(f"setting up in {STATE}: MLflow, three validated weeks, one model version")
         start_mlflow(stack, port, STATE / "mlflow")
-        ny = ZoneInfo("America/New_York")
-        for i in range(3):
-            start = datetime(2013, 5, 7, tzinfo=ny) + timedelta(weeks=i)
-            p = Partition("flights", start, start + timedelta(weeks=1))
-            land_partition(flights, p, replay=True)
-            validate_partition(flights, p, max_bad_row_share=0.01)
+        validate_flights_weeks(flights, 3)
         train_candidate(flights, TrainParams(n_estimators=100), settings, dag_id="bench", dag_run_id="bento")
         bentoml = import_bentoml(settings)
         model = import_model(settings, settings.model_name, "1")

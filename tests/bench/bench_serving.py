@@ -18,26 +18,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
-from datetime import datetime, timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import numpy as np
+from benchkit import ROOT, isolated_state, say, validate_flights_weeks
 
-ROOT = Path(__file__).resolve().parents[2]
-STATE = Path(tempfile.mkdtemp(prefix="loop-bench-"))
-os.environ.update(
-    {
-        "LOOP_STATE_DIR": str(STATE),
-        "LOOP_STORAGE_URI": str(STATE / "data"),
-        "LOOP_MODEL_NAME": "bench-flights",
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        "GIT_PYTHON_REFRESH": "quiet",
-    }
-)
+STATE = isolated_state("loop-bench-", "bench-flights")
 
 BASELINE_APP = """
 import os
@@ -77,10 +65,6 @@ ROUNDS = 3
 """Each target is measured in turn, three times over; the report shows medians (2 cores: noisy)."""
 
 
-def say(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
 def measure(url: str, records: list[dict], batch: int, requests_n: int, clients: int) -> dict:
     from include.local.traffic import replay
 
@@ -100,8 +84,6 @@ def measure(url: str, records: list[dict], batch: int, requests_n: int, clients:
 
 
 def main() -> int:
-    from include.data.gate import validate_partition
-    from include.data.partitions import Partition, land_partition
     from include.local.stack import free_port, start_mlflow
     from include.local.traffic import replay
     from include.model.packaging import build_bento, import_model
@@ -132,12 +114,7 @@ def main() -> int:
     try:
         say(f"setting up in {STATE}: MLflow, four validated weeks, two model versions")
         start_mlflow(stack, ports["mlflow"], STATE / "mlflow")
-        ny = ZoneInfo("America/New_York")
-        for i in range(4):
-            start = datetime(2013, 5, 7, tzinfo=ny) + timedelta(weeks=i)
-            p = Partition("flights", start, start + timedelta(weeks=1))
-            land_partition(flights, p, replay=True)
-            validate_partition(flights, p, max_bad_row_share=0.01)
+        validate_flights_weeks(flights, 4)
         for i in (1, 2):
             train_candidate(
                 flights, TrainParams(window_weeks=8, n_estimators=100 * i), settings, dag_id="bench", dag_run_id=f"bench_{i}"
