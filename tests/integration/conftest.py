@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-import requests
 
 from include.data.gate import validate_partition
 from include.data.partitions import Partition, land_partition
 from include.data.storage import get_storage
 from include.local.stack import free_port, start_mlflow
-from include.rollout.processes import Stack
+from include.rollout.processes import Stack, wait_http
 from include.settings import get_settings
 
 NY = ZoneInfo("America/New_York")
@@ -69,12 +67,7 @@ def s3_endpoint():
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(60):
-        try:
-            requests.get(url, timeout=1)
-            break
-        except requests.RequestException:
-            time.sleep(0.5)
+    wait_http(url, 30, proc)  # fails naming the URL if moto never answers, at once if it exits
     yield url
     proc.terminate()
     proc.wait(10)
