@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
+LIVE = "live"
+"""The version serving 100% of traffic, set by the rollout's last step (the record itself, with the
+slot and bento, is the registered model's `live` tag: one write, so never half-updated)."""
 
 
 class TrackingServerUnreachable(ConnectionError):
@@ -93,3 +96,15 @@ def alias_version(client: MlflowClient, model_name: str, alias: str) -> ModelVer
 def tag_version(client: MlflowClient, model_name: str, version: str, tags: dict[str, object]) -> None:
     for key, value in tags.items():
         client.set_model_version_tag(model_name, version, key, str(value))
+
+
+def model_tag(client: MlflowClient, model_name: str, key: str) -> str | None:
+    """A tag of the registered model, or None (also when the model does not exist yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(model_name).tags.get(key)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise

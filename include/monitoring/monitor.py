@@ -16,7 +16,7 @@ from include.monitoring.plots import drift_figure
 from include.monitoring.policy import History, PolicyConfig, decide
 from include.monitoring.profile import PROFILE_ARTIFACT
 from include.monitoring.windows import window_report
-from include.rollout.slots import Serving
+from include.rollout.records import read_live
 
 
 def monitoring_experiment(model_name: str) -> str:
@@ -133,10 +133,9 @@ def _without_model(settings, usecase, model_name, training_active, storage) -> d
 
 
 def _live_version(settings, client, model_name):
-    live = Serving(settings).live()
-    if live and live["model_name"] == model_name:
-        return client.get_model_version(model_name, live["model_version"])
-    return None
+    """The version serving all traffic, as the rollout recorded it in the registry."""
+    live = read_live(settings, model_name)
+    return client.get_model_version(model_name, live["model_version"]) if live else None
 
 
 def _last_training_end(client, model_name):

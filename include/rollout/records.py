@@ -1,13 +1,15 @@
-"""What a rollout records on the model version (the registry is the serving version of record):
-`deploy.*` tags for a deployment, `deploy.rejected` and `deploy.rolled_back` with their reasons,
-each of the latter two with an alert."""
+"""What a rollout records in the model registry, the serving version of record that every worker
+and host can read: the live deployment (`live`: the registered model's tag with slot, bento tag and
+version, and the `live` alias on that version), `deploy.*` tags for a deployment, `deploy.rejected`
+and `deploy.rolled_back` with their reasons, each of the latter two with an alert."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 from include.alerting.alerts import send_alert
-from include.model.registry import connect, tag_version
+from include.model.registry import LIVE, connect, model_tag, tag_version
 from include.settings import Settings
 
 
@@ -34,3 +36,25 @@ def rolled_back(settings: Settings, model_name: str, version: str, slot: str, re
         f"{model_name} v{version} rolled back from slot {slot}: {reason}",
         {"slot": slot, "restored": restored},
     )
+
+
+def record_live(settings: Settings, live: dict) -> None:
+    """Record `live` (slot, bento_tag, model_name, model_version, deployed_at, dag_run_id) as what
+    serves 100% of traffic: one tag write on the registered model, then the `live` alias."""
+    client = connect(settings.mlflow_tracking_uri)
+    client.set_registered_model_tag(live["model_name"], LIVE, json.dumps(live, sort_keys=True))
+    client.set_registered_model_alias(live["model_name"], LIVE, live["model_version"])
+
+
+def read_live(settings: Settings, model_name: str) -> dict | None:
+    """The live deployment of `model_name` as recorded by `record_live`, or None."""
+    doc = model_tag(connect(settings.mlflow_tracking_uri), model_name, LIVE)
+    return json.loads(doc) if doc else None
+
+
+def clear_live(settings: Settings, model_name: str) -> None:
+    """Forget the live deployment (nothing serves): the tag and the alias."""
+    client = connect(settings.mlflow_tracking_uri)
+    if read_live(settings, model_name) is not None:
+        client.delete_registered_model_tag(model_name, LIVE)
+        client.delete_registered_model_alias(model_name, LIVE)

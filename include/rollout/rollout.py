@@ -12,7 +12,8 @@ Two slots (blue, green) each run `bentoml serve <bento>`; Traefik routes by weig
    latency, a dead or unready slot) rolls back at once: all traffic to the old slot, the new one
    stopped, the version tagged with the reason.
 4. `finalize`: the old slot is stopped after its in-flight requests drain; the deployment is
-   recorded on the model version and in `<state>/serving/live.json`; `restore` also moves the
+   recorded in the registry (the version's `deploy.*` tags, the model's `live` record and alias,
+   which every worker reads); `restore` also moves the
    `champion` alias to V, so the next challenger is gated against what actually serves.
 
 Each step is idempotent: a retried task finds its slot already running, its weights already
@@ -28,7 +29,7 @@ from include.model.packaging import build_bento
 from include.model.registry import CHAMPION, alias_version, connect, tag_version
 from include.rollout.canary import canary
 from include.rollout.infra import infra_validate
-from include.rollout.records import now, reject, tag
+from include.rollout.records import now, record_live, reject, tag
 from include.rollout.slots import SLOTS, DeployError, InfraValidationFailed, Serving, other
 from include.settings import Settings
 
@@ -102,7 +103,7 @@ def shift_traffic(settings: Settings, ref: dict) -> dict:
 
 
 def finalize(settings: Settings, ref: dict, bento_tag: str, dag_run_id: str) -> dict:
-    """Stop the old slot once drained; record the deployment on the version and on disk; a restore
+    """Stop the old slot once drained; record the deployment in the registry; a restore
     also moves `champion` to the version and records why."""
     model_name, version, slot = ref["model_name"], ref["version"], ref["slot"]
     serving = Serving(settings)
@@ -120,7 +121,6 @@ def finalize(settings: Settings, ref: dict, bento_tag: str, dag_run_id: str) -> 
         "deployed_at": deployed_at,
         "dag_run_id": dag_run_id,
     }
-    serving.write_json(serving.live_file, live)
     tag(
         settings,
         model_name,
@@ -131,6 +131,7 @@ def finalize(settings: Settings, ref: dict, bento_tag: str, dag_run_id: str) -> 
         client = connect(settings.mlflow_tracking_uri)
         client.set_registered_model_alias(model_name, CHAMPION, version)
         tag_version(client, model_name, version, {"rollback.reason": ref["reason"] or "manual rollback", "rollback.dag_run_id": dag_run_id})
+    record_live(settings, live)  # last: what serves is recorded once everything above holds
     return live
 
 

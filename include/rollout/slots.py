@@ -1,8 +1,10 @@
-"""The serving runtime on one host: Traefik and the blue and green slots as local processes, and
-what is live (`<state>/serving/live.json`, `slot-<colour>.json`).
+"""The serving runtime on one host: Traefik and the blue and green slots as local processes.
 
-In the embedded runtime the processes are children of the task; in production they run on the
-serving host's worker (LOOP_SERVING_QUEUE), with the same code.
+What is live is read from the model registry (`records.read_live`), where every worker and host
+can read it; what runs on this host is `<state>/serving/slot-<colour>.json`. In the embedded
+runtime the processes are started by the tasks; in production they run on the serving host's
+worker (LOOP_SERVING_QUEUE), with the same code, and `resume` brings them back when the host
+(re)starts (`python -m include.rollout.host`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from include.data.storage import atomic_write
 from include.outcomes import FailNow
 from include.rollout.processes import Stack, port_in_use, wait_http
 from include.rollout.proxy import SLOTS, Proxy
+from include.rollout.records import read_live
 from include.settings import Settings
+from include.usecases import load_usecase
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +53,14 @@ class Serving:
     def __post_init__(self):
         self.proxy = Proxy(self.settings)
         self.stack = Stack(self.settings.state_dir)
+        self.model_name = self.settings.model_name or load_usecase(self.settings.usecase).model_name
 
     # State -------------------------------------------------------------------------------------
 
-    @property
-    def live_file(self) -> Path:
-        return self.proxy.dir / "live.json"
-
     def live(self) -> dict | None:
-        """The deployment serving 100% of traffic: slot, bento tag, model name/version, time."""
-        return json.loads(self.live_file.read_text()) if self.live_file.exists() else None
+        """The deployment serving 100% of traffic, from the registry: slot, bento tag, model
+        name/version, time, DAG run."""
+        return read_live(self.settings, self.model_name)
 
     def slot_record(self, slot: str) -> dict | None:
         path = self.proxy.dir / f"slot-{slot}.json"
@@ -88,12 +90,17 @@ class Serving:
         wait_http(f"{self.proxy.admin_url}/ping", 30, proc, self.stack.log_dir / "traefik.log")
 
     def resume(self) -> dict | None:
-        """After a restart of the machine or the runtime: Traefik up, and the live deployment's
-        slot serving again (from its bento, as recorded in `live.json`)."""
+        """After a restart of the host or the runtime: Traefik up, and the live deployment's slot
+        serving again with all traffic, as the registry records it; its bento is rebuilt from the
+        registered version when this host's store lost it. Idempotent: a slot already serving it
+        is kept."""
+        from include.model.packaging import build_bento
+
         live = self.live()
         if live is None:
             return None
         self.ensure_proxy()
+        build_bento(self.settings, live["model_name"], live["model_version"])  # finds it, or rebuilds it
         self.start_slot(live["slot"], live["bento_tag"], live["model_version"])
         self.proxy.set_weights({live["slot"]: 100})
         return live

@@ -26,11 +26,12 @@ from include.local.stack import free_port
 from include.local.traffic import Report, replay
 from include.model.packaging import build_bento
 from include.model.params import TrainParams
-from include.model.registry import CHAMPION, alias_version, connect
+from include.model.registry import CHAMPION, LIVE, alias_version, connect
 from include.model.training import train_candidate
 from include.rollout.canary import CanaryRolledBack, canary
 from include.rollout.infra import golden_records, infra_validate
 from include.rollout.processes import descendants, kill_tree
+from include.rollout.records import clear_live, read_live
 from include.rollout.rollout import finalize, plan, restore_version, start_candidate
 from include.rollout.slots import InfraValidationFailed, Serving, other
 from include.settings import get_settings
@@ -157,7 +158,9 @@ def nothing_served(env):
     """No slot, no routing, no live deployment: the state before the first rollout."""
     serving = Serving(env)
     serving.stack.stop()
-    for path in (serving.live_file, serving.proxy.routing_file, *serving.proxy.dir.glob("slot-*.json")):
+    clear_live(env, env.model_name)
+    assert serving.live() is None
+    for path in (serving.proxy.routing_file, *serving.proxy.dir.glob("slot-*.json")):
         path.unlink(missing_ok=True)
 
 
@@ -167,6 +170,10 @@ def test_first_rollout_serves_the_version_on_the_entry(env, flights, records, no
     assert entry_version(env, records[0]) == "1"
     tags = connect(env.mlflow_tracking_uri).get_model_version(env.model_name, "1").tags
     assert tags["deploy.bento_tag"] == "it-serving-service:v1" and tags["deploy.slot"] == "blue"
+    # what serves is recorded in the registry, where every worker reads it
+    mlc = connect(env.mlflow_tracking_uri)
+    assert alias_version(mlc, env.model_name, LIVE).version == "1"
+    assert read_live(env, env.model_name) == live and live["bento_tag"] == "it-serving-service:v1"
     # a rerun for the live version does nothing
     assert plan(env, env.model_name, "1")["action"] == "noop"
 
@@ -198,6 +205,33 @@ def test_routing_survives_a_proxy_restart(env, flights, records):
     serving.ensure_proxy()
     serving.proxy.wait_applied({live["slot"]: 100})
     assert entry_version(env, records[0]) == "2"
+
+
+def test_the_serving_host_brings_the_live_slot_back_when_it_restarts(env, flights, records):
+    """A host restart loses Traefik, the slots and (a new machine) the bento store: the host's
+    start command resumes what the registry records, then runs the given command."""
+    import shutil
+    import subprocess
+    import sys
+
+    live = ensure_live(env, flights, "2")
+    serving = Serving(env)
+    serving.stack.stop()
+    shutil.rmtree(env.bentoml_home / "bentos" / "it-serving-service" / "v2")
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{env.serving_port}/readyz", timeout=2)
+    marker = env.state_dir / "host-command-ran"
+    done = subprocess.run(
+        [sys.executable, "-m", "include.rollout.host", "--wait", "60", "--", sys.executable, "-c", f"open({str(marker)!r}, 'w')"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "resumed: it-serving v2 in slot " + live["slot"] in done.stderr
+    assert marker.exists(), "the host's own command runs after the resume"
+    assert entry_version(env, records[0]) == "2"
+    assert serving.proxy.weights() == {live["slot"]: 100} and serving.slot_running(live["slot"])
 
 
 @pytest.mark.parametrize("fault", ["unready", "skew"])
