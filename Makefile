@@ -7,7 +7,7 @@ export PYTHONPATH := $(CURDIR)
 
 # Local settings: .env at the project root (see .env.example) is read by the settings class itself.
 
-.PHONY: install demo up stop status test test-fast lint graph settings-docs lock clean bench rerun
+.PHONY: install demo up stop status test test-fast lint graph settings-docs lock clean bench rerun secrets image
 
 install: $(VENV)/.installed
 
@@ -36,12 +36,14 @@ test: install  ## lint and the layer contracts, then every test: DAG integrity, 
 	$(BIN)/python -m pytest
 
 test-fast: install  ## the tests that need no server
-	$(BIN)/python -m pytest -m "not integration and not e2e"
+	$(BIN)/python -m pytest -m "not integration and not e2e and not production"
 
 bench: install  ## benchmarks against baselines measured in the same run (ratios, not timed tests)
 	$(BIN)/python tests/bench/bench_serving.py
 	$(BIN)/python tests/bench/bench_drift.py
 	$(BIN)/python tests/bench/bench_bento.py
+	$(BIN)/python tests/bench/bench_dask.py
+	$(BIN)/python tests/bench/bench_executors.py
 
 lint: install
 	$(BIN)/ruff check dags include plugins tests
@@ -59,3 +61,10 @@ lock:  ## re-resolve requirements.txt from requirements.in, then the bentos' loc
 
 clean: stop
 	rm -rf .state
+
+# The production stack (docker-compose.yaml; README, "Production").
+secrets:  ## generate the stack's credentials into .env (mode 0600); adds missing ones, never changes a set one
+	$(PYTHON) -m include.credentials generate
+
+image:  ## build the stack's image, tagged with the git commit its models record (needs .env: make secrets)
+	LOOP_GIT_COMMIT=$$(git rev-parse HEAD)$$(git diff --quiet HEAD -- || echo -dirty) docker compose build

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI"),
         description="The MLflow tracking server (MLflow's own variable).",
     )
+    git_commit: str = Field(
+        "", description="The code's git commit, recorded with every model (the image sets it; empty: `git rev-parse HEAD` of the checkout)."
+    )
     bentoml_home: Path | None = Field(
         None,
         validation_alias=AliasChoices("BENTOML_HOME"),
@@ -72,6 +75,13 @@ class Settings(BaseSettings):
     train_window_weeks: int = Field(8, ge=2, le=104, description="Default rolling window of validated partitions for training (the form can override it).")
     eval_partitions: int = Field(1, ge=1, le=8, description="Newest partitions held out as the evaluation slice.")
     min_train_partitions: int = Field(3, ge=2, description="Fewer validated partitions than this and training is skipped.")
+    dask_address: str = Field(
+        "",
+        description="Dask scheduler that large trainings run on, e.g. `tcp://dask-scheduler:8786` (empty: no cluster, always single-process).",
+    )
+    dask_min_rows: int = Field(
+        1_000_000, ge=1, description="Training rows from which training runs on the Dask cluster (the form can ask for it at any size)."
+    )
     retrain_on: Literal["data", "drift"] = Field(
         "data",
         description="`data`: retrain on every validated partition; `drift`: only when the monitor asks (first model, drift, decay).",

@@ -48,9 +48,13 @@ def plant_faults(usecase: UseCase, faults: dict[int, str]) -> None:
 
 
 def start_stack(
-    settings: Settings, ports: Ports, stack: Stack, before_scheduler: Callable[[], None] = lambda: None
+    settings: Settings,
+    ports: Ports,
+    stack: Stack,
+    before_scheduler: Callable[[], None] = lambda: None,
+    dag_ids: tuple[str, ...] = DAG_IDS,
 ) -> AirflowAPI:
-    """Start MLflow and Airflow's components, wait until the DAGs are parsed, unpause them."""
+    """Start MLflow and Airflow's components, wait until the DAGs are parsed, unpause `dag_ids`."""
     for port in (ports.airflow, ports.mlflow):
         if port_in_use(port):
             raise RuntimeError(f"port {port} is in use by another program: free it or set LOOP_AIRFLOW_PORT / LOOP_MLFLOW_PORT")
@@ -85,7 +89,7 @@ def start_stack(
     errors = client.get("importErrors")["import_errors"]
     if errors:
         raise RuntimeError(f"DAG import errors: {errors}")
-    for dag_id in DAG_IDS:
+    for dag_id in dag_ids:
         client.request("PATCH", f"dags/{dag_id}", json={"is_paused": False}).raise_for_status()
     return client
 

@@ -1,8 +1,9 @@
 """The embedded runtime: a loopback MLflow server and Airflow's components as local processes.
 
-Used by `make demo` / `make up` / `make stop` and by the integration tests (which start their own
-MLflow on a free port). Each service runs in its own session so that stopping it reaches its
-workers too; pid files and logs live under the state directory.
+Used by `make demo` / `make up` / `make stop` and by the integration tests and benchmarks (which
+start their own MLflow, and a Dask cluster for distributed training, on free ports). Each service
+runs in its own session so that stopping it reaches its workers too; pid files and logs live under
+the state directory.
 """
 
 from __future__ import annotations
@@ -125,6 +126,28 @@ def start_mlflow(stack: Stack, port: int, store: Path, name: str = "mlflow") -> 
     proc = stack.start(name, mlflow_command(port, store), mlflow_env())
     wait_http(f"http://127.0.0.1:{port}/health", 240, proc, stack.log_dir / f"{name}.log")
     return proc
+
+
+def start_dask(stack: Stack, workers: int = 2, nthreads: int = 1) -> str:
+    """A Dask scheduler and `workers` worker processes on loopback (`dask-scheduler`,
+    `dask-worker-<i>` in `stack`), as LOOP_DASK_ADDRESS would name a real cluster; returns its
+    address once every worker has joined. Separate processes, not a LocalCluster: its spawned
+    workers would re-import whatever module started them."""
+    from distributed import Client
+
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    stack.start("dask-scheduler", [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], {})
+    for i in range(1, workers + 1):
+        name = f"dask-worker-{i}"
+        cmd = [str(BIN / "dask"), "worker", address, "--name", name, "--host", "127.0.0.1", "--nthreads", str(nthreads)]
+        stack.start(name, [*cmd, "--no-dashboard", "--local-directory", str(stack.run_dir / name)], {})
+    try:
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(workers, timeout=120)
+    except (OSError, TimeoutError) as exc:
+        raise RuntimeError(f"the Dask cluster at {address} did not come up with {workers} workers: see {stack.log_dir}") from exc
+    return address
 
 
 def _cli(argv: list[str]) -> int:

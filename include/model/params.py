@@ -30,6 +30,12 @@ class TrainParams(BaseModel):
     subsample: float = Field(0.9, gt=0, le=1, title="Row subsample")
     colsample_bytree: float = Field(0.8, gt=0, le=1, title="Column subsample")
     min_child_weight: float = Field(1.0, ge=0, le=1000, title="Min child weight")
+    distributed: bool = Field(
+        False,
+        title="Train on Dask",
+        description="Train with xgboost.dask on the cluster at LOOP_DASK_ADDRESS whatever the window's size "
+        "(windows of LOOP_DASK_MIN_ROWS rows or more go there anyway).",
+    )
     reason: str = Field(
         "",
         max_length=500,

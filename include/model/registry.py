@@ -88,7 +88,7 @@ def alias_version(client: MlflowClient, model_name: str, alias: str) -> ModelVer
     try:
         return client.get_model_version_by_alias(model_name, alias)
     except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") or _absent(client, model_name, exc):
             return None
         raise
 
@@ -105,6 +105,14 @@ def model_tag(client: MlflowClient, model_name: str, key: str) -> str | None:
     try:
         return client.get_registered_model(model_name).tags.get(key)
     except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or _absent(client, model_name, exc):
             return None
         raise
+
+
+def _absent(client: MlflowClient, model_name: str, error) -> bool:
+    """Behind MLflow's basic-auth app a model that does not exist yet answers 403 (its permission
+    cannot be looked up), not 404: absent if the search, which every user may run, finds none."""
+    if error.error_code != "PERMISSION_DENIED":
+        return False
+    return not client.search_registered_models(filter_string=f"name = '{model_name}'")

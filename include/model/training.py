@@ -4,6 +4,12 @@ The split is by time: the newest `eval_partitions` partitions are the evaluation
 ones in the window are the training set. A rerun of the same Airflow DAG run finds its finished
 MLflow run by tags and returns it instead of training again, so retries and cleared tasks never
 create a second model version.
+
+Two engines train the same model: XGBoost in the task's process (`single`), or `xgboost.dask` on
+the Dask cluster at LOOP_DASK_ADDRESS (`dask`) when the form asks for it or the training rows reach
+LOOP_DASK_MIN_ROWS. The Dask booster comes back as a plain `XGBClassifier`, so what follows (metrics,
+MLflow's xgboost flavour, the gate, the bento) does not know which engine trained it; the run records
+it (params `train.engine`, `train.workers`).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import json
 import logging
 import subprocess
 from importlib.metadata import version as installed_version
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from include.data.partitions import list_validated, read_validated
 from include.data.storage import Storage, get_storage
@@ -21,11 +27,13 @@ from include.model.dataset import LINEAGE_ARTIFACT, labelled, lineage, select_pa
 from include.model.metrics import compute_metrics, slice_metrics
 from include.model.params import TrainParams
 from include.model.registry import CHALLENGER, connect, experiment_id, find_runs, version_of_run
-from include.settings import PROJECT_ROOT, Settings
+from include.outcomes import FailNow
+from include.settings import PROJECT_ROOT, Settings, variable
 from include.usecases import UseCase
 
 if TYPE_CHECKING:
     import pandas as pd
+    from xgboost import XGBClassifier
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +41,88 @@ MODEL_ARTIFACT = "model"
 RUNTIME_PACKAGES = ("xgboost", "pandas", "numpy", "scikit-learn", "pyarrow")
 
 
-def fit(X: pd.DataFrame, y: pd.Series, params: TrainParams, categorical: tuple[str, ...] = ()):
+class NoDaskCluster(FailNow):
+    """A run asked for Dask but no cluster is configured; retrying cannot help."""
+
+
+def _model_options(X: pd.DataFrame, params: TrainParams, categorical: tuple[str, ...]) -> dict:
+    """The XGBClassifier options of both engines."""
+    return {
+        "tree_method": "hist",
+        "enable_categorical": True,
+        "feature_types": ["c" if c in categorical else "q" for c in X.columns],
+        "objective": "binary:logistic",
+        "eval_metric": "logloss",
+        "random_state": 0,
+        **params.xgb_params(),
+    }
+
+
+def fit(X: pd.DataFrame, y: pd.Series, params: TrainParams, categorical: tuple[str, ...] = ()) -> XGBClassifier:
     from xgboost import XGBClassifier
 
-    model = XGBClassifier(
-        tree_method="hist",
-        enable_categorical=True,
-        feature_types=["c" if c in categorical else "q" for c in X.columns],
-        objective="binary:logistic",
-        eval_metric="logloss",
-        random_state=0,
-        n_jobs=2,
-        **params.xgb_params(),
-    )
-    return model.fit(X, y)
+    return XGBClassifier(n_jobs=2, **_model_options(X, params, categorical)).fit(X, y)
 
 
-def git_commit() -> str:
+def choose_engine(distributed: bool, n_rows: int, settings: Settings) -> Literal["single", "dask"]:
+    """`dask` if the run asks for it or `n_rows` reaches LOOP_DASK_MIN_ROWS with a cluster configured,
+    else `single`. Asking for Dask without a cluster fails the run rather than quietly training here."""
+    if not settings.dask_address:
+        if distributed:
+            raise NoDaskCluster(
+                f"the run asks for distributed training but {variable('dask_address')} is empty: set it to the "
+                "Dask scheduler (e.g. tcp://dask-scheduler:8786), or run without `distributed`"
+            )
+        return "single"
+    return "dask" if distributed or n_rows >= settings.dask_min_rows else "single"
+
+
+def fit_on_dask(
+    X: pd.DataFrame, y: pd.Series, params: TrainParams, categorical: tuple[str, ...], address: str
+) -> tuple[XGBClassifier, int]:
+    """`fit` with xgboost.dask on the cluster at `address`, one partition per worker.
+
+    Returns the model as a plain `XGBClassifier` (the booster the workers trained) and the number
+    of workers that trained it. A cluster that does not answer raises `ConnectionError`, which keeps
+    the task's retries.
+    """
+    import dask.dataframe as dd
+    import numpy as np
+    import xgboost.dask
+    from distributed import Client
+    from xgboost import XGBClassifier
+
+    options = _model_options(X, params, categorical)
+    where = f"the Dask scheduler at {address} ({variable('dask_address')})"
+    try:
+        client = Client(address, timeout="30s")
+    except OSError as exc:
+        raise ConnectionError(f"{where} did not answer within 30 s: {exc}") from exc
+    with client:
+        try:
+            client.wait_for_workers(1, timeout=60)
+        except TimeoutError as exc:
+            raise ConnectionError(f"{where} has no workers after 60 s") from exc
+        workers = len(client.nthreads())
+        # Scattered to the workers, not dd.from_pandas: that embeds the frame in the task graph,
+        # which the scheduler then holds in memory as well.
+        frame = X.assign(_label=y.to_numpy())
+        bounds = np.linspace(0, len(frame), workers + 1).astype(int)
+        parts = client.scatter([frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+        data = dd.from_delayed(parts, meta=frame.head(0))
+        model = xgboost.dask.DaskXGBClassifier(**options)
+        model.client = client
+        model.fit(data[list(X.columns)], data["_label"])
+        booster = model.get_booster()
+    local = XGBClassifier(n_jobs=2, **options)
+    local.load_model(booster.save_raw())
+    return local, workers
+
+
+def git_commit(settings: Settings) -> str:
+    """The commit the code comes from: LOOP_GIT_COMMIT (an image has no .git), else the checkout's."""
+    if settings.git_commit:
+        return settings.git_commit
     try:
         return subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True, timeout=10
@@ -123,8 +196,9 @@ def train_candidate(
     train_df, eval_df = read_validated(train_recs, storage), read_validated(eval_recs, storage)
     X_train, y_train, _ = labelled(usecase, train_df)
     X_eval, y_eval, eval_slices = labelled(usecase, eval_df)
+    engine = choose_engine(params.distributed, len(X_train), settings)
 
-    commit = git_commit()
+    commit = git_commit(settings)
     partitions = {"train": lineage(train_recs), "eval": lineage(eval_recs)}
     digest = hashlib.sha256("".join(r["validated_sha256"] for r in train_recs + eval_recs).encode()).hexdigest()
     window = f"{train_recs[0]['interval_start']} … {eval_recs[-1]['interval_end']}"
@@ -147,6 +221,7 @@ def train_candidate(
             {
                 **params.model_dump(mode="json"),
                 "tree_method": "hist",
+                "train.engine": engine,
                 "n_train_partitions": len(train_recs),
                 "n_train_rows": len(X_train),
                 "n_eval_rows": len(X_eval),
@@ -161,7 +236,12 @@ def train_candidate(
             dataset = mlflow.data.from_pandas(frame.drop(columns="_partition"), source=zone, name=f"{usecase.name}-{split}")
             mlflow.log_input(dataset, context="training" if split == "train" else "evaluation")
 
-        model = fit(X_train, y_train, params, usecase.categorical)
+        log.info("fitting %d rows with the %s engine", len(X_train), engine)
+        if engine == "dask":
+            model, workers = fit_on_dask(X_train, y_train, params, usecase.categorical, settings.dask_address)
+        else:
+            model, workers = fit(X_train, y_train, params, usecase.categorical), 1
+        mlflow.log_param("train.workers", workers)
         score = model.predict_proba(X_eval)[:, 1]
         metrics = compute_metrics(y_eval, score, settings.operating_threshold)
         mlflow.log_metrics({f"eval_{k}": v for k, v in metrics.items()})

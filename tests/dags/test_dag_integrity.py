@@ -76,6 +76,7 @@ def test_train_schedule_coalesces_asset_events(dagbag):
         ({"window_weeks": "eight"}, "window_weeks"),
         ({"as_of": "yesterday"}, "as_of"),
         ({"reason": "x" * 501}, "reason"),
+        ({"distributed": "please"}, "distributed"),
     ],
 )
 def test_invalid_form_values_are_rejected_before_any_task_runs(dagbag, conf, field):

@@ -1,4 +1,4 @@
-"""Real services for the integration tests: an MLflow tracking server on a free loopback port."""
+"""Real services for the integration tests: an MLflow tracking server and a Dask cluster on free loopback ports."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from include.data.gate import validate_partition
 from include.data.partitions import Partition, land_partition
 from include.data.storage import get_storage
-from include.local.stack import free_port, start_mlflow
+from include.local.stack import free_port, start_dask, start_mlflow
 from include.rollout.processes import Stack, wait_http
 from include.settings import get_settings
 
@@ -28,6 +28,17 @@ def mlflow_server(tmp_path_factory):
     start_mlflow(stack, port, state / "store")
     yield f"http://127.0.0.1:{port}"
     stack.stop()
+    assert not stack.running()
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory):
+    """A Dask scheduler and two worker processes (one thread each) for one module; yields its address."""
+    stack = Stack(tmp_path_factory.mktemp("dask"))
+    try:
+        yield start_dask(stack, workers=2)
+    finally:
+        stack.stop()
     assert not stack.running()
 
 

@@ -41,6 +41,7 @@ def test_training_logs_a_traceable_challenger(env, flights, tmp_path):
     assert run.data.tags["airflow.dag_id"] == "train" and run.data.tags["airflow.dag_run_id"] == "manual__lineage"
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert run.data.tags["mlflow.source.git.commit"] == head.stdout.strip() and len(head.stdout.strip()) == 40
+    assert run.data.params["train.engine"] == "single" and run.data.params["train.workers"] == "1"  # no LOOP_DASK_ADDRESS
     lineage = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/lineage/partitions.json")
     validated = {r["partition"]: r for r in list_validated("flights")}
     assert [r["partition"] for r in lineage["train"]] == list(validated)[:5]

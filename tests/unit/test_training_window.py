@@ -4,6 +4,9 @@ import pytest
 
 from include.model.dataset import NotEnoughData, select_partitions
 from include.model.params import TrainParams
+from include.model.training import choose_engine, git_commit
+from include.outcomes import FailNow
+from include.settings import Settings
 
 
 def recs(n, start=datetime(2013, 1, 1, 5, tzinfo=UTC)):
@@ -50,3 +53,29 @@ def test_invalid_params_are_rejected(bad):
 def test_params_from_a_form_ignore_unknown_keys():
     p = TrainParams.from_mapping({"max_depth": 3, "reason": "alert 42", "unrelated": 1})
     assert p.max_depth == 3 and p.reason == "alert 42"
+
+
+@pytest.mark.parametrize(
+    "distributed,rows,address,engine",
+    [
+        (False, 10**7, "", "single"),  # no cluster: everything trains here
+        (False, 999, "tcp://dask:8786", "single"),
+        (False, 1000, "tcp://dask:8786", "dask"),  # the threshold counts
+        (True, 10, "tcp://dask:8786", "dask"),  # the form asks
+    ],
+)
+def test_training_goes_to_dask_when_asked_or_large(distributed, rows, address, engine):
+    settings = Settings(dask_address=address, dask_min_rows=1000)
+    assert choose_engine(distributed, rows, settings) == engine
+
+
+def test_asking_for_dask_without_a_cluster_fails_naming_the_variable():
+    with pytest.raises(FailNow, match="LOOP_DASK_ADDRESS is empty"):
+        choose_engine(True, 10, Settings(dask_address=""))
+
+
+def test_models_record_the_image_commit_and_otherwise_the_checkout_commit():
+    """An image has no .git: LOOP_GIT_COMMIT (a build argument) is what its models are tagged with."""
+    assert git_commit(Settings(git_commit="0123abcd-dirty")) == "0123abcd-dirty"
+    checkout = git_commit(Settings(git_commit=""))
+    assert checkout != "0123abcd-dirty" and (len(checkout) == 40 or checkout == "unknown")

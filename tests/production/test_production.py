@@ -1,0 +1,154 @@
+"""The production configuration, run for real: docker-compose.yaml's services as local processes
+(PostgreSQL, Redis, an S3 API, MLflow with authentication on PostgreSQL + S3, Airflow with the
+CeleryExecutor and the FAB auth manager, two Celery workers and the `serving` worker, Traefik,
+Dask), the same DAG files as the embedded runtime, five weekly intervals with one planted bad
+batch. The results are checked where production keeps them."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+import requests
+
+from include.local.demo import count_intervals, plant_faults, wait_until_idle
+from include.model.registry import CHAMPION, LIVE, alias_version, connect
+from include.rollout.infra import golden_records
+from include.rollout.records import read_live
+from include.settings import get_settings
+from include.usecases import get_calendar, get_usecase
+from tests.production.native import NativeProduction, psql, unpause, wait_for
+
+pytestmark = [pytest.mark.production, pytest.mark.slow]
+
+DAG_IDS = ("ingest_validate", "train", "deploy", "rollback", "monitor", "revalidate")
+BAD_INTERVAL = 2  # 2013-06-18: a renamed column, quarantined
+
+
+@pytest.fixture(scope="module")
+def prod(tmp_path_factory):
+    native = NativeProduction(
+        tmp_path_factory.mktemp("production"),
+        overrides={
+            "LOOP_START_DATE": "2013-06-04",
+            "LOOP_END_DATE": "2013-07-02",
+            "LOOP_CANARY_BAKE_SECONDS": "3",
+        },
+    )
+    try:
+        client = native.start()
+        with native.as_current():
+            plant_faults(get_usecase(), {BAD_INTERVAL: "renamed_column"})
+            unpause(client, DAG_IDS)
+            finished = wait_until_idle(client, count_intervals(get_calendar()), timeout=900, poll=5)
+            yield native, client, finished
+    finally:
+        stopped = native.stop()
+        assert {"airflow-scheduler", "airflow-worker-1", "airflow-worker-2", "serving-host", "mlflow"} - native.killed <= set(stopped)
+        assert not native.stack.running()
+        assert not psql(f"SELECT 1 FROM pg_database WHERE datname LIKE '{native.run}%'"), "the run's databases were dropped"
+
+
+def test_every_interval_ran_on_celery_and_is_recorded_in_postgresql(prod):
+    native, client, finished = prod
+    assert finished, f"the loop did not finish; logs in {native.stack.log_dir}"
+    rows = psql(
+        "SELECT state, to_char(data_interval_start AT TIME ZONE 'UTC', 'YYYY-MM-DD') FROM dag_run "
+        "WHERE dag_id = 'ingest_validate' ORDER BY data_interval_start",
+        native.dsn("airflow"),
+    )
+    assert len(rows) == 5
+    assert [day for state, day in rows if state == "failed"] == ["2013-06-18"]
+    assert {state for state, day in rows if day != "2013-06-18"} == {"success"}
+    executors = psql("SELECT DISTINCT queue, executor FROM task_instance WHERE state = 'success'", native.dsn("airflow"))
+    assert {q for q, _ in executors} == {"default", "serving"}, executors
+    hosts = psql("SELECT DISTINCT queue, hostname FROM task_instance WHERE state = 'success'", native.dsn("airflow"))
+    assert hosts, "task instances carry the hostname of the worker that ran them"
+
+
+def test_data_lives_in_the_bucket(prod):
+    native, _, _ = prod
+    with native.as_current():
+        s3 = boto3.client("s3", endpoint_url=get_settings().s3_endpoint_url)
+        keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="loop-data") for o in page.get("Contents", [])]
+    zones = {k.split("/")[1] for k in keys}
+    assert {"landing", "validated", "quarantine"} <= zones, zones
+    assert sum("/validated/" in k and k.endswith(".parquet") for k in keys) == 4
+    assert any("/quarantine/" in k and "2013-06-18" in k for k in keys)
+    assert not (native.state / "airflow" / "data").exists(), "nothing was written to a local data zone"
+
+
+def test_the_model_registry_and_artifacts(prod):
+    native, _, _ = prod
+    with native.as_current():
+        settings = get_settings()
+        assert requests.get(f"{settings.mlflow_tracking_uri}/api/2.0/mlflow/experiments/search", timeout=10).status_code == 401
+        mlc = connect(settings.mlflow_tracking_uri)
+        champion = alias_version(mlc, settings.model_name or get_usecase().model_name, CHAMPION)
+        assert champion is not None and champion.tags["gate.decision"] == "promote"
+        live = alias_version(mlc, champion.name, LIVE)
+        assert live is not None and live.version == champion.version
+        source = mlc.get_run(champion.run_id).info.artifact_uri
+        s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url)
+        objects = s3.list_objects_v2(Bucket="loop-mlflow").get("KeyCount", 0)
+    assert source.startswith("mlflow-artifacts:") or source.startswith("s3://loop-mlflow/"), source
+    assert objects > 0, "the model's artifacts are in the MLflow bucket"
+
+
+def test_the_served_version_answers_through_traefik_and_logs_to_the_bucket(prod):
+    native, client, _ = prod
+    with native.as_current():
+        settings, usecase = get_settings(), get_usecase()
+        live = read_live(settings, settings.model_name or usecase.model_name)
+        assert live is not None
+        records = golden_records(settings, usecase, 20)
+        for record in records:
+            r = requests.post(f"http://127.0.0.1:{settings.serving_port}/predict", json=record, timeout=10)
+            assert r.status_code == 200, r.text
+            assert r.json()["model_version"] == live["model_version"]
+        s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url)
+
+        def logged():
+            keys = [o["Key"] for o in s3.list_objects_v2(Bucket="loop-data", Prefix="zones/inference").get("Contents", [])]
+            return keys
+
+        assert wait_for(logged, 120, "inference-log parts in the bucket")
+    runs = client.runs("monitor")
+    assert runs and all(r["state"] == "success" for r in runs), [(r["dag_run_id"], r["state"]) for r in runs]
+
+
+def test_losing_a_worker_mid_training_retries_on_the_other_and_registers_one_version(prod):
+    native, client, _ = prod
+    with native.as_current():
+        settings = get_settings()
+        model_name = settings.model_name or get_usecase().model_name
+        r = client.trigger("train", {"reason": "production test: worker loss", "n_estimators": 400})
+        assert r.status_code == 200, r.text
+        run_id = r.json()["dag_run_id"]
+        path = f"dags/train/dagRuns/{run_id}/taskInstances/train_challenger"
+
+        def running():
+            ti = client.get(path)
+            return ti if ti["state"] == "running" else None
+
+        ti = wait_for(running, 300, "train_challenger to run on a worker", poll=0.5)
+        victim = native.worker_running(ti["id"])
+        assert victim, f"no worker runs task instance {ti['id']}"
+        native.kill(victim)
+        survivor = {f"airflow-worker-{i}" for i in (1, 2)} - {victim}
+
+        def finished():
+            run = client.get(f"dags/train/dagRuns/{run_id}")
+            return run if run["state"] in ("success", "failed") else None
+
+        run = wait_for(finished, 900, "the train run to finish after the worker loss", poll=5)
+        assert run["state"] == "success", run
+        ti = client.get(path)
+        assert ti["try_number"] >= 2, ti
+        mlc = connect(settings.mlflow_tracking_uri)
+        versions = [v for v in mlc.search_model_versions(f"name = '{model_name}'") if v.tags.get("airflow.dag_run_id") == run_id]
+        assert len(versions) == 1, [(v.version, v.tags) for v in versions]
+        assert survivor <= set(native.stack.running())
+    print(f"\nworker loss: killed {victim} during try 1; try {ti['try_number']} finished; one version: v{versions[0].version}")
+
+
+
