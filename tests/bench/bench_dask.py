@@ -36,7 +36,7 @@ engine, path, copies, address = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.
 worker_pids = [int(p) for p in sys.argv[6].split(",") if p]
 import dask.dataframe, distributed, pandas as pd, psutil, xgboost, xgboost.dask  # imports are not timed
 from include.model.params import TrainParams
-from include.model.training import fit, fit_on_dask
+from include.model.engines import fit, fit_on_dask
 from include.usecases import get_usecase
 
 frame = pd.read_parquet(path)

@@ -68,6 +68,15 @@ def validated_weeks(tmp_path_factory, flights):
     get_settings.cache_clear()
 
 
+@pytest.fixture
+def env(validated_weeks, mlflow_env, monkeypatch):
+    """Settings for one training test: the module's validated weeks and the session's MLflow server
+    (a module may define its own `env`)."""
+    monkeypatch.setenv("LOOP_STORAGE_URI", str(validated_weeks))
+    get_settings.cache_clear()
+    return get_settings()
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 API on loopback: moto's server."""

@@ -11,22 +11,16 @@ from xgboost import XGBClassifier
 from include.data.partitions import list_validated, read_validated
 from include.data.storage import get_storage
 from include.model.dataset import labelled, select_partitions
+from include.model.engines import NoDaskCluster, fit, fit_on_dask
 from include.model.gate import run_champion_gate
 from include.model.metrics import compute_metrics
 from include.model.params import TrainParams
 from include.model.registry import CHALLENGER, connect, experiment_id
-from include.model.training import NoDaskCluster, fit, fit_on_dask, train_candidate
+from include.model.training import train_candidate
 from include.settings import get_settings
 
 pytestmark = pytest.mark.integration
 PARAMS = TrainParams(window_weeks=8, n_estimators=100, max_depth=6, learning_rate=0.1)
-
-
-@pytest.fixture
-def env(validated_weeks, mlflow_env, monkeypatch):
-    monkeypatch.setenv("LOOP_STORAGE_URI", str(validated_weeks))
-    get_settings.cache_clear()
-    return get_settings()
 
 
 @pytest.fixture(scope="module")

@@ -16,19 +16,12 @@ from include.model.params import TrainParams
 from include.model.registry import CHALLENGER, CHAMPION, TrackingServerUnreachable, alias_version, connect
 from include.model.training import train_candidate
 from include.monitoring.profile import load_profile, log_reference_profile
-from include.settings import PROJECT_ROOT, get_settings
+from include.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
 NY = ZoneInfo("America/New_York")
 WEAK = TrainParams(window_weeks=8, n_estimators=5, max_depth=1, learning_rate=0.05)
 STRONG = TrainParams(window_weeks=8, n_estimators=200, max_depth=6, learning_rate=0.1)
-
-
-@pytest.fixture
-def env(validated_weeks, mlflow_env, monkeypatch):
-    monkeypatch.setenv("LOOP_STORAGE_URI", str(validated_weeks))
-    get_settings.cache_clear()
-    return get_settings()
 
 
 def test_training_logs_a_traceable_challenger(env, flights, tmp_path):

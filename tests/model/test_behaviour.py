@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from include.model.dataset import labelled
+from include.model.engines import fit
 from include.model.metrics import compute_metrics
 from include.model.params import TrainParams
-from include.model.training import fit
 
 pytestmark = pytest.mark.slow
 START = datetime(2013, 6, 4, tzinfo=ZoneInfo("America/New_York"))

@@ -237,12 +237,18 @@ class NativeProduction:
         for i in range(1, self.workers + 1):
             cmd = [*self.command("airflow-worker"), "--celery-hostname", f"worker{i}@%h"]
             self._start(f"airflow-worker-{i}", cmd, {**env, **self._own_ports()})
-        serving = {**self.airflow_env("serving-host"), **self._own_ports()}
-        self._start("serving-host", [*self.command("serving-host"), "--celery-hostname", "serving@%h"], serving)
+        self.start_serving_host()
         wait_http(f"http://127.0.0.1:{self.ports['airflow']}/api/v2/monitor/health", 240, api, self.stack.log_dir / "airflow-api-server.log")
         client = AirflowAPI(f"http://127.0.0.1:{self.ports['airflow']}", self.state / "airflow", user="admin", password=self.secrets["AIRFLOW_ADMIN_PASSWORD"])
         client.login()
         return client
+
+    def start_serving_host(self) -> subprocess.Popen:
+        """The `serving` queue's worker, through its compose command (which first resumes the
+        live slot from the registry)."""
+        env = {**self.airflow_env("serving-host"), **self._own_ports()}
+        self.killed.discard("serving-host")
+        return self._start("serving-host", [*self.command("serving-host"), "--celery-hostname", "serving@%h"], env)
 
     @staticmethod
     def _own_ports() -> dict[str, str]:

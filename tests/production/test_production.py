@@ -116,6 +116,35 @@ def test_the_served_version_answers_through_traefik_and_logs_to_the_bucket(prod)
     assert runs and all(r["state"] == "success" for r in runs), [(r["dag_run_id"], r["state"]) for r in runs]
 
 
+def test_a_restarted_serving_host_brings_the_live_version_back_from_the_registry(prod):
+    """The serving host's container restarts: its worker and the slots it ran are gone; its start
+    command reads the registry's live record and serves that version again."""
+    from include.rollout.slots import Serving
+
+    native, _, _ = prod
+    with native.as_current("serving-host"):
+        settings = get_settings()
+        live = read_live(settings, settings.model_name or get_usecase().model_name)
+        [record] = golden_records(settings, get_usecase(), 1)
+        entry = f"http://127.0.0.1:{settings.serving_port}/predict"
+        native.kill("serving-host")
+        assert Serving(settings).stack.stop(), "the live slot was running on the serving host"
+        assert requests.post(entry, json=record, timeout=10).status_code >= 500, "nothing serves while the host is down"
+        native.start_serving_host()
+
+        def served():
+            try:
+                r = requests.post(entry, json=record, timeout=10)
+            except requests.RequestException:
+                return None
+            return r.json()["model_version"] if r.status_code == 200 else None
+
+        assert wait_for(served, 300, "the entry to answer again after the serving host restarted") == live["model_version"]
+        assert Serving(settings).slot_running(live["slot"])
+    log = (native.stack.log_dir / "serving-host.log").read_text()
+    assert f"resumed: {live['model_name']} v{live['model_version']} in slot {live['slot']}" in log
+
+
 def test_losing_a_worker_mid_training_retries_on_the_other_and_registers_one_version(prod):
     native, client, _ = prod
     with native.as_current():

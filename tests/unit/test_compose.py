@@ -10,10 +10,9 @@ that file over, update the hash.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
+import importlib
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -42,12 +41,7 @@ def services(doc) -> dict:
 
 @pytest.fixture(scope="module")
 def settings_docs():
-    path = PROJECT_ROOT / "tests" / "tools" / "settings_docs.py"
-    spec = importlib.util.spec_from_file_location("settings_docs", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("tests.tools.settings_docs")
 
 
 def strings(node):
@@ -213,10 +207,7 @@ def test_no_literal_credential_in_any_environment(doc, services):
             if secretish.search(key):
                 names = compose.variables(str(value))
                 assert names and names <= SECRET_NAMES, f"{name}: {key} must come from a generated secret, not {value!r}"
-    spec = importlib.util.spec_from_file_location("secret_scan", PROJECT_ROOT / "tests" / "tools" / "secret_scan.py")
-    scan = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = scan
-    spec.loader.exec_module(scan)
+    scan = importlib.import_module("tests.tools.secret_scan")
     assert scan.scan_text(compose.COMPOSE_FILE.read_text(), "docker-compose.yaml") == []
 
 

@@ -7,25 +7,19 @@ thing the repository scan must not find.
 from __future__ import annotations
 
 import base64
-import importlib.util
+import importlib
 import secrets
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "tests" / "tools" / "secret_scan.py"
 
 
 @pytest.fixture(scope="module")
 def scan():
-    spec = importlib.util.spec_from_file_location("secret_scan", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks itself up there
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("tests.tools.secret_scan")
 
 
 def test_the_repository_holds_no_secret(scan):

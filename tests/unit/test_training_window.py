@@ -3,8 +3,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from include.model.dataset import NotEnoughData, select_partitions
+from include.model.engines import choose_engine
 from include.model.params import TrainParams
-from include.model.training import choose_engine, git_commit
+from include.model.training import git_commit
 from include.outcomes import FailNow
 from include.settings import Settings
 
