@@ -80,18 +80,23 @@ def start_stack(
     wait_http(f"http://127.0.0.1:{ports.airflow}/api/v2/monitor/health", 180, api, stack.log_dir / "airflow-api-server.log")
     client = AirflowAPI(f"http://127.0.0.1:{ports.airflow}", home)
     client.login()
+    unpause_when_parsed(client, dag_ids, stack.log_dir / "airflow-dag-processor.log")
+    return client
 
-    deadline = time.monotonic() + 300
+
+def unpause_when_parsed(client: AirflowAPI, dag_ids: tuple[str, ...], log: Path, timeout: float = 300) -> None:
+    """Wait until the dag-processor has parsed the loop's DAGs without import errors, then unpause
+    `dag_ids` (new DAGs start paused: Airflow's default). `log` is where to look if it never does."""
+    deadline = time.monotonic() + timeout
     while {d["dag_id"] for d in client.get("dags", limit=100)["dags"]} < set(DAG_IDS):
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the DAGs were not parsed within 5 minutes: see {stack.log_dir / 'airflow-dag-processor.log'}")
+            raise RuntimeError(f"the DAGs were not parsed within {timeout:.0f} s: see {log}")
         time.sleep(3)
     errors = client.get("importErrors")["import_errors"]
     if errors:
         raise RuntimeError(f"DAG import errors: {errors}")
     for dag_id in dag_ids:
         client.request("PATCH", f"dags/{dag_id}", json={"is_paused": False}).raise_for_status()
-    return client
 
 
 def count_intervals(calendar: Calendar) -> int:

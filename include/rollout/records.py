@@ -55,6 +55,6 @@ def read_live(settings: Settings, model_name: str) -> dict | None:
 def clear_live(settings: Settings, model_name: str) -> None:
     """Forget the live deployment (nothing serves): the tag and the alias."""
     client = connect(settings.mlflow_tracking_uri)
-    if read_live(settings, model_name) is not None:
+    if model_tag(client, model_name, LIVE) is not None:
         client.delete_registered_model_tag(model_name, LIVE)
         client.delete_registered_model_alias(model_name, LIVE)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from datetime import datetime
 
 from benchkit import ROOT, isolated_state, say
+
+from tests.production.native import wait_for
 
 STATE = isolated_state("loop-bench-executors-", "bench-executors")
 WINDOW = {"LOOP_START_DATE": "2013-05-07", "LOOP_END_DATE": "2013-07-02", "LOOP_INGEST_MAX_ACTIVE_RUNS": "4", "LOOP_RETRAIN_ON": "drift"}
@@ -24,15 +25,12 @@ DAG = "ingest_validate"
 
 
 def throughput(client, expected_runs: int, timeout: float = 1800) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
+    def finished():
         runs = client.get(f"dags/{DAG}/dagRuns", limit=100)["dag_runs"]
         done = [r for r in runs if r["state"] in ("success", "failed")]
-        if len(done) >= expected_runs:
-            break
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{len(done)} of {expected_runs} {DAG} runs finished in {timeout:.0f} s")
-        time.sleep(3)
+        return done if len(done) >= expected_runs else None
+
+    done = wait_for(finished, timeout, f"{expected_runs} {DAG} runs to finish", poll=3)
     tis = client.get(f"dags/{DAG}/dagRuns/~/taskInstances", limit=1000)["task_instances"]
     ok = [t for t in tis if t["state"] == "success"]
     start = min(datetime.fromisoformat(t["start_date"]) for t in ok)
@@ -61,13 +59,14 @@ def local() -> dict:
 
 
 def celery() -> dict:
+    from include.local.demo import unpause_when_parsed
     from include.usecases import get_calendar
-    from tests.production.native import NativeProduction, unpause
+    from tests.production.native import NativeProduction
 
     native = NativeProduction(STATE / "celery", overrides=WINDOW)
     try:
         client = native.start()
-        unpause(client, (DAG,))
+        unpause_when_parsed(client, (DAG,), native.stack.log_dir / "airflow-dag-processor.log")
         with native.as_current():
             expected = len(get_calendar().intervals())
         return throughput(client, expected)
@@ -76,7 +75,6 @@ def celery() -> dict:
 
 
 def main() -> int:
-    sys.path.insert(0, str(ROOT))
     results = {}
     for name, run in (("local", local), ("celery", celery)):
         say(f"{DAG} over eight weeks on the {name} executor")

@@ -148,16 +148,12 @@ class NativeProduction:
         """Within: this process configured like the service (settings, MLflow and S3 clients)."""
         from include.settings import get_settings
 
-        saved, current = dict(os.environ), {**_clean_environ(), **self.airflow_env(service)}
-        os.environ.clear()
-        os.environ.update(current)
-        get_settings.cache_clear()
-        try:
-            yield
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+        with _environ({**_clean_environ(), **self.airflow_env(service)}):
             get_settings.cache_clear()
+            try:
+                yield
+            finally:
+                get_settings.cache_clear()
 
     # Lifecycle -----------------------------------------------------------------------------
 
@@ -187,7 +183,7 @@ class NativeProduction:
             raise RuntimeError(f"{name} failed ({done.returncode}): see {log}")
 
     def _start(self, name: str, cmd: list[str], env: dict) -> subprocess.Popen:
-        with _scrubbed():
+        with _environ(_clean_environ()):  # Stack merges os.environ into every child's environment
             return self.stack.start(name, cmd, env)
 
     def _start_s3(self) -> None:
@@ -293,33 +289,21 @@ class NativeProduction:
         return stopped
 
 
-def unpause(client: AirflowAPI, dag_ids: tuple[str, ...], timeout: float = 300) -> None:
-    """Wait until the dag-processor has parsed `dag_ids` without import errors, then unpause them
-    (new DAGs start paused: Airflow's default)."""
-    wait_for(lambda: {d["dag_id"] for d in client.get("dags", limit=100)["dags"]} >= set(dag_ids), timeout, "the DAGs to be parsed")
-    errors = client.get("importErrors")["import_errors"]
-    if errors:
-        raise RuntimeError(f"DAG import errors: {errors}")
-    for dag_id in dag_ids:
-        client.request("PATCH", f"dags/{dag_id}", json={"is_paused": False}).raise_for_status()
-
-
 def _clean_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(SCRUB)}
 
 
-class _scrubbed:
-    """Within: os.environ without the test process's own Airflow/loop/MLflow variables (Stack
-    merges os.environ into every child's environment)."""
-
-    def __enter__(self):
-        self.saved = dict(os.environ)
+@contextlib.contextmanager
+def _environ(values: dict[str, str]):
+    """Within: os.environ is exactly `values`; restored after."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(values)
+    try:
+        yield
+    finally:
         os.environ.clear()
-        os.environ.update(_clean_environ())
-
-    def __exit__(self, *exc):
-        os.environ.clear()
-        os.environ.update(self.saved)
+        os.environ.update(saved)
 
 
 def wait_for(condition, timeout: float, what: str, poll: float = 2.0):

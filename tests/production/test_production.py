@@ -10,17 +10,16 @@ import boto3
 import pytest
 import requests
 
-from include.local.demo import count_intervals, plant_faults, wait_until_idle
+from include.local.demo import DAG_IDS, count_intervals, plant_faults, unpause_when_parsed, wait_until_idle
 from include.model.registry import CHAMPION, LIVE, alias_version, connect
 from include.rollout.infra import golden_records
 from include.rollout.records import read_live
 from include.settings import get_settings
 from include.usecases import get_calendar, get_usecase
-from tests.production.native import NativeProduction, psql, unpause, wait_for
+from tests.production.native import NativeProduction, psql, wait_for
 
 pytestmark = [pytest.mark.production, pytest.mark.slow]
 
-DAG_IDS = ("ingest_validate", "train", "deploy", "rollback", "monitor", "revalidate")
 BAD_INTERVAL = 2  # 2013-06-18: a renamed column, quarantined
 
 
@@ -38,7 +37,7 @@ def prod(tmp_path_factory):
         client = native.start()
         with native.as_current():
             plant_faults(get_usecase(), {BAD_INTERVAL: "renamed_column"})
-            unpause(client, DAG_IDS)
+            unpause_when_parsed(client, DAG_IDS, native.stack.log_dir / "airflow-dag-processor.log")
             finished = wait_until_idle(client, count_intervals(get_calendar()), timeout=900, poll=5)
             yield native, client, finished
     finally:
