@@ -36,7 +36,7 @@ test: install  ## lint and the layer contracts, then every test: DAG integrity, 
 	$(BIN)/python -m pytest
 
 test-fast: install  ## the tests that need no server
-	$(BIN)/python -m pytest -m "not integration and not e2e and not production"
+	$(BIN)/python -m pytest -m "not integration and not e2e and not production and not faults"
 
 bench: install  ## benchmarks against baselines measured in the same run (ratios, not timed tests)
 	$(BIN)/python tests/bench/bench_serving.py

@@ -4,6 +4,8 @@
 Runs when the `champion` alias moves (the champion-model Asset), or from the UI for a chosen
 version. Steps (`include/model/packaging.py`, `include/rollout/`):
 
+0. **claim_slots** — takes the serving host's rollout lease; while another deploy or rollback
+   holds it, it waits (a sensor in reschedule mode), so their traffic changes never interleave;
 1. **plan** — nothing to do if the version already serves 100% of traffic (the run ends here);
 2. **build_bento** — one bento per model version (reused if built), pinned to the project's lock,
    labelled with its lineage;
@@ -22,7 +24,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from include.airflow_glue import CHAMPION_MODEL, rollout_steps, task_defaults
+from include.airflow_glue import CHAMPION_MODEL, claim_serving_slots, rollout_claim, rollout_steps, task_defaults
 from include.settings import get_settings
 from include.usecases import get_calendar
 
@@ -34,7 +36,7 @@ calendar = get_calendar()
     schedule=[CHAMPION_MODEL],
     start_date=pendulum.instance(calendar.start_datetime),
     catchup=False,
-    max_active_runs=1,  # one rollout at a time: two would fight over the idle slot
+    max_active_runs=1,  # one deploy at a time; the rollout lease also keeps deploy and rollback apart
     # The tasks start and stop the slots: they run where the slots live (LOOP_SERVING_QUEUE).
     default_args=task_defaults(retry_delay=timedelta(seconds=15), queue=settings.serving_queue),
     tags=["loop", "serving", "bentoml"],
@@ -51,13 +53,14 @@ calendar = get_calendar()
 )
 def deploy():
     @task.short_circuit
-    def plan(params=None) -> dict | None:
+    def plan(params=None, dag_run=None) -> dict | None:
         from include.rollout.rollout import plan_rollout
         from include.usecases import get_usecase
 
-        return plan_rollout(get_settings(), get_usecase(), params["version"])  # None: already live, skip the rest
+        # Waits while another deploy or rollback holds the slots; None: already live, skip the rest.
+        return plan_rollout(get_settings(), get_usecase(), params["version"], **rollout_claim(dag_run))
 
-    rollout_steps(plan())
+    rollout_steps(claim_serving_slots() >> plan())
 
 
 deploy()

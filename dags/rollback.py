@@ -2,7 +2,8 @@
 ### rollback: put a chosen model version back in front of users
 
 Manual only: trigger it from the UI with the version to restore (the form checks the input) and
-a reason. The version goes through the same rollout tasks as `deploy` (the bento is reused,
+a reason. It first waits for the serving slots (the rollout lease: never during a deploy's canary).
+The version goes through the same rollout tasks as `deploy` (the bento is reused,
 idle-slot start, infra validation), then takes all traffic in one step: the `canary` task in
 restore mode, a single short bake, since this is the way back and the version has served before. The `champion` alias moves to it, so the next challenger is gated against what
 actually serves; the reason is recorded on the version. The run ends early if the version already
@@ -14,7 +15,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from include.airflow_glue import rollout_steps, task_defaults
+from include.airflow_glue import claim_serving_slots, rollout_claim, rollout_steps, task_defaults
 from include.settings import get_settings
 from include.usecases import get_calendar
 
@@ -43,14 +44,14 @@ calendar = get_calendar()
 )
 def rollback():
     @task.short_circuit
-    def plan(params=None) -> dict | None:
+    def plan(params=None, dag_run=None) -> dict | None:
         from include.rollout.rollout import plan_rollout
         from include.usecases import get_usecase
 
-        # None: already live, skip the rest
-        return plan_rollout(get_settings(), get_usecase(), params["version"], restore_reason=params["reason"])
+        # Waits while another deploy or rollback holds the slots; None: already live, skip the rest.
+        return plan_rollout(get_settings(), get_usecase(), params["version"], restore_reason=params["reason"], **rollout_claim(dag_run))
 
-    rollout_steps(plan())
+    rollout_steps(claim_serving_slots() >> plan())
 
 
 rollback()

@@ -150,35 +150,87 @@ def form_params(model, defaults: dict | None = None) -> dict:
     return params
 
 
+def rollout_claim(dag_run) -> dict:
+    """What a rollout's plan task passes to `plan_rollout` to take the serving lease: its owner
+    (this DAG run) and how to tell whether another holder's run has ended (asked of Airflow)."""
+    return {"owner": f"{dag_run.dag_id}/{dag_run.run_id}", "holder_ended": dag_run_ended}
+
+
+def claim_serving_slots():
+    """The first task of a rollout (deploy, rollback): a sensor that takes the serving host's
+    rollout lease for this DAG run. While another rollout holds it, it pokes every 10 s in
+    reschedule mode, so the waiting run holds no worker slot (the `serving` worker may have one)."""
+    from airflow.sdk import task
+
+    settings = get_settings()
+
+    @task.sensor(poke_interval=10, timeout=settings.rollout_lock_wait_seconds, mode="reschedule")
+    def claim_slots(dag_run=None) -> bool:
+        from include.rollout.lease import claim
+
+        return claim(get_settings(), **rollout_claim(dag_run)) is not None
+
+    return claim_slots()
+
+
+def dag_run_ended(owner: str) -> bool:
+    """Whether the DAG run `<dag_id>/<run_id>` has finished (success or failed); False when
+    Airflow cannot tell (not a DAG run, or not reachable)."""
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    dag_id, _, run_id = owner.partition("/")
+    try:
+        return RuntimeTaskInstance.get_dagrun_state(dag_id, run_id) in ("success", "failed")
+    except Exception as exc:
+        log.info("cannot tell whether %s has ended: %s", owner, exc)
+        return False
+
+
+class ReleaseRolloutLease(BaseNotifier):
+    """`on_failure_callback` of the rollout tasks: a run whose step failed for good gives the
+    serving lease back at once, so the next deploy or rollback does not wait for it to expire."""
+
+    def notify(self, context) -> None:
+        from include.rollout.lease import release
+
+        run = context["dag_run"]
+        if release(get_settings(), f"{run.dag_id}/{run.run_id}"):
+            log.info("released the serving lease of %s/%s", run.dag_id, run.run_id)
+
+
 def rollout_steps(ref):
     """The tasks of "put a version into traffic", shared by `deploy` (promote mode) and `rollback`
     (restore mode): build_bento → start_candidate → infra_validate → canary → finalize. `ref` is
     the plan task's output; returns the finalize task's output (the live deployment)."""
     from airflow.sdk import task
 
-    @task
+    on_failure = [AlertNotifier(), ReleaseRolloutLease()]
+
+    @task(on_failure_callback=on_failure)
     def build_bento(ref: dict) -> dict:
         from include.model.packaging import build_bento
 
         return {**ref, **build_bento(get_settings(), ref["model_name"], ref["version"])}
 
-    @task
+    @task(on_failure_callback=on_failure)
     def start_candidate(ref: dict) -> dict:
         from include.rollout.rollout import start_candidate
 
         with airflow_outcome():
-            start_candidate(get_settings(), ref["model_name"], ref["version"], ref["slot"], ref["bento_tag"])
+            start_candidate(get_settings(), ref["model_name"], ref["version"], ref["slot"], ref["bento_tag"], owner=ref["owner"])
         return ref
 
-    @task
+    @task(on_failure_callback=on_failure)
     def infra_validate(ref: dict) -> dict:
         from include.rollout.infra import infra_validate
+        from include.rollout.lease import hold
         from include.usecases import get_usecase
 
         with airflow_outcome():
+            hold(get_settings(), ref["owner"])
             return {**ref, "infra": infra_validate(get_settings(), get_usecase(), ref["slot"], ref["model_name"], ref["version"])}
 
-    @task(execution_timeout=timedelta(minutes=30))
+    @task(execution_timeout=timedelta(minutes=30), on_failure_callback=on_failure)
     def canary(ref: dict) -> dict:
         """Promote: LOOP_CANARY_STEPS, each baked and watched. Restore: one step to 100%."""
         from include.rollout.rollout import shift_traffic
@@ -186,7 +238,7 @@ def rollout_steps(ref):
         with airflow_outcome():
             return {**ref, "canary": shift_traffic(get_settings(), ref)}
 
-    @task(outlets=[DEPLOYMENT])
+    @task(outlets=[DEPLOYMENT], on_failure_callback=on_failure)
     def finalize(ref: dict, dag_run=None, outlet_events=None) -> dict:
         from include.rollout.rollout import finalize
 

@@ -116,6 +116,19 @@ class Settings(BaseSettings):
     canary_max_error_rate: float = Field(0.02, ge=0, le=1, description="Share of 5xx answers from the new slot that triggers a rollback.")
     canary_max_latency_ms: float = Field(250, gt=0, description="Mean latency of the new slot (ms) that triggers a rollback.")
     canary_min_requests: int = Field(20, ge=1, description="Answers needed in a check before the error rate is judged.")
+    rollout_lease_seconds: float = Field(
+        3600, gt=0, description="A rollout's hold on the slots expires this long after its last step (a run that died without releasing it)."
+    )
+    rollout_lock_wait_seconds: float = Field(
+        1800, ge=0, description="How long a deploy or rollback waits for the rollout in progress before it fails."
+    )
+    guard_interval_seconds: float = Field(2, gt=0, description="How often the serving guard checks the live slot, the routing and Traefik.")
+    guard_unready_seconds: float = Field(
+        10, gt=0, description="A live slot whose process runs but does not answer `/readyz` this long is restarted by the guard."
+    )
+    guard_canary_stale_seconds: float = Field(
+        20, gt=0, description="A canary silent this long while traffic is split is taken as dead: the guard sends traffic back."
+    )
     golden_rows: int = Field(200, ge=1, description="Records of the infra validation's golden set.")
     golden_latency_ms: float = Field(200, gt=0, description="p99 budget (ms) of one golden request sent straight to the new slot.")
 

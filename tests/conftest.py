@@ -49,3 +49,42 @@ def flights():
     from include.usecases import get_usecase
 
     return get_usecase("flights")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` (SQLite + local artifacts) for the whole session; yields its URL."""
+    from include.local.stack import free_port, start_mlflow
+    from include.rollout.processes import Stack
+
+    state = tmp_path_factory.mktemp("mlflow")
+    stack = Stack(state)
+    port = free_port()
+    start_mlflow(stack, port, state / "store")
+    yield f"http://127.0.0.1:{port}"
+    stack.stop()
+    assert not stack.running()
+
+
+@pytest.fixture(scope="module")
+def validated_weeks(tmp_path_factory, flights):
+    """Six validated weeks of May–June 2013 in a storage root shared by one module's tests."""
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from include.data.gate import validate_partition
+    from include.data.partitions import Partition, land_partition
+    from include.settings import get_settings
+
+    ny = ZoneInfo("America/New_York")
+    root = tmp_path_factory.mktemp("zones")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOOP_STORAGE_URI", str(root))
+        get_settings.cache_clear()
+        for i in range(6):
+            start = datetime(2013, 5, 7, tzinfo=ny) + timedelta(weeks=i)
+            p = Partition("flights", start, start + timedelta(weeks=1))
+            land_partition(flights, p, replay=True)
+            validate_partition(flights, p, max_bad_row_share=0.01)
+        yield root
+    get_settings.cache_clear()

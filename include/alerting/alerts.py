@@ -1,7 +1,9 @@
 """Alerts: what a person must look at, with the links they need, sent to every configured sink.
 
 Kinds: `drift`, `decay` (monitor), `quarantined` (data gate), `gate_rejected` (champion gate),
-`infra_validation_failed`, `rollback` (rollout) and `task_failed` (any task, after its retries).
+`infra_validation_failed`, `rollback` (rollout), `task_failed` (any task, after its retries), and
+from the serving guard `serving_restarted`, `serving_down`, `proxy_restarted`, `canary_abandoned`,
+`routing_restored`.
 
 Sinks:
 * always, the local JSON-lines file `<state>/alerts.jsonl` (the embedded runtime's sink; also

@@ -1,7 +1,7 @@
 """`make demo`: the loop on the embedded runtime, end to end, through deployment.
 
-Starts a loopback MLflow server and Airflow (scheduler, dag-processor, API server; SQLite,
-LocalExecutor), plants realistic faults in the landing zone, and lets the scheduler catch up on
+Starts a loopback MLflow server, Airflow (scheduler, dag-processor, API server; SQLite,
+LocalExecutor) and the serving guard (`include.rollout.guard`), plants realistic faults in the landing zone, and lets the scheduler catch up on
 the use case's demo window (January to March 2013 for the flights): validation, training, the champion gate, and a blue/green rollout
 behind Traefik for every new champion. Once a model serves, background clients replay the
 records against the serving entry. It shows progress and ends with a summary and a sample
@@ -81,6 +81,8 @@ def start_stack(
     client = AirflowAPI(f"http://127.0.0.1:{ports.airflow}", home)
     client.login()
     unpause_when_parsed(client, dag_ids, stack.log_dir / "airflow-dag-processor.log")
+    say("starting the serving guard: it restarts a dead live slot, Traefik, and takes traffic back from a dead canary")
+    stack.start("serving-guard", [str(BIN / "python"), "-m", "include.rollout.guard"], env)
     return client
 
 

@@ -15,6 +15,7 @@ import time
 import requests
 
 from include.outcomes import FailNow
+from include.rollout import lease
 from include.rollout.proxy import Proxy
 from include.rollout.records import rolled_back
 from include.rollout.slots import DeployError, Serving, other, ready
@@ -118,10 +119,12 @@ class SlotWatcher:
         self.totals["errors"] += int(deltas["traefik"]["errors"])
         return judge(deltas, self.settings)
 
-    def bake(self, seconds: float) -> str | None:
+    def bake(self, seconds: float, on_check=None) -> str | None:
         deadline = time.monotonic() + seconds
         while True:
             time.sleep(min(self.settings.canary_check_seconds, max(deadline - time.monotonic(), 0)))
+            if on_check:
+                on_check()
             breach = self.check()
             if breach or time.monotonic() >= deadline:
                 return breach
@@ -134,10 +137,15 @@ def canary(
     slot: str,
     steps: tuple[int, ...] | None = None,
     bake_seconds: float | None = None,
+    owner: str | None = None,
 ) -> dict:
     """Shift traffic to `slot` step by step (LOOP_CANARY_STEPS unless `steps`), baking and watching
     each step; roll back on the first breach. With no live slot to fall back on (the first
-    deployment) traffic goes straight to 100% and is watched for one short bake."""
+    deployment) traffic goes straight to 100% and is watched for one short bake.
+
+    `owner`, the rollout holding the lease, heartbeats at every check while traffic is split (the
+    serving guard takes traffic back from a canary that falls silent) and marks the shift
+    `complete` at the end; a rollback releases the lease, since the run ends there."""
     serving = Serving(settings)
     serving.ensure_proxy()
     previous = other(slot)
@@ -147,19 +155,25 @@ def canary(
     bake = settings.canary_bake_seconds if bake_seconds is None else bake_seconds
     watcher = SlotWatcher(serving.proxy, slot, settings)
     history = []
+    def heartbeat():
+        lease.beat(settings, owner, lease.SHIFTING)
+
     for pct in steps:
+        heartbeat()
         # At 100% the old slot leaves the routing but keeps running until `finalize`: a breach
         # while baking at 100% can still send everything back to it.
         serving.proxy.set_weights({slot: pct, previous: 100 - pct} if pct < 100 else {slot: 100})
         log.info("canary: slot %s (version %s) gets %d%% of traffic; baking %.0fs", slot, version, pct, bake)
-        breach = watcher.bake(bake)
+        breach = watcher.bake(bake, on_check=heartbeat)
         history.append({"percent": pct, **watcher.totals})
         if breach:
             detected_at = time.time()
             restored_at = rollback(settings, model_name, version, slot, breach, restore=previous if fallback else None)
+            lease.release(settings, owner)
             message = f"{model_name} version {version} rolled back at {pct}% traffic: {breach}"
             raise CanaryRolledBack(message, detected_at, restored_at)
         log.info("canary: %d%% step passed (%s)", pct, watcher.totals)
+    lease.beat(settings, owner, lease.COMPLETE)
     return {"slot": slot, "steps": history}
 
 

@@ -1,6 +1,11 @@
 """Local processes of a runtime: start one in its own session with a pid file and a log, find
 what runs, stop a process and everything it started, wait for an HTTP endpoint.
 
+A pid file records the process's start time next to its pid (`<pid> <start time>`). After a
+reboot, or once the process is gone, the kernel hands its pid to unrelated processes; a pid file
+is trusted only while a process with that pid *and* that start time exists, so `stop` never
+signals a stranger that happens to have reused the pid.
+
 The serving host runs the slots and Traefik this way (in production too); the embedded runtime
 (`include.local.stack`) runs MLflow and Airflow's components the same way.
 """
@@ -8,6 +13,7 @@ The serving host runs the slots and Traefik this way (in production too); the em
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -18,6 +24,8 @@ from pathlib import Path
 import requests
 
 from include.settings import PROJECT_ROOT
+
+log = logging.getLogger(__name__)
 
 
 def port_in_use(port: int) -> bool:
@@ -48,18 +56,19 @@ class Stack:
             start_new_session=True,
             cwd=PROJECT_ROOT,
         )
-        (self.run_dir / f"{name}.pid").write_text(str(proc.pid))
+        (self.run_dir / f"{name}.pid").write_text(f"{proc.pid} {start_time(proc.pid)!r}")
         return proc
 
     def running(self) -> dict[str, int]:
+        """Services whose recorded process still runs; a pid file whose process is gone (or whose
+        pid now belongs to another process) is removed."""
         alive = {}
         for pidfile in sorted(self.run_dir.glob("*.pid")) if self.run_dir.exists() else []:
-            pid = int(pidfile.read_text())
-            try:
-                os.kill(pid, 0)
+            pid = recorded_process(pidfile)
+            if pid is None:
+                pidfile.unlink(missing_ok=True)
+            else:
                 alive[pidfile.stem] = pid
-            except ProcessLookupError:
-                pidfile.unlink()
         return alive
 
     def stop_one(self, name: str, timeout: float = 20) -> bool:
@@ -84,6 +93,33 @@ class Stack:
     def stop(self, timeout: float = 20) -> list[str]:
         """Stop every service (see `stop_one`)."""
         return [name for name in list(self.running()) if self.stop_one(name, timeout)]
+
+
+def start_time(pid: int) -> float | None:
+    """The process's start time (seconds since the epoch, as the kernel reports it), or None."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return None
+
+
+def recorded_process(pidfile: Path) -> int | None:
+    """The pid in `pidfile` if that very process still runs: same pid and same start time."""
+    try:
+        fields = pidfile.read_text().split()
+        pid, started = int(fields[0]), float(fields[1])
+    except (OSError, ValueError, IndexError):
+        log.warning("ignoring pid file %s: not `<pid> <start time>` (written by an older version, or damaged)", pidfile)
+        return None
+    actual = start_time(pid)
+    if actual is None:
+        return None
+    if abs(actual - started) > 0.05:
+        log.warning("pid %d of %s now belongs to another process (started %.2f, recorded %.2f): not ours", pid, pidfile, actual, started)
+        return None
+    return pid
 
 
 def descendants(pid: int) -> list:

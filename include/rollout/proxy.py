@@ -14,6 +14,7 @@ listen on their own entry point (LOOP_TRAEFIK_METRICS_PORT, 8082), never on Airf
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -48,6 +49,11 @@ class Proxy:
     @property
     def routing_file(self) -> Path:
         return self.dynamic_dir / ROUTING_FILE
+
+    @property
+    def history_file(self) -> Path:
+        """Every routing change, appended: time, the process that made it, the weights."""
+        return self.dir / "routing-history.jsonl"
 
     @property
     def entry_url(self) -> str:
@@ -99,6 +105,8 @@ class Proxy:
         # YAML is a superset of JSON: Traefik reads this file as YAML. The temporary file stays
         # outside the watched directory.
         atomic_write(self.routing_file, json.dumps(doc, indent=2).encode(), tmp_dir=self.dir)
+        with open(self.history_file, "a") as f:  # who changed the routing when: one short line each
+            f.write(json.dumps({"at": time.time(), "pid": os.getpid(), "weights": weights}) + "\n")
         if wait:
             self.wait_applied(weights, wait)
 

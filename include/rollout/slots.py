@@ -89,14 +89,14 @@ class Serving:
         proc = self.stack.start("traefik", self.proxy.command(), {})
         wait_http(f"{self.proxy.admin_url}/ping", 30, proc, self.stack.log_dir / "traefik.log")
 
-    def resume(self) -> dict | None:
+    def resume(self, live: dict | None = None) -> dict | None:
         """After a restart of the host or the runtime: Traefik up, and the live deployment's slot
-        serving again with all traffic, as the registry records it; its bento is rebuilt from the
-        registered version when this host's store lost it. Idempotent: a slot already serving it
-        is kept."""
+        serving again with all traffic, as the registry records it (or as `live`, a record read
+        earlier); its bento is rebuilt from the registered version when this host's store lost it.
+        Idempotent: a slot already serving it is kept."""
         from include.model.packaging import build_bento
 
-        live = self.live()
+        live = live or self.live()
         if live is None:
             return None
         self.ensure_proxy()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from include.settings import get_settings
+
 ROOT = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
 HEAVY = ("xgboost", "mlflow", "great_expectations", "bentoml", "sklearn", "matplotlib")
@@ -103,10 +105,25 @@ def test_deploy_runs_on_champion_events_one_rollout_at_a_time(dagbag):
     dag = dagbag.dags["deploy"]
     assert dag.max_active_runs == 1
     assert CHAMPION_MODEL.name in repr(dag.timetable.asset_condition)
-    order = ["plan", "build_bento", "start_candidate", "infra_validate", "canary", "finalize"]
+    order = ["claim_slots", "plan", "build_bento", "start_candidate", "infra_validate", "canary", "finalize"]
     for upstream, downstream in itertools.pairwise(order):
         assert dag.get_task(downstream).upstream_task_ids == {upstream}
     assert [o.name for o in dag.get_task("finalize").outlets] == [DEPLOYMENT.name]
+
+
+@pytest.mark.parametrize("dag_id", ["deploy", "rollback"])
+def test_a_rollout_waits_for_the_serving_lease_without_holding_a_worker(dagbag, dag_id):
+    """deploy and rollback share the serving lease; the wait is a sensor in reschedule mode (a
+    waiting task that held the `serving` worker's only slot would block the rollout it waits for),
+    and a step that fails for good gives the lease back."""
+    from include.airflow_glue import ReleaseRolloutLease
+
+    dag = dagbag.dags[dag_id]
+    claim = dag.get_task("claim_slots")
+    assert claim.mode == "reschedule" and not claim.upstream_task_ids
+    assert claim.timeout == get_settings().rollout_lock_wait_seconds
+    for task_id in ("build_bento", "start_candidate", "infra_validate", "canary", "finalize"):
+        assert any(isinstance(cb, ReleaseRolloutLease) for cb in dag.get_task(task_id).on_failure_callback), task_id
 
 
 @pytest.mark.parametrize(

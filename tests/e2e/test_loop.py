@@ -1,12 +1,14 @@
 """The loop through a real Airflow scheduler, dag-processor and API server, a real MLflow server,
 and the serving runtime (Traefik and bento slots), on free loopback ports: what `make demo` does,
-on five weeks."""
+on five weeks. Midway through the catch-up the scheduler and the dag-processor are SIGKILLed and
+started again, as a lost host would do to them."""
 
 from __future__ import annotations
 
 import json
 import secrets
 import threading
+import time
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,10 +21,10 @@ import requests
 from include.alerting.alerts import read_alerts
 from include.data.partitions import list_validated, quarantined_batches
 from include.local.demo import count_intervals, plant_faults, start_stack, wait_until_idle
-from include.local.stack import Ports, free_port
+from include.local.stack import BIN, Ports, airflow_env, free_port
 from include.model.registry import CHAMPION, alias_version, connect
 from include.rollout.infra import golden_records
-from include.rollout.processes import Stack
+from include.rollout.processes import Stack, kill_tree
 from include.settings import get_settings
 from include.usecases import get_calendar, get_usecase
 
@@ -30,6 +32,24 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 WEBHOOK_TOKEN = secrets.token_urlsafe(24)
+RESTART: dict = {}
+"""What `restart_scheduler_mid_catch_up` did: interval runs finished before the kill, the time."""
+
+
+def restart_scheduler_mid_catch_up(client, stack: Stack, env: dict[str, str], intervals: int) -> dict:
+    """Once the first interval has finished (and not all have), SIGKILL the scheduler and the
+    dag-processor with their children (the LocalExecutor's task processes), then start them again."""
+    deadline = time.monotonic() + 600
+    while True:
+        done = [r for r in client.runs("ingest_validate") if r["state"] in ("success", "failed")]
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    for name in ("airflow-scheduler", "airflow-dag-processor"):
+        kill_tree(stack.running()[name])
+    for name in ("scheduler", "dag-processor"):
+        stack.start(f"airflow-{name}", [str(BIN / "airflow"), name], env)
+    return {"finished_before_kill": len(done), "intervals": intervals, "at": time.time()}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +100,9 @@ def loop(tmp_path_factory, alert_receiver):
         stack = Stack(state)
         try:
             client = start_stack(settings, ports, stack, before_scheduler=lambda: plant_faults(get_usecase(), {2: "renamed_column"}))
-            finished = wait_until_idle(client, count_intervals(get_calendar()), timeout=600, poll=5)
+            intervals = count_intervals(get_calendar())
+            RESTART.update(restart_scheduler_mid_catch_up(client, stack, airflow_env(settings, ports), intervals))
+            finished = wait_until_idle(client, intervals, timeout=900, poll=5)
             yield settings, client, finished, stack
         finally:
             stopped = stack.stop()
@@ -99,6 +121,21 @@ def test_the_scheduler_runs_every_interval_and_quarantines_the_broken_one(loop):
     assert len(list_validated("flights")) == 4
     [batch] = quarantined_batches("flights")
     assert "expect_table_columns_to_match_set" in batch["failures"][0] and "arrival_delay" in batch["failures"][0]
+
+
+def test_a_scheduler_and_dag_processor_killed_mid_catch_up_validate_every_interval_exactly_once(loop):
+    settings, client, finished, _ = loop
+    assert finished
+    assert 1 <= RESTART["finished_before_kill"] < RESTART["intervals"], f"the kill did not land mid catch-up: {RESTART}"
+    runs = client.runs("ingest_validate")
+    starts = [r["data_interval_start"] for r in runs]
+    assert len(runs) == RESTART["intervals"] and len(set(starts)) == len(starts), "one run per interval, none twice"
+    events = client.get("assets/events", source_dag_id="ingest_validate", limit=100)["asset_events"]
+    partitions = [e["extra"]["partition"] for e in events]
+    print(f"\nscheduler + dag-processor killed after {RESTART['finished_before_kill']} of {RESTART['intervals']} intervals; "
+          f"validated-data events: {sorted(partitions)}")
+    assert sorted(partitions) == sorted({p for p in partitions}), "a partition was announced as validated twice"
+    assert len(partitions) == len(list_validated("flights")) == RESTART["intervals"] - 1  # one quarantined
 
 
 def test_training_ran_on_asset_events_and_a_champion_exists(loop):

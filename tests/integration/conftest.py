@@ -1,34 +1,17 @@
-"""Real services for the integration tests: an MLflow tracking server and a Dask cluster on free loopback ports."""
+"""Real services for the integration tests: a Dask cluster, moto's S3 on free loopback ports (the MLflow
+server and the validated weeks are shared with the faults layer: `tests/conftest.py`)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import pytest
 
-from include.data.gate import validate_partition
-from include.data.partitions import Partition, land_partition
 from include.data.storage import get_storage
-from include.local.stack import free_port, start_dask, start_mlflow
+from include.local.stack import free_port, start_dask
 from include.rollout.processes import Stack, wait_http
 from include.settings import get_settings
-
-NY = ZoneInfo("America/New_York")
-
-
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` (SQLite + local artifacts) for the whole session; yields its URL."""
-    state = tmp_path_factory.mktemp("mlflow")
-    stack = Stack(state)
-    port = free_port()
-    start_mlflow(stack, port, state / "store")
-    yield f"http://127.0.0.1:{port}"
-    stack.stop()
-    assert not stack.running()
 
 
 @pytest.fixture(scope="module")
@@ -49,22 +32,6 @@ def mlflow_env(mlflow_server, monkeypatch, request):
     monkeypatch.setenv("LOOP_MODEL_NAME", f"it-{request.node.name[:40]}".replace("[", "-").replace("]", ""))
     get_settings.cache_clear()
     yield get_settings()
-    get_settings.cache_clear()
-
-
-@pytest.fixture(scope="module")
-def validated_weeks(tmp_path_factory, flights):
-    """Six validated weeks of May–June 2013 in a storage root shared by one module's tests."""
-    root = tmp_path_factory.mktemp("zones")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LOOP_STORAGE_URI", str(root))
-        get_settings.cache_clear()
-        for i in range(6):
-            start = datetime(2013, 5, 7, tzinfo=NY) + timedelta(weeks=i)
-            p = Partition("flights", start, start + timedelta(weeks=1))
-            land_partition(flights, p, replay=True)
-            validate_partition(flights, p, max_bad_row_share=0.01)
-        yield root
     get_settings.cache_clear()
 
 

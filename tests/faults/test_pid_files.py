@@ -1,0 +1,51 @@
+"""A pid file is trusted only while its process (same pid, same start time) runs: after a reboot,
+or once the process is gone, its pid may belong to an unrelated process, which a stop must never
+signal. Real processes, no server: runs in `make test-fast` too."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from include.rollout.processes import Stack, start_time
+
+
+@pytest.fixture
+def stranger():
+    """An unrelated process: not started by the stack."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield proc
+    proc.kill()
+    proc.wait(10)
+
+
+def test_a_reused_pid_is_not_ours_and_is_never_signalled(tmp_path, stranger):
+    stack = Stack(tmp_path)
+    stack.run_dir.mkdir(parents=True)
+    # what a pid file looks like after a reboot: its pid now runs something else, started later
+    (stack.run_dir / "slot-blue.pid").write_text(f"{stranger.pid} {start_time(stranger.pid) - 3600!r}")
+    assert stack.running() == {}
+    assert not (stack.run_dir / "slot-blue.pid").exists(), "a stale pid file is removed"
+    (stack.run_dir / "slot-blue.pid").write_text(f"{stranger.pid} {start_time(stranger.pid) - 3600!r}")
+    assert stack.stop_one("slot-blue", timeout=1) is False
+    assert stranger.poll() is None, "the stranger must still run"
+
+
+def test_an_old_style_pid_file_is_ignored_not_trusted(tmp_path, stranger):
+    stack = Stack(tmp_path)
+    stack.run_dir.mkdir(parents=True)
+    (stack.run_dir / "mlflow.pid").write_text(str(stranger.pid))  # no start time: cannot be checked
+    assert stack.stop() == []
+    assert stranger.poll() is None
+
+
+def test_our_own_process_is_found_and_stopped(tmp_path):
+    stack = Stack(tmp_path)
+    proc = stack.start("sleeper", [sys.executable, "-c", "import time; time.sleep(120)"], {})
+    pid, started = (stack.run_dir / "sleeper.pid").read_text().split()
+    assert int(pid) == proc.pid and float(started) == start_time(proc.pid)
+    assert stack.running() == {"sleeper": proc.pid}
+    assert stack.stop_one("sleeper", timeout=5)
+    assert proc.wait(10) is not None and stack.running() == {}
