@@ -95,6 +95,9 @@ def airflow_env(settings: Settings, ports: Ports) -> dict[str, str]:
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "15",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+        # A task whose process died (a killed scheduler takes the LocalExecutor's with it) is
+        # retried after this long without a heartbeat, not Airflow's default 5 minutes.
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports.mlflow}",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         "LOOP_STATE_DIR": str(settings.state_dir),

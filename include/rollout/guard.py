@@ -6,7 +6,7 @@ Runs beside the slots (the embedded runtime starts it with the demo; in producti
 host starts it before its worker, `include.rollout.host`). Every LOOP_GUARD_INTERVAL_SECONDS it
 checks, in this order:
 
-1. **Traefik** (when it runs on this host): not answering → started again; it reads the routing
+1. **Traefik** (when it runs on this host and has routed before): not answering → started again; it reads the routing
    file, so it comes back with the last routing. Alert `proxy_restarted`.
 2. **An abandoned canary**: the rollout lease says traffic is `shifting` but the canary's
    heartbeat stopped LOOP_GUARD_CANARY_STALE_SECONDS ago (its task was killed between steps).
@@ -92,7 +92,9 @@ class Guard:
             log.warning("cannot read the live record (%s: %s); using the last one read", type(exc).__name__, exc)
 
     def _proxy_is_local(self) -> bool:
-        return self.settings.serving_host in LOCAL_HOSTS
+        """Traefik is this host's to restart: it listens here and has routed before (before the
+        first rollout there is nothing to route)."""
+        return self.settings.serving_host in LOCAL_HOSTS and self.serving.proxy.routing_file.exists()
 
     def _alert(self, kind: str, message: str, details: dict) -> dict:
         log.warning("%s: %s", kind, message)

@@ -27,6 +27,9 @@ from include.settings import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
+SUPERVISORS = ("serving-guard",)
+"""Services that restart others (`include.rollout.guard`): stopped before the rest."""
+
 
 def port_in_use(port: int) -> bool:
     with socket.socket() as s:
@@ -76,11 +79,16 @@ class Stack:
 
         TERM goes to the service's process group (a supervisor such as BentoML's stops its
         workers gracefully); descendants that live in process groups of their own (BentoML's
-        workers do) and are still there after `timeout` get KILL, so nothing is left behind."""
-        pid = self.running().get(name)
+        workers do) and are still there after `timeout` get KILL, so nothing is left behind.
+        Other services of this stack it started (the serving guard restarts Traefik and slots)
+        are theirs, not its: they are left running."""
+        running = self.running()
+        pid = running.get(name)
         if pid is None:
             return False
-        tree = descendants(pid)
+        others = {p for n, p in running.items() if n != name}
+        theirs = others | {d.pid for p in others for d in descendants(p)}
+        tree = [d for d in descendants(pid) if d.pid not in theirs]
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -91,8 +99,9 @@ class Stack:
         return True
 
     def stop(self, timeout: float = 20) -> list[str]:
-        """Stop every service (see `stop_one`)."""
-        return [name for name in list(self.running()) if self.stop_one(name, timeout)]
+        """Stop every service (see `stop_one`); supervisors first, so none restarts what is being stopped."""
+        names = sorted(self.running(), key=lambda name: name not in SUPERVISORS)
+        return [name for name in names if self.stop_one(name, timeout)]
 
 
 def start_time(pid: int) -> float | None:

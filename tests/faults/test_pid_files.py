@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -49,3 +50,26 @@ def test_our_own_process_is_found_and_stopped(tmp_path):
     assert stack.running() == {"sleeper": proc.pid}
     assert stack.stop_one("sleeper", timeout=5)
     assert proc.wait(10) is not None and stack.running() == {}
+
+
+def test_stopping_a_service_leaves_the_services_it_started_running(tmp_path):
+    """The serving guard starts Traefik and slots as services of the same stack: stopping the
+    guard must not take them down with it."""
+    stack = Stack(tmp_path)
+    launcher = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]);"
+        "from pathlib import Path; from include.rollout.processes import Stack;"
+        "Stack(Path(sys.argv[2])).start('child', [sys.executable, '-c', 'import time; time.sleep(120)'], {});"
+        "time.sleep(120)"
+    )
+    from include.settings import PROJECT_ROOT
+
+    stack.start("parent", [sys.executable, "-c", launcher, str(PROJECT_ROOT), str(tmp_path)], {})
+    deadline = time.monotonic() + 30
+    while "child" not in stack.running():
+        assert time.monotonic() < deadline, "the parent never started its child service"
+        time.sleep(0.1)
+    child = stack.running()["child"]
+    assert stack.stop_one("parent", timeout=5)
+    assert stack.running() == {"child": child}, "the child service keeps running"
+    assert stack.stop() == ["child"]
