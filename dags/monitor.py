@@ -14,7 +14,11 @@ that serves traffic (`include/monitoring/`):
    the last training, the daily cap, the same cause already requested); every decision is recorded
    with its reason.
 2. **request_retrain** — only on a `retrain` decision: triggers `train` with the reason and the
-   report's URI, so the challenger still has to pass the champion gate and the rollout.
+   report's URI, so the challenger still has to pass the champion gate and the rollout. The train
+   run's id comes from the decision (window and model version): a cleared or repeated monitor run
+   finds the run it already started and is skipped, instead of starting a second training. The
+   "training active" read above only spares a pointless request; the train run's own first task
+   applies the guards again, one run at a time, where it cannot race.
 """
 
 from datetime import timedelta
@@ -72,7 +76,14 @@ def monitor():
         return result["action"] == "retrain"
 
     result = check()
-    request_retrain = TriggerDagRunOperator(task_id="request_retrain", trigger_dag_id="train", conf=result["retrain_conf"])
+    request_retrain = TriggerDagRunOperator(
+        task_id="request_retrain",
+        trigger_dag_id="train",
+        trigger_run_id=result["retrain_run_id"],
+        conf=result["retrain_conf"],
+        skip_when_already_exists=True,  # the decision's run exists: skip, neither fail nor start another
+        reset_dag_run=False,  # and never clear it: that would train a second time
+    )
     needs_retraining(result) >> request_retrain
 
 

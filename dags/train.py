@@ -7,7 +7,14 @@ default), whenever validated partitions arrive (events coalesce: one run at a ti
 consumes every event queued while the previous one ran). With `LOOP_RETRAIN_ON=drift`, new data
 alone never trains: the monitor asks for the first model once enough data is validated.
 
-Trains XGBoost on a rolling window of validated partitions (newest
+First, **admit**: a run the schedule did not start (the monitor's request, an alert through the
+webhook, the UI, REST) trains only if the retrain policy's guards allow it: no other training
+running, and not within the cooldown since the last training (`include/monitoring/policy.py`,
+`admit`). Otherwise it ends there, skipped, with the reason recorded in MLflow
+(`<model>-admission`). Tick **Force** in the form to train anyway. One run at a time
+(`max_active_runs=1`) is what makes this check and the training it admits one step.
+
+Then it trains XGBoost on a rolling window of validated partitions (newest
 partition held out for evaluation), logs everything to MLflow, registers a version with alias
 `challenger`, logs the monitor's reference profile of it (`include/monitoring/profile.py`), and
 promotes it to `champion` only if it passes the gate in `include/model/gate.py`.
@@ -16,7 +23,7 @@ promotes it to `champion` only if it passes the gate in `include/model/gate.py`.
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
 from include.airflow_glue import CHAMPION_MODEL, VALIDATED_DATA, airflow_outcome, form_params, task_defaults
 from include.model.params import TrainParams
@@ -37,9 +44,36 @@ WEEKLY = CronTriggerTimetable("0 6 * * 1", timezone="UTC")  # scheduled retraini
     tags=["loop", "model", "mlflow"],
     doc_md=__doc__,
     # One definition of the knobs: the form is generated from TrainParams (bounds included).
-    params=form_params(TrainParams, {"window_weeks": settings.train_window_weeks, "eval_partitions": settings.eval_partitions}),
+    params=form_params(TrainParams, {"window_weeks": settings.train_window_weeks, "eval_partitions": settings.eval_partitions})
+    | {
+        "force": Param(
+            False,
+            type="boolean",
+            title="Force",
+            description="Train even if the retrain guards hold (another training running, the cooldown since the last).",
+        )
+    },
 )
 def train():
+    @task.short_circuit
+    def admit(params=None, dag_run=None, ti=None) -> bool:
+        from include.monitoring.monitor import admit_training
+        from include.usecases import get_usecase
+
+        running = ti.get_dr_count(dag_id=dag_run.dag_id, states=["running"])  # this run included
+        decision = admit_training(
+            get_settings(),
+            get_usecase(),
+            dag_id=dag_run.dag_id,
+            dag_run_id=dag_run.run_id,
+            run_type=dag_run.run_type.value,
+            requested_by=dag_run.triggering_user_name or "",
+            force=params["force"],
+            training_active=running > 1,
+        )
+        print(f"admission: {decision['action']} ({decision['reason']})")
+        return decision["action"] == "train"
+
     @task
     def train_challenger(params=None, dag_run=None) -> dict:
         from include.model.training import train_candidate
@@ -75,7 +109,9 @@ def train():
         outlet_events[CHAMPION_MODEL].extra = ref
         return ref
 
-    announce_champion(champion_gate(profile_reference(train_challenger())))
+    candidate = train_challenger()
+    admit() >> candidate
+    announce_champion(champion_gate(profile_reference(candidate)))
 
 
 train()

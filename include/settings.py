@@ -43,12 +43,38 @@ class Settings(BaseSettings):
     state_dir: Path = Field(PROJECT_ROOT / ".state", description="Where the embedded runtime keeps its state (Airflow DB, MLflow store, logs).")
     storage_uri: str = Field("", description="Root of the data zones: a local path or `s3://bucket/prefix` (default: `<state dir>/data`).")
     s3_endpoint_url: str = Field("", description="S3 endpoint for MinIO or a moto server; empty for AWS.")
+    s3_timeout_seconds: float = Field(10, gt=0, description="Connect and read timeout of one S3 request (a stalled endpoint fails fast, it does not hang the task).")
+    s3_max_attempts: int = Field(
+        3, ge=1, description="Attempts per S3 request (boto3's standard retries: exponential backoff with jitter) before the storage counts as unavailable."
+    )
     airflow_port: int = Field(8080, ge=1, le=65535, description="Port of the embedded Airflow API server and UI.")
     mlflow_port: int = Field(5000, ge=1, le=65535, description="Port of the embedded MLflow server.")
     mlflow_tracking_uri: str = Field(
         "http://127.0.0.1:5000",
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI"),
         description="The MLflow tracking server (MLflow's own variable).",
+    )
+    # MLflow's own retry variables. The defaults bound one call to a server that is down: 3 retries
+    # after 0, 4 and 8 s (~12 s) when it refuses connections, plus 4 timeouts of 10 s (~52 s) when it hangs.
+    mlflow_http_timeout_seconds: int = Field(
+        10,
+        gt=0,
+        validation_alias=AliasChoices("MLFLOW_HTTP_REQUEST_TIMEOUT"),
+        description="Connect and read timeout of one MLflow HTTP request: a hung tracking server fails the call, it does not stall the task (MLflow's own variable).",
+    )
+    mlflow_http_max_retries: int = Field(
+        3,
+        ge=0,
+        le=10,
+        validation_alias=AliasChoices("MLFLOW_HTTP_REQUEST_MAX_RETRIES"),
+        description="Retries of a failed MLflow HTTP request (refused, timed out, 5xx) before the server counts as unreachable (MLflow's own variable).",
+    )
+    mlflow_http_backoff_factor: int = Field(
+        2,
+        ge=0,
+        le=120,
+        validation_alias=AliasChoices("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"),
+        description="Exponential backoff between those retries: 0, 2×, 4× … this many seconds (MLflow's own variable).",
     )
     git_commit: str = Field(
         "", description="The code's git commit, recorded with every model (the image sets it; empty: `git rev-parse HEAD` of the checkout)."
@@ -70,6 +96,9 @@ class Settings(BaseSettings):
 
     # Data gate
     max_bad_row_share: float = Field(0.01, ge=0, lt=1, description="Above this share of bad rows the whole batch is quarantined.")
+    max_landing_bytes: int = Field(
+        1 << 30, ge=1, description="Landing files larger than this are refused unread: the gate holds a partition in memory (deliver smaller intervals, or raise it)."
+    )
 
     # Training and the champion gate
     train_window_weeks: int = Field(8, ge=2, le=104, description="Default rolling window of validated partitions for training (the form can override it).")
@@ -104,6 +133,23 @@ class Settings(BaseSettings):
     slot_ports: Annotated[tuple[int, int], NoDecode] = Field((3001, 3002), description="Ports of the blue and green slots, `blue,green`.")
     slot_workers: int = Field(1, ge=1, description="BentoML worker processes per slot.")
     inference_log: bool = Field(True, description="1: every prediction goes to the inference log (the monitor's input); 0: off.")
+    inference_log_flush_seconds: float = Field(
+        10, gt=0, description="How often a serving worker writes its logged predictions (a crash loses at most this much; a clean stop loses nothing)."
+    )
+    inference_log_max_queued: int = Field(
+        200_000, ge=1, description="Predictions a worker holds for the log (storage slow or down); beyond it new ones are not logged, and counted."
+    )
+    inference_log_max_lateness_hours: float | None = Field(
+        None,
+        gt=0,
+        description="A prediction whose event time is this much older than the newest event logged is served but kept out of the log (default: one data interval).",
+    )
+    serving_max_body_bytes: int = Field(
+        2 << 20, ge=1024, description="Request bodies larger than this are refused with 413, counted as they arrive (a full batch is about 0.5 MB)."
+    )
+    serving_max_lead_hours: float = Field(
+        48, gt=0, description="A request whose event time is further than this after the serving host's clock is refused (400)."
+    )
     slot: str = Field("dev", description="Set by the serving runtime in each slot process: `blue` or `green`.")
     slot_fault: str = Field(
         "", description="Chaos testing only, set per slot by the rollout tests: `<errors|slow|skew|unready>[:<n>]`."
@@ -150,6 +196,9 @@ class Settings(BaseSettings):
     webhook_token: str = Field("", description="Bearer token the alert webhook requires (empty: the webhook is off; the demo generates one).")
     webhook_dags: Annotated[tuple[str, ...], NoDecode] = Field(
         ("train", "monitor", "ingest_validate"), description="DAGs an alert may start through the webhook (its `dag_id` label names one)."
+    )
+    webhook_rate_per_minute: int = Field(
+        60, ge=1, description="Requests a minute the alert webhook takes from one client, checked before its token; more are answered 429."
     )
 
     @field_validator("webhook_dags", mode="before")

@@ -52,6 +52,78 @@ def flights():
 
 
 @pytest.fixture(scope="session")
+def start_moto():
+    """Starts moto's S3 server on a free loopback port: `start_moto()` returns (process, URL). A test
+    may stop or pause its own server; every server started is ended with the session."""
+    import signal
+    import subprocess
+    import sys
+
+    from include.local.stack import free_port
+    from include.rollout.processes import wait_http
+
+    started = []
+
+    def start():
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        started.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url, 30, proc)  # fails naming the URL if moto never answers, at once if it exits
+        return proc, url
+
+    yield start
+    for proc in started:
+        proc.send_signal(signal.SIGCONT)  # a paused server would not act on SIGTERM
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(start_moto):
+    """A real S3 API on loopback, shared by the session: moto's server."""
+    return start_moto()[1]
+
+
+@pytest.fixture
+def use_s3(monkeypatch):
+    """`use_s3(endpoint)` points the storage layer at bucket `loop-test` of that S3 endpoint
+    (creating the bucket) and returns the storage."""
+    from include.data.storage import get_storage
+    from include.settings import get_settings
+
+    def use(endpoint: str):
+        import boto3
+
+        for key, value in {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "LOOP_S3_ENDPOINT_URL": endpoint,
+            "LOOP_STORAGE_URI": "s3://loop-test/zones",
+        }.items():
+            monkeypatch.setenv(key, value)
+        get_settings.cache_clear()
+        client = boto3.client("s3", endpoint_url=endpoint)
+        if "loop-test" not in [b["Name"] for b in client.list_buckets()["Buckets"]]:
+            client.create_bucket(Bucket="loop-test")
+        return get_storage()
+
+    yield use
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def s3(s3_endpoint, use_s3):
+    """The storage layer on bucket `loop-test` of the session's moto server."""
+    return use_s3(s3_endpoint)
+
+
+@pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` (SQLite + local artifacts) for the whole session; yields its URL."""
     from include.local.stack import free_port, start_mlflow

@@ -6,13 +6,20 @@ Policy (each expectation carries its level in `meta["level"]`):
 * ``row`` expectations (nulls, ranges, allowed sets, key uniqueness, rows inside the interval)
   flag single rows. Flagged rows go to quarantine with one reason per row; the rest of the batch
   passes if the flagged share stays at or under LOOP_MAX_BAD_ROW_SHARE.
-* ``batch`` expectations (schema, types, row count for the interval, freshness, column means)
-  judge the partition as a whole. Any failure, an unreadable file, a batch identical to another
-  partition, or too many bad rows sends the whole batch to quarantine with the GX result and a
-  readable report, and the task fails naming the partition and the failed expectations.
+* ``batch`` expectations (schema, types, row count for the interval, freshness, column means,
+  no column wholly null) judge the partition as a whole. Any failure, an unreadable file, a
+  batch identical to another partition, or too many bad rows sends the whole batch to quarantine
+  with the GX result and a readable report, and the task fails naming the partition and the
+  failed expectations.
+
+Before a row is decoded, size is checked, so a huge file cannot exhaust the worker's memory: a
+landing file over LOOP_MAX_LANDING_BYTES is refused unread (`LandingRefused`; it stays where it
+is, nothing is copied), and a Parquet footer declaring more rows than the contract allows for the
+interval, or more uncompressed bytes than that limit, quarantines the batch undecoded.
 
 The landing input is never modified or deleted: quarantine stores a copy keyed by the input's
-hash, so clearing the task after the upstream fix re-validates and nothing is lost.
+hash, so clearing the task after the upstream fix re-validates and nothing is lost. Repeated,
+replaced and out-of-order deliveries follow the policy in `include.data.partitions`.
 """
 
 from __future__ import annotations
@@ -22,14 +29,24 @@ from typing import TYPE_CHECKING
 
 from include.alerting.alerts import send_alert
 from include.data.partitions import Partition, list_validated, quarantined_batches, read_json, sha256, write_json
-from include.data.storage import MalformedPartitionError, Storage, get_storage, parse_parquet, write_parquet
-from include.data.suite import BATCH, Failure, assess, build_suite, run_suite
+from include.data.storage import (
+    MalformedPartitionError,
+    ObjectExistsError,
+    ObjectTooLargeError,
+    Storage,
+    get_storage,
+    parquet_bytes,
+    parquet_metadata,
+    parse_parquet,
+    write_parquet,
+)
+from include.data.suite import BATCH, Failure, assess, build_suite, row_count_bounds, run_suite
 from include.outcomes import FailNow
 from include.settings import get_settings
 from include.usecases import UseCase
 
 if TYPE_CHECKING:
-    pass
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +55,10 @@ class BatchQuarantined(FailNow):
     """The whole partition failed the gate; its message names the partition and the failures."""
 
     alerted = True  # a `quarantined` alert went out already; the failure notifier does not repeat it
+
+
+class LandingRefused(FailNow):
+    """The landing file is larger than the gate may read (LOOP_MAX_LANDING_BYTES); it was left unread."""
 
 
 class RevalidationRefused(FailNow, ValueError):
@@ -64,17 +85,69 @@ def _report(partition: Partition, landing_uri: str, status: str, failures: list[
     return "\n".join(lines)
 
 
+def _decode(data: bytes, uri: str, max_rows: int, max_bytes: int) -> tuple[pd.DataFrame | None, list[Failure]]:
+    """The landing file as a frame, or the batch failures that keep it undecoded: unreadable, or
+    larger than the partition can be by its Parquet footer (read before any row)."""
+    try:
+        meta = parquet_metadata(data, uri)
+        unpacked = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        too_big = []
+        if meta.num_rows > max_rows:
+            too_big.append(f"{meta.num_rows:,} rows, more than the {max_rows:,} the contract allows for the interval")
+        if unpacked > max_bytes:
+            too_big.append(f"{unpacked:,} uncompressed bytes, more than LOOP_MAX_LANDING_BYTES={max_bytes:,}")
+        if too_big:
+            return None, [Failure("parquet_footer", None, BATCH, f"declares {d}: not decoded") for d in too_big]
+        return parse_parquet(data, uri), []
+    except MalformedPartitionError as exc:
+        return None, [Failure("readable_parquet", None, BATCH, str(exc))]
+
+
+def _publish(storage: Storage, partition: Partition, content_sha: str, good: pd.DataFrame) -> str:
+    """Write the rows that passed where no other input's rows are (validated files are written
+    once); returns their key."""
+    data = parquet_bytes(good)
+    for key in (partition.validated_key, f"{partition.validated_prefix(content_sha)}/data.parquet"):
+        try:
+            storage.write_bytes(key, data, create_only=True)
+            return key
+        except ObjectExistsError:
+            if storage.read_bytes(key) == data:  # these rows, published by an earlier run
+                return key
+    raise ObjectExistsError(f"{storage.uri(key)} holds other rows for input {content_sha[:12]}: inspect it before re-validating")
+
+
 def validate_partition(
     usecase: UseCase, partition: Partition, *, max_bad_row_share: float, storage: Storage | None = None
 ) -> dict:
     """Run the gate on a landing partition; returns the validation record of a passing batch.
 
-    Raises `BatchQuarantined` for a rejected batch (after writing the quarantine record).
+    Raises `BatchQuarantined` for a rejected batch (after writing the quarantine record), and
+    `LandingRefused` for a file too large to read.
     """
     storage = storage or get_storage()
+    max_bytes = get_settings().max_landing_bytes
     landing_uri = storage.uri(partition.landing_key)
-    data = storage.read_bytes(partition.landing_key)
+    try:
+        data = storage.read_bytes(partition.landing_key, max_bytes=max_bytes)
+    except ObjectTooLargeError as exc:
+        raise LandingRefused(
+            f"partition {partition.id} refused: {exc} (LOOP_MAX_LANDING_BYTES). The gate validates a partition in memory: "
+            "have upstream deliver smaller intervals, or raise the limit if the workers have the memory; then clear this task."
+        ) from None
     content_sha = sha256(data)
+    current = read_json(storage, partition.validation_key) if storage.exists(partition.validation_key) else None
+    if current and current["status"] == "passed" and current["landing_sha256"] == content_sha:
+        log.info("partition %s already passed with this input (sha256 %s): nothing to do", partition.id, content_sha[:12])
+        return current
+    replaced = current["landing_sha256"] if current and current["landing_sha256"] != content_sha else None
+    if replaced:
+        log.warning(
+            "partition %s was re-delivered (sha256 %s, was %s): validating the new input",
+            partition.id,
+            content_sha[:12],
+            replaced[:12],
+        )
     qprefix = partition.quarantine_prefix(content_sha)
     record = {
         "partition": partition.id,
@@ -87,12 +160,10 @@ def validate_partition(
 
     def quarantine_batch(failures: list[Failure], gx_json: dict | None, bad_rows: dict, n_rows: int):
         storage.write_bytes(f"{qprefix}/data.parquet", data)
-        if storage.exists(partition.validation_key):
-            earlier = read_json(storage, partition.validation_key)
-            if earlier.get("status") == "passed" and earlier["landing_sha256"] != content_sha:
-                # Upstream replaced a delivery that had passed: withdraw it from training (the
-                # record and its data stay, marked superseded).
-                write_json(storage, partition.validation_key, earlier | {"status": "superseded", "superseded_by": content_sha})
+        if replaced and current["status"] == "passed":
+            # Upstream replaced a delivery that had passed: withdraw it from training (the
+            # record and its data stay, marked superseded).
+            write_json(storage, partition.validation_key, current | {"status": "superseded", "superseded_by": content_sha})
         result_uri = write_json(
             storage,
             f"{qprefix}/validation.json",
@@ -119,10 +190,9 @@ def validate_partition(
             f"Report: {report_uri}; GX result: {result_uri}. Fix the input upstream, then re-validate it with the `revalidate` DAG (or clear this task)."
         )
 
-    try:
-        df = parse_parquet(data, landing_uri)
-    except MalformedPartitionError as exc:
-        quarantine_batch([Failure("readable_parquet", None, BATCH, str(exc))], None, {}, 0)
+    df, undecoded = _decode(data, landing_uri, row_count_bounds(usecase.contract, partition)[1], max_bytes)
+    if undecoded:
+        quarantine_batch(undecoded, None, {}, 0)
 
     twins = [
         r["partition"]
@@ -154,13 +224,13 @@ def validate_partition(
             f"{qprefix}/report.md", _report(partition, landing_uri, "PASSED, rows quarantined", [], bad_rows, len(df)).encode()
         )
     good = df.drop(index=bad_index).reset_index(drop=True)
-    validated_uri = write_parquet(storage, partition.validated_key, good)
-    gx_uri = write_json(storage, f"validated/{partition.usecase}/{partition.id}/gx_result.json", gx_json)
+    validated_key = _publish(storage, partition, content_sha, good)
+    gx_uri = write_json(storage, f"{validated_key.rsplit('/', 1)[0]}/gx_result.json", gx_json)
     record |= {
         "status": "passed",
-        "validated_key": partition.validated_key,
-        "validated_uri": validated_uri,
-        "validated_sha256": sha256(storage.read_bytes(partition.validated_key)),
+        "validated_key": validated_key,
+        "validated_uri": storage.uri(validated_key),
+        "validated_sha256": sha256(storage.read_bytes(validated_key)),
         "gx_result_uri": gx_uri,
         "gx_statistics": gx_json.get("statistics", {}),
         "suite": suite.name,
@@ -168,8 +238,10 @@ def validate_partition(
         "rows_validated": len(good),
         "rows_quarantined": len(bad_index),
         "quarantine_uri": storage.uri(f"{qprefix}/rows.parquet") if bad_index else None,
+        **({"supersedes": replaced} if replaced else {}),
     }
-    # validation.json is written last: its presence is what marks the partition validated.
+    # validation.json is written last: its presence is what marks the partition validated, and
+    # replacing it is what moves the partition from one input's rows to another's.
     write_json(storage, partition.validation_key, record)
     log.info("partition %s passed: %d rows validated, %d quarantined", partition.id, len(good), len(bad_index))
     return record

@@ -3,9 +3,26 @@
 A partition is one Airflow data interval. Its id comes from the interval start (UTC), never from
 the wall clock, so a rerun of an interval addresses the same objects:
 
-    landing/<usecase>/dt=<id>/data.parquet          written once, never rewritten
-    validated/<usecase>/dt=<id>/data.parquet        the rows that passed, plus validation.json
-    quarantine/<usecase>/dt=<id>/<sha12>/...        rejected rows or batches, keyed by input hash
+    landing/<usecase>/dt=<id>/data.parquet              the delivery; the loop writes it once, never rewrites it
+    validated/<usecase>/dt=<id>/validation.json         the partition's record: which input passed, where its rows are
+    validated/<usecase>/dt=<id>/data.parquet            the rows that passed, of the first input validated
+    validated/<usecase>/dt=<id>/<sha12>/data.parquet    ... of a later, different input of the interval
+    quarantine/<usecase>/dt=<id>/<sha12>/...            rejected rows or batches, keyed by input hash
+
+Deliveries do not always arrive once and in order. The policy (enforced by `include.data.gate`):
+
+* The same bytes again (a repeated delivery, a rerun): validating them is a no-op that returns
+  the partition's record as it is.
+* Different bytes for an interval already validated (upstream re-delivered it): they go through
+  the gate like any input, under their own hash. If they pass, the record moves to their rows; if
+  they fail, the earlier record is withdrawn (status ``superseded``), so training stops using the
+  replaced delivery. Validated rows are written once and never rewritten: the earlier input's
+  rows stay where its record, and any model's lineage, point. The record is written last and
+  names one input, so a reader gets the rows of one input or the other, never a mix.
+* The same bytes as another partition (a file delivered under the wrong interval): quarantined.
+* An older interval arriving after newer ones (a backfill): validated like any other; its checks
+  depend on its own interval, never on the clock, and training windows select partitions by
+  interval, not by arrival.
 """
 
 from __future__ import annotations
@@ -49,6 +66,10 @@ class Partition:
     @property
     def validated_key(self) -> str:
         return f"validated/{self.usecase}/{self.id}/data.parquet"
+
+    def validated_prefix(self, content_sha256: str) -> str:
+        """Where the rows of a later input go, once `validated_key` holds an earlier input's."""
+        return f"validated/{self.usecase}/{self.id}/{content_sha256[:12]}"
 
     @property
     def validation_key(self) -> str:

@@ -3,13 +3,14 @@ reading of its result: which failures judge the whole batch, which flag single r
 
 Each expectation carries its level in `meta["level"]`: ``row`` expectations (nulls, ranges,
 allowed sets, key uniqueness, rows inside the interval) flag single rows; ``batch`` expectations
-(schema, types, row count for the interval, freshness, column means) judge the partition as a
-whole. What happens to a failing batch or row is the gate's business (`include.data.gate`).
+(schema, types, row count for the interval, freshness, column means, no column wholly null) judge
+the partition as a whole. What happens to a failing batch or row is the gate's business (`include.data.gate`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -51,18 +52,22 @@ def import_gx():
     return gx
 
 
+def row_count_bounds(contract: Contract, partition: Partition) -> tuple[int, int]:
+    """How many rows the partition may hold: the contract's rows per day, over the interval."""
+    lo, hi = contract.rows_per_day
+    return int(lo * partition.days), int(hi * partition.days) + 1
+
+
 def build_suite(contract: Contract, partition: Partition) -> gx.ExpectationSuite:
     """The expectation suite for one partition of `contract` (bounds depend on the interval)."""
     gx = import_gx()
     import great_expectations.expectations as gxe
 
     row, batch = {"level": ROW}, {"level": BATCH}
-    lo, hi = contract.rows_per_day
+    min_rows, max_rows = row_count_bounds(contract, partition)
     exps = [
         gxe.ExpectTableColumnsToMatchSet(column_set=contract.names, exact_match=True, meta=batch),
-        gxe.ExpectTableRowCountToBeBetween(
-            min_value=int(lo * partition.days), max_value=int(hi * partition.days) + 1, meta=batch
-        ),
+        gxe.ExpectTableRowCountToBeBetween(min_value=min_rows, max_value=max_rows, meta=batch),
         gxe.ExpectColumnMaxToBeBetween(
             column=contract.event_time,
             min_value=partition.end - timedelta(hours=contract.freshness_hours),
@@ -84,6 +89,10 @@ def build_suite(contract: Contract, partition: Partition) -> gx.ExpectationSuite
         exps.append(gxe.ExpectColumnValuesToBeOfType(column=col.name, type_=GX_TYPES[col.kind], meta=batch))
         if not col.nullable:
             exps.append(gxe.ExpectColumnValuesToNotBeNull(column=col.name, meta=row))
+        else:  # sparse is fine; wholly null is a column the upstream stopped filling
+            exps.append(
+                gxe.ExpectColumnProportionOfNonNullValuesToBeBetween(column=col.name, min_value=0, strict_min=True, meta=batch)
+            )
         if col.min is not None or col.max is not None:
             exps.append(gxe.ExpectColumnValuesToBeBetween(column=col.name, min_value=col.min, max_value=col.max, meta=row))
         if col.allowed is not None:
@@ -139,7 +148,7 @@ def _describe(result) -> str:
         return f"could not be evaluated: {error}"
     if "observed_value" in res:
         observed = _plain(res["observed_value"])
-        bounds = {k: _plain(v) for k, v in cfg.kwargs.items() if k in ("min_value", "max_value", "type_")}
+        bounds = {k: _plain(v) for k, v in cfg.kwargs.items() if k in ("min_value", "max_value", "strict_min", "type_")}
         if "column_set" in cfg.kwargs and isinstance(observed, list):
             missing = sorted(set(cfg.kwargs["column_set"]) - set(observed))
             extra = sorted(set(observed) - set(cfg.kwargs["column_set"]))
@@ -172,12 +181,14 @@ def assess(df: pd.DataFrame, gx_result, max_bad_row_share: float) -> tuple[list[
             batch_failures.append(failure)
     share = len(bad_rows) / len(df) if len(df) else 0.0
     if share > max_bad_row_share:
+        counts = Counter(reason for reasons in bad_rows.values() for reason in reasons)
+        top = ", ".join(f"{reason}: {n}" for reason, n in counts.most_common(3))
         batch_failures.append(
             Failure(
                 "bad_row_share",
                 None,
                 BATCH,
-                f"{len(bad_rows)} of {len(df)} rows ({share:.2%}) fail row checks; the limit is {max_bad_row_share:.2%}",
+                f"{len(bad_rows)} of {len(df)} rows ({share:.2%}) fail row checks ({top}); the limit is {max_bad_row_share:.2%}",
             )
         )
     return batch_failures + unevaluated, bad_rows

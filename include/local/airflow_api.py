@@ -8,6 +8,10 @@ from pathlib import Path
 
 import requests
 
+ADMIN_USER = "admin"
+PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
+"""The simple auth manager's `{user: password}` file in AIRFLOW_HOME (the embedded runtime writes it)."""
+
 
 class AirflowAPI:
     """The few calls of Airflow's REST API (v2) the demo needs, with a token from the simple auth manager."""
@@ -15,14 +19,14 @@ class AirflowAPI:
     def __init__(self, base: str, home: Path, user: str | None = None, password: str | None = None):
         self.base = base.rstrip("/")
         self.home = home
-        self.user = user or "admin"
+        self.user = user or ADMIN_USER
         self._password = password
         self.session = requests.Session()
 
     def password(self) -> str:
         if self._password:
             return self._password
-        return json.loads((self.home / "simple_auth_manager_passwords.json.generated").read_text())[self.user]
+        return json.loads((self.home / PASSWORDS_FILE).read_text())[self.user]
 
     def login(self) -> None:
         r = self.session.post(f"{self.base}/auth/token", json={"username": self.user, "password": self.password()}, timeout=10)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from include.local.airflow_api import AirflowAPI
 from include.local.clock import INTERVAL_SECONDS, BackgroundTraffic, DataClock, Progress, say
-from include.local.stack import BIN, Ports, airflow_env, port_in_use, start_mlflow
+from include.local.stack import BIN, Ports, airflow_command, airflow_env, port_in_use, start_mlflow
 from include.rollout.processes import Stack, wait_http
 from include.settings import Settings
 from include.usecases import Calendar, UseCase
@@ -75,8 +75,8 @@ def start_stack(
 
     say(f"starting Airflow: scheduler, dag-processor, API server on 127.0.0.1:{ports.airflow}")
     for name in ("scheduler", "dag-processor"):
-        stack.start(f"airflow-{name}", [str(BIN / "airflow"), name], env)
-    api = stack.start("airflow-api-server", [str(BIN / "airflow"), "api-server", "--port", str(ports.airflow)], env)
+        stack.start(f"airflow-{name}", airflow_command(name), env)
+    api = stack.start("airflow-api-server", airflow_command("api-server", "--port", str(ports.airflow)), env)
     wait_http(f"http://127.0.0.1:{ports.airflow}/api/v2/monitor/health", 180, api, stack.log_dir / "airflow-api-server.log")
     client = AirflowAPI(f"http://127.0.0.1:{ports.airflow}", home)
     client.login()

@@ -8,14 +8,18 @@ the state directory.
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from include.local.airflow_api import ADMIN_USER, PASSWORDS_FILE
 from include.rollout.processes import Stack, port_in_use, wait_http
 from include.settings import PROJECT_ROOT, Settings, get_settings
 
@@ -73,8 +77,10 @@ def mlflow_env() -> dict[str, str]:
 
 
 def airflow_env(settings: Settings, ports: Ports) -> dict[str, str]:
-    """Airflow configuration of the embedded runtime, as AIRFLOW__ variables."""
+    """Airflow configuration of the embedded runtime, as AIRFLOW__ variables. Writes the admin's
+    password file first (`admin_password_file`)."""
     home = settings.state_dir / "airflow"
+    passwords = admin_password_file(settings)
     return {
         "AIRFLOW_HOME": str(home),
         "PYTHONPATH": str(PROJECT_ROOT),
@@ -92,7 +98,8 @@ def airflow_env(settings: Settings, ports: Ports) -> dict[str, str]:
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{ports.airflow}",
         "AIRFLOW__API__WORKERS": "1",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{ports.airflow}/execution/",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "15",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
         # A task whose process died (a killed scheduler takes the LocalExecutor's with it) is
@@ -106,6 +113,39 @@ def airflow_env(settings: Settings, ports: Ports) -> dict[str, str]:
     }
 
 
+def airflow_command(component: str, *args: str) -> list[str]:
+    """The command line of an Airflow component of the embedded runtime. The scheduler runs without
+    its worker log server: Airflow 3.3 binds that to every interface (port 8793, no host option),
+    and the API server reads the LocalExecutor's task logs from the same local folder anyway."""
+    command = [str(BIN / "airflow"), component, *args]
+    if component == "scheduler":
+        command.append("--skip-serve-logs")
+    return command
+
+
+def admin_password_file(settings: Settings) -> Path:
+    """The simple auth manager's password file (`{user: password}`), written before Airflow starts:
+    mode 0600, the admin's password generated here, never a default. Airflow finds its user in it
+    and so neither generates a password nor prints one into the API server's log. A file from an
+    earlier start keeps its password (and is made private if Airflow wrote it 0644)."""
+    path = settings.state_dir / "airflow" / PASSWORDS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    passwords = {}
+    if path.exists():
+        try:
+            passwords = json.loads(path.read_text() or "{}")
+        except json.JSONDecodeError as exc:
+            raise RuntimeError(f"{path} is not JSON ({exc}): delete it and a new admin password is generated") from None
+    if not passwords.get(ADMIN_USER):
+        passwords[ADMIN_USER] = secrets.token_urlsafe(18)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(passwords) + "\n")
+        os.replace(tmp, path)
+    os.chmod(path, 0o600)
+    return path
+
+
 def webhook_token(settings: Settings) -> str:
     """The alert webhook's bearer token: LOOP_WEBHOOK_TOKEN if set, else one generated for this
     state directory (`<state>/airflow/webhook-token`, mode 0600), never a shipped default."""
@@ -113,8 +153,6 @@ def webhook_token(settings: Settings) -> str:
         return settings.webhook_token
     path = settings.state_dir / "airflow" / "webhook-token"
     if not path.exists():
-        import secrets
-
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -153,6 +191,35 @@ def start_dask(stack: Stack, workers: int = 2, nthreads: int = 1) -> str:
     return address
 
 
+def serving_problems(settings: Settings, running: dict[str, int]) -> list[str]:
+    """What is wrong with serving, as a client or the guard would see it: the live deployment's
+    slot down, the entry not answering, the guard not running. [] when all is well, or when
+    nothing has been deployed yet."""
+    import requests
+
+    from include.rollout.slots import Serving, ready
+
+    serving = Serving(settings)
+    if not serving.proxy.routing_file.exists():
+        return []
+    problems = []
+    if "serving-guard" not in running:
+        problems.append("the serving guard is not running: nothing restarts a dead slot (make demo starts it)")
+    try:
+        entry = requests.get(f"{serving.proxy.entry_url}/readyz", timeout=3)
+        if entry.status_code != 200:
+            problems.append(f"the serving entry {serving.proxy.entry_url} answers {entry.status_code}: {entry.text.strip()[:80]}")
+    except requests.RequestException as exc:
+        problems.append(f"the serving entry {serving.proxy.entry_url} does not answer: {type(exc).__name__}")
+    try:
+        live = serving.live()
+    except Exception as exc:
+        return [*problems, f"cannot read the live deployment from MLflow ({settings.mlflow_tracking_uri}): {type(exc).__name__}"]
+    if live and not ready(serving.proxy.slot_url(live["slot"])):
+        problems.append(f"live slot {live['slot']} ({live['model_name']} v{live['model_version']}) is not ready")
+    return problems
+
+
 def _cli(argv: list[str]) -> int:
     stack = Stack(get_settings().state_dir)
     if argv[:1] == ["stop"]:
@@ -162,7 +229,10 @@ def _cli(argv: list[str]) -> int:
     if argv[:1] == ["status"]:
         running = stack.running()
         print("\n".join(f"{k}: pid {v}" for k, v in running.items()) or "nothing is running")
-        return 0
+        problems = serving_problems(get_settings(), running)
+        for problem in problems:
+            print(f"PROBLEM: {problem}")
+        return 1 if problems else 0
     print("usage: python -m include.local.stack stop|status", file=sys.stderr)
     return 2
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from include.data.partitions import list_validated, quarantined_batches
+from include.local.airflow_api import PASSWORDS_FILE
 from include.settings import Settings
 from include.usecases import get_usecase
 
@@ -73,7 +74,7 @@ def summarize(settings: Settings, ports, airflow=None, traffic=None) -> str:
         lines.append("No champion yet.")
     lines += _serving(settings, airflow, traffic)
     lines += monitoring_story(settings, client, name, versions)
-    password_file = settings.state_dir / "airflow" / "simple_auth_manager_passwords.json.generated"
+    password_file = settings.state_dir / "airflow" / PASSWORDS_FILE
     lines += [
         "",
         f"Airflow UI: http://127.0.0.1:{ports.airflow}   user 'admin', password in {password_file}",

@@ -1,8 +1,11 @@
-"""The monitor run: check a window of the live model, decide with the retrain policy, record it.
+"""The monitor run: check a window of the live model, decide with the retrain policy, record it;
+and the admission of each `train` run by the same policy's guards.
 
 One MLflow run per window and model version (experiment `<model>-monitoring`): metrics stamped at
 the window end so they chart over time, the report, the decision and the drift plot. Drift and
-decay alert with links to the run and the plot.
+decay alert with links to the run and the plot. A retrain request names the `train` run it starts
+after the decision (`retrain_run_id`), so a rerun of the monitor finds that run and starts nothing.
+One MLflow run per `train` run records its admission (experiment `<model>-admission`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from include.alerting.alerts import mlflow_artifact_link, mlflow_run_link, send_
 from include.data.partitions import list_validated
 from include.model.registry import CHAMPION, alias_version, connect, experiment_id, find_runs
 from include.monitoring.plots import drift_figure
-from include.monitoring.policy import History, PolicyConfig, decide
+from include.monitoring.policy import History, PolicyConfig, admit, decide
 from include.monitoring.profile import PROFILE_ARTIFACT
 from include.monitoring.windows import window_report
 from include.rollout.records import read_live
@@ -21,6 +24,16 @@ from include.rollout.records import read_live
 
 def monitoring_experiment(model_name: str) -> str:
     return f"{model_name}-monitoring"
+
+
+def admission_experiment(model_name: str) -> str:
+    return f"{model_name}-admission"
+
+
+def retrain_run_id(window_start: str, window_end: str, version: str | None) -> str:
+    """The `train` run a retrain request starts: one per decision (window and model version, or the
+    bootstrap of a window without a model), so reruns of the same decision find that run."""
+    return f"monitor__{f'v{version}' if version else 'bootstrap'}__{window_start}__{window_end}"
 
 
 def run_monitor(
@@ -41,7 +54,7 @@ def run_monitor(
     model_name = settings.model_name or usecase.model_name
     live = _live_version(settings, client, model_name) or alias_version(client, model_name, CHAMPION)
     if live is None:
-        return _without_model(settings, usecase, model_name, training_active, storage)
+        return _without_model(settings, usecase, model_name, start, end, training_active, storage)
     version = str(live.version)
     exp = experiment_id(client, monitoring_experiment(model_name))
     window = {"monitor.window_start": start.isoformat(), "monitor.window_end": end.isoformat(), "monitor.model_version": version}
@@ -102,11 +115,63 @@ def run_monitor(
     return _result(run.info.run_id, tags, reused=False)
 
 
+def admit_training(
+    settings,
+    usecase,
+    *,
+    dag_id: str,
+    dag_run_id: str,
+    run_type: str,
+    requested_by: str = "",
+    force: bool = False,
+    training_active: bool = False,
+    storage=None,
+) -> dict:
+    """Whether the `train` run `dag_run_id` may train (`policy.admit`), recorded with its reason: one
+    MLflow run per DAG run (experiment `<model>-admission`). Idempotent: a rerun of the same DAG run
+    returns the recorded decision, so a cleared run that trained is not refused by its own training.
+
+    Data time, as in the monitor: "now" is the end of the newest validated partition, the last
+    training the end of the newest model version's data window. `training_active`: another run of
+    the train DAG is running (the caller asks Airflow)."""
+    import mlflow
+
+    client = connect(settings.mlflow_tracking_uri)
+    model_name = settings.model_name or usecase.model_name
+    exp = experiment_id(client, admission_experiment(model_name))
+    identity = {"airflow.dag_id": dag_id, "airflow.dag_run_id": dag_run_id}
+    for run in find_runs(client, exp, identity):
+        if run.info.status == "FINISHED" and "decision.action" in run.data.tags:
+            return _admission(run.info.run_id, run.data.tags, reused=True)
+
+    last = _last_training_end(client, model_name)
+    # With no validated data, no new data since the last training (and with neither, no guard applies).
+    now = max((datetime.fromisoformat(r["interval_end"]) for r in list_validated(usecase.name, storage)), default=last)
+    history = History(now=now, last_training_at=last, training_active=training_active)
+    decision = admit(run_type, history, PolicyConfig.from_settings(settings), force=force, requested_by=requested_by)
+    tags = {
+        **identity,
+        "decision.action": decision.action,
+        "decision.cause": decision.cause,
+        "decision.reason": decision.reason[:4000],
+        "admission.forced": str(force).lower(),
+    }
+    with mlflow.start_run(experiment_id=exp, run_name=f"{dag_id}/{dag_run_id}", tags=tags) as run:
+        seen = {"data_time": now, "last_training_at": last, "training_active": training_active, "force": force}
+        mlflow.log_dict({**decision.as_dict(), "history": {k: str(v) for k, v in seen.items()}}, "admission/decision.json")
+    return _admission(run.info.run_id, tags, reused=False)
+
+
+def _admission(run_id: str, tags: dict, reused: bool) -> dict:
+    return {"action": tags["decision.action"], "reason": tags["decision.reason"], "mlflow_run_id": run_id, "reused": reused}
+
+
 def _result(run_id: str, tags: dict, reused: bool) -> dict:
     window = f"{tags['monitor.window_start'][:10]}…{tags['monitor.window_end'][:10]}"
     report_uri = f"runs:/{run_id}/monitor/report.json"
     return {
         "retrain_conf": {"reason": f"monitor {window}: {tags['decision.reason']}"[:500], "report_uri": report_uri},
+        "retrain_run_id": retrain_run_id(tags["monitor.window_start"], tags["monitor.window_end"], tags["monitor.model_version"]),
         "action": tags["decision.action"],
         "cause": tags["decision.cause"],
         "reason": tags["decision.reason"],
@@ -117,10 +182,11 @@ def _result(run_id: str, tags: dict, reused: bool) -> dict:
     }
 
 
-def _without_model(settings, usecase, model_name, training_active, storage) -> dict:
+def _without_model(settings, usecase, model_name, start, end, training_active, storage) -> dict:
     """No version serves or is champion. With `LOOP_RETRAIN_ON=drift`, new data never trains by
     itself, so the monitor asks for the first model once enough partitions are validated."""
-    none = {"action": "none", "cause": "", "retrain_conf": {}, "report_uri": None}
+    run_id = retrain_run_id(start.isoformat(), end.isoformat(), None)
+    none = {"action": "none", "cause": "", "retrain_conf": {}, "retrain_run_id": run_id, "report_uri": None}
     if settings.retrain_on != "drift":
         return none | {"reason": f"no deployed or champion version of {model_name} to monitor"}
     have, need = len(list_validated(usecase.name, storage)), settings.min_train_partitions

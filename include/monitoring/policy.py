@@ -5,6 +5,18 @@ decision with its reason comes out. Every outcome is a decision worth recording,
 action" and "suppressed". The guards keep the loop from retraining in a storm: a cooldown since
 the last training, nothing while a training run is queued or running, a daily maximum, and no
 second request for a cause already requested and not yet answered by a new model.
+
+`admit` applies the first two guards once more where the training happens: the first task of every
+`train` run. The monitor's read of "training active" is only a hint (two requests can both read
+"not active"); the train DAG runs one run at a time (`max_active_runs=1`, which the scheduler
+enforces under row locks), so the admission of a run and the training it admits cannot interleave
+with another run's: the next run is admitted only after this one has trained or given up, and sees
+its model version. Runs the monitor did not decide on (an alert through the webhook, the UI, REST)
+meet the same guards; a person can force a run past them from the form. The schedule's own runs
+(the weekly cron, new validated data) are the cadence the operator chose and are not guarded.
+
+All times are data time (the end of the newest data seen), as in the monitor: in production that is
+about the wall clock; in the 2013 replay it keeps the cooldown meaningful.
 """
 
 from __future__ import annotations
@@ -60,10 +72,11 @@ class History:
 @dataclass(frozen=True)
 class Decision:
     action: str
-    """`retrain`, `none` or `suppressed`."""
+    """The monitor's: `retrain`, `none` or `suppressed`; admission's: `train` or `suppressed`."""
     cause: str
-    """The kinds found, e.g. `drift`, `drift;decay:roc_auc`; empty when nothing. Which features
-    drifted is in the reason and the evidence: the cause is what deduplication compares."""
+    """The monitor's: the kinds found, e.g. `drift`, `drift;decay:roc_auc`; empty when nothing. Which
+    features drifted is in the reason and the evidence: the cause is what deduplication compares.
+    Admission's: what asked for the run (its Airflow run type)."""
     reason: str
     evidence: dict = field(default_factory=dict)
 
@@ -108,13 +121,8 @@ def decide(report: dict, reference: dict, history: History, config: PolicyConfig
     cause, why, evidence = findings(report, reference, config)
     if not cause:
         return Decision("none", "", "no drift or decay beyond the thresholds", evidence)
-    if history.training_active:
-        return Decision("suppressed", cause, f"{why}; a training run is already queued or running", evidence)
-    if history.last_training_at and history.now - history.last_training_at < config.cooldown:
-        since = history.now - history.last_training_at
-        return Decision(
-            "suppressed", cause, f"{why}; cooldown: last training {_ago(since)} ago (< {_ago(config.cooldown)})", evidence
-        )
+    if held := training_guard(history, config):
+        return Decision("suppressed", cause, f"{why}; {held}", evidence)
     recent = [t for t, _ in history.requests if history.now - t < timedelta(days=1)]
     if len(recent) >= config.max_per_day:
         return Decision(
@@ -128,6 +136,36 @@ def decide(report: dict, reference: dict, history: History, config: PolicyConfig
             "suppressed", cause, f"{why}; the same cause ({pending[-1]}) was already requested and not yet answered", evidence
         )
     return Decision("retrain", cause, why, evidence)
+
+
+def training_guard(history: History, config: PolicyConfig) -> str | None:
+    """Why no training may start now (another one is active, or the cooldown since the last), or None."""
+    if history.training_active:
+        return "another training run is already active"
+    if history.last_training_at and history.now - history.last_training_at < config.cooldown:
+        since = history.now - history.last_training_at
+        return f"cooldown: last training {_ago(since)} ago (< {_ago(config.cooldown)})"
+    return None
+
+
+SCHEDULE_RUN_TYPES = ("scheduled", "asset_triggered")
+"""Airflow run types of the train DAG's own schedule (the weekly cron, new validated data)."""
+
+
+def admit(run_type: str, history: History, config: PolicyConfig, *, force: bool = False, requested_by: str = "") -> Decision:
+    """Whether a `train` run may train: `train` or `suppressed`, with the reason. The schedule's own
+    runs always may; any other run (`operator_triggered` by the monitor; `manual` from an alert, the
+    UI or REST) only when no guard holds, unless `force` (a person's override from the form).
+    `history.now` is the end of the newest validated data; `requested_by` names the requester."""
+    who = f"{run_type} run" + (f" by {requested_by}" if requested_by else "")
+    if run_type in SCHEDULE_RUN_TYPES:
+        return Decision("train", run_type, f"{who}: the schedule's own run is not guarded")
+    if force:
+        return Decision("train", run_type, f"{who}: forced, the guards were not applied")
+    if held := training_guard(history, config):
+        return Decision("suppressed", run_type, f"{who}: {held}")
+    last = f"last training {_ago(history.now - history.last_training_at)} ago" if history.last_training_at else "no training yet"
+    return Decision("train", run_type, f"{who}: no guard holds ({last})")
 
 
 def _ago(delta: timedelta) -> str:

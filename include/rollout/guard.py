@@ -206,9 +206,15 @@ def run(settings: Settings) -> None:
     """Check forever, every LOOP_GUARD_INTERVAL_SECONDS; a failed round is logged, not fatal."""
     guard = Guard(settings)
     log.info("serving guard: checking every %.0fs (state %s)", settings.guard_interval_seconds, settings.state_dir)
+    first = True
     while True:
         try:
             guard.tick()
+            if first:
+                first = False
+                live = guard.live
+                what = f"live slot {live['slot']} ({live['model_name']} v{live['model_version']})" if live else "nothing live yet"
+                log.info("serving guard: watching %s", what)
         except Exception:
             log.exception("serving guard: this round failed; next in %.0fs", settings.guard_interval_seconds)
         time.sleep(settings.guard_interval_seconds)

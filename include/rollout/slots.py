@@ -133,7 +133,7 @@ class Serving:
         proc_env = {
             **(env or {}),
             "LOOP_SLOT": slot,
-            "BENTOML_HOME": str(self.settings.bentoml_home),
+            "BENTOML_HOME": str(self.slot_home(slot)),
             "BENTOML_DO_NOT_TRACK": "true",
             "PYTHONPATH": "",  # the bento's own copy of the code, not the checkout's
         }
@@ -153,6 +153,21 @@ class Serving:
             self.stop_slot(slot)
             raise InfraValidationFailed(f"slot {slot} serving {bento_tag} never became ready: {exc}") from exc
         return record
+
+    def slot_home(self, slot: str) -> Path:
+        """The slot's own BENTOML_HOME: the shared bento and model stores linked in, and its own
+        Prometheus multiprocess directory (BentoML empties that directory when a server starts,
+        and sums every file in it: a shared one would wipe the live slot's counters when a
+        candidate starts, and make each slot report both)."""
+        home = self.proxy.dir / f"bentoml-{slot}"
+        home.mkdir(parents=True, exist_ok=True)
+        for store in ("bentos", "models"):
+            shared = self.settings.bentoml_home / store
+            shared.mkdir(parents=True, exist_ok=True)
+            link = home / store
+            if not link.is_symlink():
+                link.symlink_to(shared, target_is_directory=True)
+        return home
 
     def stop_slot(self, slot: str, drain_seconds: float = 0) -> None:
         """Stop the slot's whole process group (BentoML's supervisor and its workers)."""

@@ -1,30 +1,59 @@
 """The inference log: every prediction, as Parquet parts in the storage layer, and its label join.
 
-A serving worker appends records to an in-memory buffer (a list append under a lock: the request
-path does no I/O) and a background thread writes the buffer as one Parquet part every few seconds,
-or sooner when it fills, and at shutdown. Parts are partitioned by the event date of the record
-(`inference/<usecase>/dt=YYYY-MM-DD/`), so the monitor reads a window by listing prefixes, and
-labels that arrive with later data join on the contract key.
+Parts are partitioned by the event date of the record (`inference/<usecase>/dt=YYYY-MM-DD/`), so
+the monitor reads a window by listing prefixes, and labels that arrive with later data join on the
+contract key. Columns of a part: request_id, the request's fields as sent (the contract key, the
+event time and every input), the model features computed from them (`feature.<name>`), score,
+decision, model_version, slot and served_at (UTC).
 
-Columns of a part: request_id, the request's fields as sent (the contract key, the event time and
-every input), the model features computed from them (`feature.<name>`), score, decision,
-model_version, slot and served_at (UTC).
+Writing (`InferenceLog`, one per serving worker):
+
+* Off the request path. `append` hands the predictions over (a deque append under a lock: no
+  conversion, no I/O) and returns. A background thread converts them to Arrow column-wise and
+  writes them every `flush_seconds`, sooner when `flush_records` wait, and at `close`.
+* Bounded. Records waiting (queued, or built but not yet written) are capped at `max_queued`: a
+  prediction beyond it is served but not logged, and counted `dropped`; a request never waits for
+  the log, and a storage outage cannot exhaust the worker's memory.
+* Once per part. A flush is a batch with its own id, written as one part per event day under a
+  name derived from that id. A part that fails to write is retried at the next flush under the
+  same name, and only that part: a retry never writes a row twice, and a write that "failed" but
+  landed is overwritten, not duplicated.
+* Late records (when `max_lateness` is set; the service sets it): a record whose event time is
+  older than the newest event this log has seen (never counted later than the wall clock) by
+  more than `max_lateness` was served but is not logged, and is counted `late`.
+* Every outcome is counted (`written`, `dropped`, `late`, `failed`) and reported to `on_count`;
+  the service exports the counts as the `loop_inference_log_records_total` metric.
+
+Fewer parts: a worker writes at most one part per event day per flush, and `compact_day` merges
+a day's parts into one, idempotently: the merged part is named by the parts it covers, and a
+manifest (`_compacted.json`, written last) says which parts it replaces. Readers take the merged
+part plus the parts the manifest does not name, so they see every row once whether compaction
+ran, ran halfway, or ran twice. The storage layer cannot delete, so replaced parts stay in place
+(unread) until it can.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import threading
 import time
 import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from include.data.storage import Storage, get_storage
+from include.settings import get_settings
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
     from include.usecases import UseCase
 
@@ -32,21 +61,34 @@ log = logging.getLogger(__name__)
 
 PREFIX = "inference"
 CHUNK = 1000
-"""Records converted at a time when a flush builds its table (see `InferenceLog._write`)."""
+"""Records converted at a time by a flush; the thread yields between chunks (see `InferenceLog._table`)."""
 FEATURE_PREFIX = "feature."
 """Model features are logged beside the request fields they came from, as `feature.<name>`."""
+OUTCOMES = ("written", "dropped", "late", "failed")
+"""What becomes of a prediction handed to the log (the module docstring says when)."""
+MANIFEST = "_compacted.json"
+COMPACTED = "compacted-"
+"""Name prefix of a merged part; a worker's parts start with their batch's timestamp."""
 
 
 def part_prefix(usecase: str, day: date) -> str:
     return f"{PREFIX}/{usecase}/dt={day.isoformat()}/"
 
 
-class InferenceLog:
-    """Buffered, thread-safe writer of prediction records; `append` never blocks on I/O.
+@dataclass
+class _Batch:
+    """One flush's records, split by event day; `parts` holds the days not written yet."""
 
-    The buffer is bounded: beyond `max_buffered` records (storage down for a long time) the oldest
-    are dropped and counted in `dropped`, rather than letting a worker run out of memory.
-    """
+    id: str
+    stamp: str
+    parts: dict[date, Any] = field(default_factory=dict)
+
+
+class InferenceLog:
+    """Buffered, thread-safe writer of prediction records; `append` never blocks on I/O or on a
+    full buffer (see the module docstring for what happens to each record). `flush_seconds` and
+    `max_queued` default to LOOP_INFERENCE_LOG_FLUSH_SECONDS and LOOP_INFERENCE_LOG_MAX_QUEUED;
+    `max_lateness` None keeps every record."""
 
     def __init__(
         self,
@@ -54,112 +96,207 @@ class InferenceLog:
         model_version: str,
         slot: str,
         storage: Storage | None = None,
-        flush_seconds: float = 5.0,
+        flush_seconds: float | None = None,
         flush_records: int = 20_000,
-        max_buffered: int = 500_000,
+        max_queued: int | None = None,
+        max_lateness: timedelta | None = None,
+        on_count: Callable[[str, int], None] | None = None,
     ):
+        import pyarrow.parquet  # noqa: F401 - imported here, not by the first flush while requests wait on the GIL
+
+        settings = get_settings()
         self.usecase = usecase
         self.model_version = model_version
         self.slot = slot
         self.storage = storage or get_storage()
-        self.flush_seconds = flush_seconds
+        self.flush_seconds = settings.inference_log_flush_seconds if flush_seconds is None else flush_seconds
         self.flush_records = flush_records
-        self.max_buffered = max_buffered
-        self.dropped = 0
-        self.written = 0
-        self._rows: list[tuple] = []
+        self.max_queued = settings.inference_log_max_queued if max_queued is None else max_queued
+        self.max_lateness = max_lateness
+        self.on_count = on_count
+        self.counts = dict.fromkeys(OUTCOMES, 0)
+        self.newest: datetime | None = None
+        """The newest event time logged (at most the wall clock): what `late` is measured from."""
+        self._schema = input_schema(usecase)
+        self._fields = itemgetter(*self._schema.names)
+        self._queue: deque[tuple] = deque()
+        self._queued = 0
+        self._waiting = 0  # queued + built but not yet written: what max_queued bounds
+        self._pending: list[_Batch] = []
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
         self._thread.start()
 
-    def append(self, records: list[dict[str, Any]], features: list[list[float]], scores: list[float], decisions: list[bool]):
-        served_at = datetime.now(UTC)
+    @property
+    def written(self) -> int:
+        return self.counts["written"]
+
+    @property
+    def dropped(self) -> int:
+        return self.counts["dropped"]
+
+    @property
+    def waiting(self) -> int:
+        """Records handed over but not written yet."""
+        return self._waiting
+
+    def append(self, records: list[dict[str, Any]], features: Sequence, scores: Sequence[float], decisions: Sequence[bool]) -> None:
+        """Hand over one request's predictions (`features`: one row per record, a list of lists or
+        an array). Returns at once; beyond `max_queued` waiting records they are counted, not logged."""
+        n = len(records)
+        if not n:
+            return
+        item = (records, features, scores, decisions, datetime.now(UTC))
         with self._lock:
-            self._rows.extend(zip(records, features, scores, decisions, [served_at] * len(records), strict=True))
-            excess = len(self._rows) - self.max_buffered
-            if excess > 0:
-                del self._rows[:excess]
-                self.dropped += excess
-            full = len(self._rows) >= self.flush_records
+            full = self._waiting + n > self.max_queued
+            if not full:
+                self._queue.append(item)
+                self._queued += n
+                self._waiting += n
+                due = self._queued >= self.flush_records
         if full:
+            self._count("dropped", n)
+        elif due:
             self._wake.set()
 
     def _run(self):
         while not self._stop.is_set():
             self._wake.wait(self.flush_seconds)
             self._wake.clear()
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # the thread must outlive any one flush
+                log.exception("inference log: flush failed")
 
     def flush(self) -> int:
-        """Write what is buffered; on a storage error the records go back to the buffer."""
-        with self._lock:
-            rows, self._rows = self._rows, []
-        if not rows:
-            return 0
-        try:
-            self._write(rows)
-        except Exception:
-            log.exception("inference log: writing %d records failed; keeping them for the next flush", len(rows))
+        """Build what is queued into a batch, then write every part not written yet, oldest batch
+        first; a part that fails stays for the next flush. Returns the records written."""
+        with self._flushing:
             with self._lock:
-                self._rows[:0] = rows
-            return 0
-        self.written += len(rows)
-        return len(rows)
+                items = list(self._queue)
+                self._queue.clear()
+                self._queued = 0
+            if items:
+                self._pending.append(self._batch(items))
+            return self._write_pending()
 
     def close(self):
+        """Stop the thread and write everything handed over (the service calls it on shutdown)."""
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=30)
         self.flush()
+        if self._waiting:
+            log.error("inference log: %d records could not be written before shutdown", self._waiting)
+            self._settle("failed", self._waiting)
+            self._pending.clear()
 
-    def _write(self, rows: list[tuple]):
-        """One Parquet part per event day, built column-wise with pyarrow, a few microseconds per
-        record. Conversion holds the GIL, which the worker's requests need too: it runs in chunks
-        with a yield between them, so a flush stalls no request by more than a few milliseconds."""
+    def _count(self, outcome: str, n: int) -> None:
+        with self._lock:
+            self.counts[outcome] += n
+        if self.on_count is not None:
+            self.on_count(outcome, n)
+
+    def _settle(self, outcome: str, n: int) -> None:
+        """`n` waiting records are done with: written, late, or lost."""
+        with self._lock:
+            self._waiting -= n
+        self._count(outcome, n)
+
+    def _batch(self, items: list[tuple]) -> _Batch:
         import numpy as np
+        import pyarrow as pa
+
+        batch = _Batch(id=uuid.uuid4().hex[:12], stamp=datetime.now(UTC).strftime("%Y%m%dT%H%M%S"))
+        n = sum(len(item[0]) for item in items)
+        try:
+            table = self._admit(self._table(items))
+        except Exception:  # records that cannot be converted cannot be written by a retry either
+            log.exception("inference log: building a part of %d records failed; they are not logged", n)
+            self._settle("failed", n)
+            return batch
+        if table.num_rows < n:
+            self._settle("late", n - table.num_rows)
+        days = table.column(self.usecase.contract.event_time).to_numpy().astype("datetime64[D]")
+        for day in np.unique(days):
+            batch.parts[day.item()] = table.filter(pa.array(days == day))
+        return batch
+
+    def _write_pending(self) -> int:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        uc = self.usecase
-        chunks = []
-        for i in range(0, len(rows), CHUNK):
-            chunks.append(self._table(rows[i : i + CHUNK]))
-            time.sleep(0.001)
-        table = pa.concat_tables(chunks)
-        days = table.column(uc.contract.event_time).to_numpy().astype("datetime64[D]")
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-        for day in np.unique(days):
-            part = table.filter(pa.array(days == day))
-            buf = pa.BufferOutputStream()
-            pq.write_table(part, buf)
-            key = f"{part_prefix(uc.name, day.item())}{stamp}-{self.slot}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
-            self.storage.write_bytes(key, buf.getvalue().to_pybytes())
+        written = 0
+        while self._pending:
+            batch = self._pending[0]
+            for day, part in list(batch.parts.items()):
+                buf = pa.BufferOutputStream()
+                pq.write_table(part, buf)
+                key = f"{part_prefix(self.usecase.name, day)}{batch.stamp}-{self.slot}-{os.getpid()}-{batch.id}.parquet"
+                try:
+                    self.storage.write_bytes(key, buf.getvalue().to_pybytes())
+                except Exception:
+                    log.exception("inference log: writing %s (%d records) failed; retrying at the next flush", key, part.num_rows)
+                    return written
+                del batch.parts[day]
+                written += part.num_rows
+                self._settle("written", part.num_rows)
+            self._pending.pop(0)
+        return written
 
-    def _table(self, rows: list[tuple]):
+    def _admit(self, table: pa.Table) -> pa.Table:
+        """Without the records more than `max_lateness` older than the newest event seen."""
+        if self.max_lateness is None or table.num_rows == 0:
+            return table
         import numpy as np
         import pyarrow as pa
 
-        table = pa.Table.from_pylist([r[0] for r in rows], schema=self._schema)
-        features = np.asarray([r[1] for r in rows], dtype=np.float32)
+        times = table.column(self.usecase.contract.event_time).to_numpy()
+        newest = min(times.max().astype("datetime64[us]").item().replace(tzinfo=UTC), datetime.now(UTC))
+        self.newest = newest if self.newest is None else max(self.newest, newest)
+        cutoff = np.datetime64((self.newest - self.max_lateness).replace(tzinfo=None), "us")
+        return table.filter(pa.array(times >= cutoff))
+
+    def _table(self, items: list[tuple]) -> pa.Table:
+        """The items as one table, built column by column in chunks of CHUNK records. Conversion
+        holds the GIL, which the worker's requests need too: the thread yields between chunks,
+        so a flush delays no request by more than a chunk's few milliseconds."""
+        import numpy as np
+        import pyarrow as pa
+
+        records = [r for item in items for r in item[0]]
+        columns: list[list] = [[] for _ in self._schema.names]
+        for i in range(0, len(records), CHUNK):
+            for column, values in zip(columns, zip(*self._rows(records[i : i + CHUNK]), strict=True), strict=True):
+                column.append(values)
+            time.sleep(0.001)
+        arrays = []
+        for column, f in zip(columns, self._schema, strict=True):
+            arrays.append(pa.chunked_array([pa.array(values, f.type) for values in column], f.type))
+            time.sleep(0)
+        table = pa.Table.from_arrays(arrays, schema=self._schema)
+        features = np.concatenate([np.asarray(item[1], dtype=np.float32).reshape(len(item[0]), -1) for item in items])
         for j, name in enumerate(self.usecase.features):
             table = table.append_column(FEATURE_PREFIX + name, pa.array(features[:, j]))
+        n = len(records)
+        served_at = np.concatenate([np.full(len(item[0]), np.datetime64(item[4].replace(tzinfo=None), "us")) for item in items])
         return (
-            table.append_column("score", pa.array([r[2] for r in rows], pa.float64()))
-            .append_column("decision", pa.array([r[3] for r in rows], pa.bool_()))
-            .append_column("model_version", pa.array([self.model_version] * len(rows), pa.string()))
-            .append_column("slot", pa.array([self.slot] * len(rows), pa.string()))
-            .append_column("served_at", pa.array([r[4] for r in rows], pa.timestamp("us", tz="UTC")))
+            table.append_column("score", pa.array(np.concatenate([np.asarray(item[2], dtype=np.float64) for item in items])))
+            .append_column("decision", pa.array(np.concatenate([np.asarray(item[3], dtype=bool) for item in items])))
+            .append_column("model_version", pa.array([self.model_version] * n, pa.string()))
+            .append_column("slot", pa.array([self.slot] * n, pa.string()))
+            .append_column("served_at", pa.array(served_at, pa.timestamp("us", tz="UTC")))
         )
 
-    @property
-    def _schema(self):
-        if self.__schema is None:
-            self.__schema = input_schema(self.usecase)
-        return self.__schema
-
-    __schema = None
+    def _rows(self, records: list[dict]) -> list[tuple]:
+        """The logged fields of each record, in schema order; a field a record lacks is null."""
+        try:
+            return list(map(self._fields, records))  # C speed; the service's records have every field
+        except KeyError:
+            return [tuple(r.get(name) for name in self._schema.names) for r in records]
 
 
 def input_schema(usecase: UseCase):
@@ -173,6 +310,48 @@ def input_schema(usecase: UseCase):
     return pa.schema(fields)
 
 
+def _layout(storage: Storage, prefix: str) -> tuple[dict, list[str]]:
+    """The day's manifest and the parts it does not cover (names under `prefix`). The manifest is
+    read before the listing, so the two agree even while another compaction replaces it."""
+    manifest = {"parts": [], "compacted": None}
+    if storage.exists(prefix + MANIFEST):
+        manifest = json.loads(storage.read_bytes(prefix + MANIFEST))
+    covered = set(manifest["parts"])
+    names = [key[len(prefix) :] for key in storage.list(prefix)]
+    return manifest, [n for n in names if n.endswith(".parquet") and not n.startswith(COMPACTED) and n not in covered]
+
+
+def day_parts(usecase: UseCase, day: date, storage: Storage | None = None) -> list[str]:
+    """The keys that hold the day's log, each row once: the merged part of the last compaction,
+    and the parts it does not cover."""
+    prefix = part_prefix(usecase.name, day)
+    manifest, uncovered = _layout(storage or get_storage(), prefix)
+    return [prefix + name for name in [manifest["compacted"]] * bool(manifest["compacted"]) + uncovered]
+
+
+def compact_day(usecase: UseCase, day: date, storage: Storage | None = None) -> dict:
+    """Merge the day's parts into one. Idempotent and safe beside writers and readers: the merged
+    part's name is a digest of the parts it covers (a rerun rewrites the same object), and the
+    manifest naming them is written last. Parts written meanwhile are covered by the next run."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    storage = storage or get_storage()
+    prefix = part_prefix(usecase.name, day)
+    manifest, new = _layout(storage, prefix)
+    if not new:
+        return {"event_day": day.isoformat(), "parts": len(manifest["parts"]), "compacted": manifest["compacted"], "changed": False}
+    inputs = [manifest["compacted"]] * bool(manifest["compacted"]) + new
+    table = pa.concat_tables([pq.read_table(pa.BufferReader(storage.read_bytes(prefix + n))) for n in inputs], promote_options="default")
+    parts = sorted({*manifest["parts"], *new})
+    name = f"{COMPACTED}{hashlib.sha256(chr(10).join(parts).encode()).hexdigest()[:16]}.parquet"
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    storage.write_bytes(prefix + name, buf.getvalue().to_pybytes())
+    storage.write_bytes(prefix + MANIFEST, json.dumps({"parts": parts, "compacted": name, "rows": table.num_rows}).encode())
+    return {"event_day": day.isoformat(), "parts": len(parts), "compacted": name, "changed": True}
+
+
 def read_inference_log(usecase: UseCase, start: datetime, end: datetime, storage: Storage | None = None) -> pd.DataFrame:
     """Logged predictions whose event time is in [start, end), across slots and model versions."""
     import pandas as pd
@@ -183,9 +362,7 @@ def read_inference_log(usecase: UseCase, start: datetime, end: datetime, storage
     frames = []
     day = start.astimezone(UTC).date()
     while day <= end.astimezone(UTC).date():
-        for key in storage.list(part_prefix(usecase.name, day)):
-            if key.endswith(".parquet"):
-                frames.append(read_parquet(storage, key))
+        frames += [read_parquet(storage, key) for key in day_parts(usecase, day, storage)]
         day += timedelta(days=1)
     if not frames:
         return pd.DataFrame()

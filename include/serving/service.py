@@ -5,9 +5,32 @@ model (imported from the MLflow registry in XGBoost's native format) and the use
 is self-contained: `bentoml serve <bento tag>` needs nothing else.
 
 Endpoints: `POST /predict` (one record, the request body is the record), `POST /predict_batch`
-(`{"records": [...]}`, adaptive batching across concurrent callers), BentoML's own `/livez`,
-`/readyz` and `/metrics`. Requests are validated by a schema generated from the use case's
-contract; a client mistake is a 4xx naming the field, never a 5xx.
+(`{"records": [...]}`, up to MAX_BATCH records, adaptive batching across concurrent callers),
+BentoML's own `/livez`, `/readyz`, `/metrics` and `/docs.json` (the OpenAPI document, which
+carries every bound below). A malformed request is a 4xx naming the problem, never a 5xx:
+
+* not JSON (`Content-Type` missing or another type): 415; a body over LOOP_SERVING_MAX_BODY_BYTES:
+  413, counted as it arrives; a body that does not arrive in time: 408 (`include/serving/guard.py`);
+* a malformed request line or header (a bad `Content-Length`, a broken chunk): 400 from uvicorn's
+  HTTP parser, before the service;
+* invalid JSON, a wrong type, a value out of its range or vocabulary, NaN or infinity, an unknown
+  or missing field, a batch over MAX_BATCH records: 400 with the field (`include/serving/schema.py`).
+
+Event time: the monitor reads the inference log by event time (`time_hour` for flights), so a
+client must not be able to write predictions into a past window the monitor reads. The service
+knows only the wall clock, and the demo replays 2013 under today's clock, so "too old" cannot be
+judged against the clock. The policy is therefore:
+
+* refused (400): an event time before the use case's calendar starts, or more than
+  LOOP_SERVING_MAX_LEAD_HOURS after the wall clock;
+* served but kept out of the inference log, counted as `late`: an event time older, by more than
+  LOOP_INFERENCE_LOG_MAX_LATENESS_HOURS (default one data interval), than the newest event time
+  the worker has logged. The newest event time never counts later than the wall clock, so a
+  client cannot push it forward to hide other clients' predictions; in the replay it follows the
+  replayed interval. A fresh worker has seen nothing yet: its first flush sets it.
+
+The log is written off the request path (`include/serving/inference_log.py`); what happens to
+every prediction is counted in `loop_inference_log_records_total{outcome=written|dropped|late|failed}`.
 
 The hot path is plain Python and one `inplace_predict` call: no DataFrame per request.
 
@@ -22,12 +45,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from datetime import timedelta
 from typing import Annotated
 
 import bentoml
 import numpy as np
 from pydantic import Field
 
+from include.serving.guard import RequestGuard
 from include.serving.schema import MAX_BATCH, Prediction, request_model
 from include.settings import get_settings
 from include.usecases import get_usecase
@@ -38,12 +63,13 @@ ARGS = bentoml.use_arguments()
 USECASE = get_usecase(getattr(ARGS, "usecase", None))
 Record = request_model(USECASE)
 Records = Annotated[list[Record], Field(min_length=1, max_length=MAX_BATCH)]
+TIMEOUT_SECONDS = 10
 
 
 @bentoml.service(
     name="loop-predictor",
     workers=get_settings().slot_workers,
-    traffic={"timeout": 10, "max_concurrency": 256},
+    traffic={"timeout": TIMEOUT_SECONDS, "max_concurrency": 256},
     metrics={"enabled": True, "namespace": "loop"},
     logging={"access": {"enabled": False}},
 )
@@ -51,18 +77,28 @@ class Predictor:
     model = bentoml.models.BentoModel(ARGS.model_tag)
 
     def __init__(self) -> None:
+        settings = get_settings()
         self.model_version = str(getattr(ARGS, "model_version", self.model.tag.version))
         self.threshold = float(getattr(ARGS, "threshold", 0.5))
-        self.slot = get_settings().slot
+        self.slot = settings.slot
         classifier = bentoml.mlflow.load_model(self.model).get_raw_model()
         self.booster = classifier.get_booster()
-        fault, _, after = get_settings().slot_fault.partition(":")
+        fault, _, after = settings.slot_fault.partition(":")
         self.fault, self.fault_after, self.served = fault, int(after or 0), 0
         self.sink = None
-        if get_settings().inference_log:
+        if settings.inference_log:
             from include.serving.inference_log import InferenceLog
 
-            self.sink = InferenceLog(USECASE, self.model_version, self.slot)
+            lateness = settings.inference_log_max_lateness_hours
+            self.sink = InferenceLog(
+                USECASE,
+                self.model_version,
+                self.slot,
+                flush_seconds=settings.inference_log_flush_seconds,
+                max_queued=settings.inference_log_max_queued,
+                max_lateness=timedelta(hours=lateness) if lateness else USECASE.calendar.interval,
+                on_count=log_counter(),
+            )
         log.info("serving %s (version %s) in slot %s", self.model.tag, self.model_version, self.slot)
 
     def __is_ready__(self) -> bool:
@@ -82,8 +118,8 @@ class Predictor:
             raise RuntimeError("fault injected: errors")
         if self._faulty("slow"):
             time.sleep(0.5)
-        features = USECASE.encode_records(records)
-        scores = self.booster.inplace_predict(np.asarray(features, dtype=np.float32)).tolist()
+        features = np.asarray(USECASE.encode_records(records), dtype=np.float32)
+        scores = self.booster.inplace_predict(features).tolist()
         if self._faulty("skew"):
             scores = [min(1.0, s + 0.01) for s in scores]
         decisions = [s >= self.threshold for s in scores]
@@ -107,3 +143,20 @@ class Predictor:
     def predict_batch(self, records: Records) -> list[Prediction]:
         """Score up to 1000 records: `{"records": [...]}`; concurrent batches are merged."""
         return self._score([r.model_dump() for r in records])
+
+
+# A body still arriving at half the request timeout is the client's fault: 408, not BentoML's 504.
+Predictor.add_asgi_middleware(RequestGuard, max_body_bytes=get_settings().serving_max_body_bytes, body_seconds=TIMEOUT_SECONDS / 2)
+
+
+def log_counter():
+    """`(outcome, n)` → `loop_inference_log_records_total{outcome}`. prometheus_client is imported
+    here, in the worker, after BentoML has set up its multiprocess registry."""
+    from prometheus_client import Counter
+
+    from include.serving.inference_log import OUTCOMES
+
+    counter = Counter("loop_inference_log_records", "Predictions by what became of them in the inference log.", ["outcome"])
+    for outcome in OUTCOMES:
+        counter.labels(outcome=outcome)  # every outcome shows, at 0, from the start
+    return lambda outcome, n: counter.labels(outcome=outcome).inc(n)

@@ -150,6 +150,12 @@ def test_monitor_runs_on_validated_data_and_can_only_request_training_through_th
     assert VALIDATED_DATA.name in repr(dag.timetable.asset_condition) and dag.max_active_runs == 1
     trigger = dag.get_task("request_retrain")
     assert trigger.trigger_dag_id == "train" and trigger.upstream_task_ids == {"needs_retraining", "check"}
+    # A cleared or repeated monitor run must find the train run its decision started, not start another:
+    # the run id comes from the decision, an existing run skips the task, and is never reset.
+    run_id = trigger.trigger_run_id
+    assert run_id is not None, "request_retrain without trigger_run_id starts a new train run on every rerun"
+    assert (run_id.operator.task_id, run_id.key) == ("check", "retrain_run_id"), run_id
+    assert trigger.skip_when_already_exists and not trigger.reset_dag_run
     # what the monitor sends is a valid train form: the gate and the rollout follow as for any run
     from airflow.sdk.definitions.param import ParamsDict
 
@@ -182,3 +188,24 @@ def test_revalidate_form_names_a_quarantined_partition_and_emits_validated_data(
     ok.update({"partition": "dt=2013-01-29T0500Z", "refetch": True, "reason": "upstream re-sent the truncated file"})
     assert ok.validate()["refetch"] is True
     assert [o.name for o in dag.get_task("validate_again").outlets] == [VALIDATED_DATA.name]
+
+
+def test_every_train_run_is_admitted_by_the_retrain_guards_first(dagbag):
+    """A train run the schedule did not start (monitor, alert webhook, UI, REST) reaches the trainer
+    only through `admit`, a short circuit; one run at a time makes the check and the training one step."""
+    from airflow.sdk.definitions.param import ParamsDict
+    from airflow.sdk.exceptions import ParamValidationError
+
+    dag = dagbag.dags["train"]
+    assert dag.max_active_runs == 1, "admission is atomic only while one train run runs at a time"
+    assert {t.task_id for t in dag.roots} == {"admit"}
+    from airflow.providers.standard.operators.python import ShortCircuitOperator
+
+    admit = dag.get_task("admit")
+    assert isinstance(admit, ShortCircuitOperator) and admit.ignore_downstream_trigger_rules
+    assert admit.downstream_task_ids == {"train_challenger"}
+    assert dag.params["force"] is False
+    params = ParamsDict(dag.params)
+    with pytest.raises(ParamValidationError, match="force"):
+        params.update({"force": "yes"})
+        params.validate()

@@ -21,12 +21,13 @@ import requests
 from include.alerting.alerts import read_alerts
 from include.data.partitions import list_validated, quarantined_batches
 from include.local.demo import count_intervals, plant_faults, start_stack, wait_until_idle
-from include.local.stack import BIN, Ports, airflow_env, free_port
+from include.local.stack import Ports, airflow_command, airflow_env, free_port
 from include.model.registry import CHAMPION, alias_version, connect
 from include.rollout.infra import golden_records
 from include.rollout.processes import Stack, kill_tree
 from include.settings import get_settings
 from include.usecases import get_calendar, get_usecase
+from tests.support.sockets import listening_sockets
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -48,7 +49,7 @@ def restart_scheduler_mid_catch_up(client, stack: Stack, env: dict[str, str], in
     for name in ("airflow-scheduler", "airflow-dag-processor"):
         kill_tree(stack.running()[name])
     for name in ("scheduler", "dag-processor"):
-        stack.start(f"airflow-{name}", [str(BIN / "airflow"), name], env)
+        stack.start(f"airflow-{name}", airflow_command(name), env)
     return {"finished_before_kill": len(done), "intervals": intervals, "at": time.time()}
 
 
@@ -207,7 +208,8 @@ def test_an_invalid_form_value_is_rejected_by_the_api_before_any_task_runs(loop)
 
 def test_an_alert_driven_rerun_through_the_rest_api(loop):
     settings, client, _, _ = loop
-    r = client.trigger("train", {"reason": "alert 1234: late-rate drift", "n_estimators": 50})
+    # within the retrain cooldown of the catch-up's trainings: a person forces it
+    r = client.trigger("train", {"reason": "alert 1234: late-rate drift", "n_estimators": 50, "force": True})
     assert r.status_code == 200, r.text
     run_id = r.json()["dag_run_id"]
     assert wait_until_idle(client, count_intervals(get_calendar()), timeout=300, poll=5)
@@ -291,3 +293,15 @@ def test_the_alert_webhook_starts_the_mapped_dag_once_and_refuses_strangers(loop
     run = client.get(f"dags/monitor/dagRuns/{created['dag_run_id']}")
     assert run["state"] == "success", run
     assert run["conf"]["window_start"] == "2013-06-25" and run["conf"]["reason"].startswith("alert E2ELateRateDrift")
+
+
+def test_every_process_of_the_embedded_stack_listens_on_loopback_only(loop):
+    """Airflow (with the scheduler's task processes), MLflow, Traefik, the slots and the guard, and
+    every child they started: nothing is reachable from another host."""
+    settings, client, _, stack = loop
+    listeners = listening_sockets(stack.running().values())
+    ports = {x.port for x in listeners}
+    expected = {urlparse(client.base).port, urlparse(settings.mlflow_tracking_uri).port, settings.serving_port}
+    assert expected <= ports, f"the listing misses the stack's own ports {expected - ports}: {[str(x) for x in listeners]}"
+    exposed = [str(x) for x in listeners if not x.loopback]
+    assert not exposed, f"listening beyond loopback: {exposed}"

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from include.alerting.alerts import read_alerts
-from include.local.stack import free_port
+from include.local.stack import free_port, serving_problems
 from include.model.packaging import build_bento
 from include.model.params import TrainParams
 from include.model.training import train_candidate
@@ -80,6 +80,10 @@ def guard(env):
     """The serving guard, started as the demo and the serving host start it."""
     stack = Stack(env.state_dir)
     proc = stack.start("serving-guard", [sys.executable, "-m", "include.rollout.guard"], {})
+    log = stack.log_dir / "serving-guard.log"
+    # its first round imports MLflow's client and reads the live record: seconds a running guard has behind it
+    poll(lambda: "serving guard: watching live slot" in log.read_text() or proc.poll() is not None, 120, "the guard's first round")
+    assert proc.poll() is None, log.read_text()[-3000:]
     yield proc
     stack.stop_one("serving-guard")
     print("\n--- serving guard log ---\n" + (stack.log_dir / "serving-guard.log").read_text()[-4000:])
@@ -119,6 +123,8 @@ def test_a_dead_live_slot_is_restarted_within_30_s_and_alerted(env, guard, recor
     killed_at = time.monotonic()
     kill_tree(serving.stack.running()[f"slot-{live['slot']}"])  # supervisor and workers, as an OOM kill would
     assert served_version(env, records[0]) is None, "nothing serves right after the kill"
+    problems = serving_problems(env, serving.stack.running())  # what `make status` prints
+    assert any("serving entry" in p for p in problems) and any(f"live slot {live['slot']}" in p for p in problems), problems
     poll(lambda: served_version(env, records[0]) == live["model_version"], 30, "the entry to serve the live version again")
     recovery = time.monotonic() - killed_at
     print(f"\nlive slot {live['slot']} killed: the entry served v{live['model_version']} again after {recovery:.1f} s")
@@ -127,6 +133,7 @@ def test_a_dead_live_slot_is_restarted_within_30_s_and_alerted(env, guard, recor
     assert f"live slot {live['slot']}" in alert["message"] and f"v{live['model_version']}" in alert["message"]
     assert "not running" in alert["message"] and alert["details"]["recovery_seconds"] <= 30
     assert serving.proxy.weights() == {live["slot"]: 100}
+    assert serving_problems(env, serving.stack.running()) == []
 
 
 def test_a_restarted_traefik_comes_back_with_the_last_routing(env, guard, records):

@@ -83,7 +83,7 @@ def test_ingest_then_train_then_gate_end_to_end(dags, flights):
     train = dags.get_dag("train")
     dr = train.test(run_conf={"reason": "integration test", "n_estimators": 100})
     assert dr.state == "success", states(dr)
-    assert states(dr) == {"train_challenger": "success", "profile_reference": "success", "champion_gate": "success", "announce_champion": "success"}
+    assert states(dr) == {"admit": "success", "train_challenger": "success", "profile_reference": "success", "champion_gate": "success", "announce_champion": "success"}
     settings = get_settings()
     client = connect(settings.mlflow_tracking_uri)
     champion = alias_version(client, settings.model_name, CHAMPION)
@@ -94,14 +94,16 @@ def test_ingest_then_train_then_gate_end_to_end(dags, flights):
     used = [r["partition"] for r in lineage["train"] + lineage["eval"]]
     assert used == [week(i).id for i in range(4)] and week(4).id not in used
 
-    # a worse challenger from the form is gated out: the champion-model Asset is not emitted
-    dr = train.test(run_conf={"n_estimators": 10, "max_depth": 1, "learning_rate": 0.01})
-    assert states(dr) == {"train_challenger": "success", "profile_reference": "success", "champion_gate": "success", "announce_champion": "skipped"}
+    # a worse challenger from the form is gated out: the champion-model Asset is not emitted (no new
+    # data since the last training: inside the cooldown, so only a forced run trains)
+    dr = train.test(run_conf={"n_estimators": 10, "max_depth": 1, "learning_rate": 0.01, "force": True})
+    assert states(dr) == {"admit": "success", "train_challenger": "success", "profile_reference": "success", "champion_gate": "success", "announce_champion": "skipped"}
     assert alias_version(client, settings.model_name, CHAMPION).version == champion.version
 
 
 def test_train_skips_without_enough_data(dags):
     dr = dags.get_dag("train").test()
+    assert states(dr)["admit"] == "success"  # nothing trained yet: no guard holds
     assert states(dr)["train_challenger"] == "skipped"
     assert states(dr)["announce_champion"] == "skipped"
 
@@ -154,10 +156,11 @@ def test_monitor_checks_a_window_of_the_live_model_and_requests_retraining_on_dr
     assert monitor_run in drift["links"]["mlflow"]
 
     # The requested retraining goes through the champion gate like any other: a challenger that
-    # is not better (here a deliberately weak one) is not promoted, so nothing is deployed.
-    weak = requested.conf | {"n_estimators": 10, "max_depth": 1, "learning_rate": 0.05}
+    # is not better (here a deliberately weak one) is not promoted, so nothing is deployed. (Run
+    # here by hand on the champion's own data, i.e. inside the cooldown: forced.)
+    weak = requested.conf | {"n_estimators": 10, "max_depth": 1, "learning_rate": 0.05, "force": True}
     retrain = dags.get_dag("train").test(run_conf=weak)
-    assert states(retrain) == {"train_challenger": "success", "profile_reference": "success", "champion_gate": "success", "announce_champion": "skipped"}
+    assert states(retrain) == {"admit": "success", "train_challenger": "success", "profile_reference": "success", "champion_gate": "success", "announce_champion": "skipped"}
     mlc = connect(settings.mlflow_tracking_uri)
     assert alias_version(mlc, settings.model_name, CHAMPION).version == champion.version
     newest = max(mlc.search_model_versions(f"name = '{settings.model_name}'"), key=lambda v: int(v.version))
@@ -168,3 +171,55 @@ def test_monitor_checks_a_window_of_the_live_model_and_requests_retraining_on_dr
     assert f"v{newest.version} not promoted" in rejected["message"]
     assert requests.get(rejected["links"]["mlflow"], timeout=10).status_code == 200
     assert newest.run_id in rejected["links"]["mlflow"]
+
+
+def test_a_cleared_monitor_run_and_an_alert_storm_start_one_training(dags, monkeypatch):
+    """Issue 11. The monitor's retrain request names its train run after the decision, so clearing
+    (or repeating) the monitor run starts no second one; and train runs nobody scheduled (here three
+    alert-style runs inside the cooldown) pass the retrain guards first: one trains, two are refused
+    with the reason recorded, and only a forced run trains past them."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    from include.monitoring.monitor import admission_experiment, retrain_run_id
+
+    monkeypatch.setenv("LOOP_RETRAIN_ON", "drift")  # no model yet: the monitor asks for the first one
+    get_settings.cache_clear()
+    for i in range(3):
+        assert run_ingest(dags, i).state == "success"
+    monitor, window = dags.get_dag("monitor"), {"window_start": "2013-06-18", "window_end": "2013-06-25"}
+    at = datetime(2013, 6, 25, 12, tzinfo=NY)
+    before = {r.run_id for r in DagRun.find(dag_id="train")}
+    first = monitor.test(logical_date=at, run_conf=window)
+    assert states(first) == {"check": "success", "needs_retraining": "success", "request_retrain": "success"}
+    requested = retrain_run_id(datetime(2013, 6, 18, tzinfo=NY).isoformat(), datetime(2013, 6, 25, tzinfo=NY).isoformat(), None)
+    [run] = DagRun.find(dag_id="train", run_id=requested)
+    assert run.run_type == "operator_triggered" and run.conf["reason"].startswith("monitor: no model")
+    with create_session() as session:  # no scheduler here: let the requested run end (say, it failed)
+        session.merge(run).state = "failed"
+
+    # The same monitor run cleared (dag.test of the same logical date recreates the run, same id),
+    # and a second monitor run over the same window: both decide `retrain` again, find the run.
+    for again in (monitor.test(logical_date=at, run_conf=window), monitor.test(run_conf=window)):
+        assert states(again) == {"check": "success", "needs_retraining": "success", "request_retrain": "skipped"}
+    assert [r.run_id for r in DagRun.find(dag_id="train") if r.run_id not in before] == [requested]
+
+    train = dags.get_dag("train")
+    storm = [
+        train.test(run_conf={"reason": f"alert TrainingNeeded fp{n}: late-rate drift", "n_estimators": 20}) for n in range(3)
+    ]
+    assert [states(dr)["train_challenger"] for dr in storm] == ["success", "skipped", "skipped"]
+    assert all(states(dr)["admit"] == "success" and dr.state == "success" for dr in storm)
+    forced = train.test(run_conf={"reason": "ana: retrain now", "n_estimators": 20, "force": True})
+    assert states(forced)["train_challenger"] == "success"
+
+    settings = get_settings()
+    client = connect(settings.mlflow_tracking_uri)
+    versions = client.search_model_versions(f"name = '{settings.model_name}'")
+    assert sorted(v.tags["airflow.dag_run_id"] for v in versions) == sorted([storm[0].run_id, forced.run_id])
+    records = client.search_runs([client.get_experiment_by_name(admission_experiment(settings.model_name)).experiment_id])
+    decided = {r.data.tags["airflow.dag_run_id"]: r.data.tags for r in records}
+    assert [decided[dr.run_id]["decision.action"] for dr in [*storm, forced]] == ["train", "suppressed", "suppressed", "train"]
+    for refused in storm[1:]:
+        assert "cooldown: last training 0.0 h ago" in decided[refused.run_id]["decision.reason"]
+    assert "forced" in decided[forced.run_id]["decision.reason"]

@@ -28,7 +28,7 @@ from include.model.packaging import build_bento
 from include.model.params import TrainParams
 from include.model.registry import CHAMPION, LIVE, alias_version, connect
 from include.model.training import train_candidate
-from include.rollout.canary import CanaryRolledBack, canary
+from include.rollout.canary import CanaryRolledBack, bentoml_counters, canary
 from include.rollout.infra import golden_records, infra_validate
 from include.rollout.processes import descendants, kill_tree
 from include.rollout.records import clear_live, read_live
@@ -171,6 +171,28 @@ def test_the_serving_host_brings_the_live_slot_back_when_it_restarts(env, flight
     # the host started its serving guard beside the command (tests/faults exercises it); the
     # tests here move traffic without the rollout lease, so it must not run on
     assert serving.stack.stop_one("serving-guard"), "the host starts the serving guard"
+
+
+def test_each_slot_counts_only_its_own_requests(env, flights, records):
+    """The canary judges the candidate by its own metrics: starting it must not reset the live
+    slot's counters, and requests to one slot must not show in the other's."""
+    live = ensure_live(env, flights, "2")
+    idle = other(live["slot"])
+    serving = Serving(env)
+
+    def served(slot):
+        return bentoml_counters(requests.get(f"{serving.proxy.slot_url(slot)}/metrics", timeout=5).text)["requests"]
+
+    for record in records[:5]:
+        requests.post(f"{serving.proxy.slot_url(live['slot'])}/predict", json=record, timeout=10).raise_for_status()
+    live_before = served(live["slot"])
+    assert live_before >= 5
+    start_candidate(env, env.model_name, "3", idle, build_bento(env, env.model_name, "3")["bento_tag"])
+    for record in records[:10]:
+        requests.post(f"{serving.proxy.slot_url(idle)}/predict", json=record, timeout=10).raise_for_status()
+    assert served(idle) == 10
+    assert served(live["slot"]) == live_before, "the candidate's start or traffic changed the live slot's counters"
+    serving.stop_slot(idle)
 
 
 @pytest.mark.parametrize("fault", ["unready", "skew"])

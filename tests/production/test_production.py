@@ -31,6 +31,9 @@ def prod(tmp_path_factory):
             "LOOP_START_DATE": "2013-06-04",
             "LOOP_END_DATE": "2013-07-02",
             "LOOP_CANARY_BAKE_SECONDS": "3",
+            # compose's 120 s, shortened so the worker-loss test waits less for the retry: on one
+            # quiet host the tasks' supervisors heartbeat every few seconds
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "45",
         },
     )
     try:
@@ -149,7 +152,7 @@ def test_losing_a_worker_mid_training_retries_on_the_other_and_registers_one_ver
     with native.as_current():
         settings = get_settings()
         model_name = settings.model_name or get_usecase().model_name
-        r = client.trigger("train", {"reason": "production test: worker loss", "n_estimators": 400})
+        r = client.trigger("train", {"reason": "production test: worker loss", "n_estimators": 400, "force": True})
         assert r.status_code == 200, r.text
         run_id = r.json()["dag_run_id"]
         path = f"dags/train/dagRuns/{run_id}/taskInstances/train_challenger"

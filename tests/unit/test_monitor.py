@@ -145,3 +145,18 @@ def test_the_drift_plot_shows_psi_bars_auc_over_time_and_the_worst_histograms(fl
         assert f"{worst}:" in axes and "month:" not in axes  # exempt features get no histogram
     finally:
         plt.close(fig)
+
+
+def test_a_retrain_request_names_one_train_run_per_decision():
+    """The monitor's TriggerDagRunOperator uses this id: a rerun of the same decision (same window,
+    same model version) finds the run it started; another window or version starts its own."""
+    import re
+
+    from include.monitoring.monitor import retrain_run_id
+
+    start, end = "2013-12-02T00:00:00-05:00", "2013-12-05T00:00:00-05:00"
+    run_id = retrain_run_id(start, end, "3")
+    assert run_id == retrain_run_id(start, end, "3") == "monitor__v3__2013-12-02T00:00:00-05:00__2013-12-05T00:00:00-05:00"
+    others = {retrain_run_id(start, end, "4"), retrain_run_id(start, "2013-12-06T00:00:00-05:00", "3"), retrain_run_id(start, end, None)}
+    assert len(others | {run_id}) == 4 and "monitor__bootstrap__" in retrain_run_id(start, end, None)
+    assert all(re.fullmatch(r"[A-Za-z0-9_.~:+-]+", r) for r in others | {run_id})  # Airflow's allowed_run_id_pattern

@@ -21,6 +21,7 @@ def test_same_interval_gives_same_keys_whatever_the_clock():
     b = Partition("flights", datetime(2013, 3, 12, 4, tzinfo=UTC), datetime(2013, 3, 19, 4, tzinfo=UTC))
     assert a.id == b.id == "dt=2013-03-12T0400Z"  # after the DST switch, midnight is 04:00 UTC
     assert a.quarantine_prefix("ab" * 32) == "quarantine/flights/dt=2013-03-12T0400Z/abababababab"
+    assert a.validated_prefix("ab" * 32) == "validated/flights/dt=2013-03-12T0400Z/abababababab"
 
 
 @pytest.mark.parametrize(

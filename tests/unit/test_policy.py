@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from include.monitoring.policy import Decision, History, PolicyConfig, decide
+from include.monitoring.policy import Decision, History, PolicyConfig, admit, decide, training_guard
 
 NOW = datetime(2013, 7, 15, 12, tzinfo=UTC)
 CONFIG = PolicyConfig()
@@ -57,7 +57,7 @@ def test_prediction_drift_alone_asks_for_retraining():
 @pytest.mark.parametrize(
     ("history", "why"),
     [
-        (History(now=NOW, training_active=True), "already queued or running"),
+        (History(now=NOW, training_active=True), "another training run is already active"),
         (History(now=NOW, last_training_at=NOW - timedelta(hours=3)), "cooldown"),
         (
             History(
@@ -111,3 +111,54 @@ def test_an_exempt_feature_never_counts_as_drift():
     exempt = PolicyConfig(exempt=("month",))
     d = decide(report(seasonal), REFERENCE, History(now=NOW), exempt)
     assert d.action == "none" and "month" not in d.evidence["drifted_features"]
+
+
+IN_COOLDOWN = History(now=NOW, last_training_at=NOW - timedelta(hours=3))
+
+
+@pytest.mark.parametrize("run_type", ["manual", "operator_triggered", "backfill"])
+@pytest.mark.parametrize(
+    ("history", "why"),
+    [(IN_COOLDOWN, "cooldown: last training 3.0 h ago (< 24.0 h)"), (History(now=NOW, training_active=True), "already active")],
+)
+def test_a_train_run_the_schedule_did_not_start_meets_the_guards(run_type, history, why):
+    d = admit(run_type, history, CONFIG, requested_by="alert-webhook")
+    assert d.action == "suppressed" and d.cause == run_type
+    assert why in d.reason and f"{run_type} run by alert-webhook" in d.reason
+
+
+def test_a_train_run_is_admitted_when_no_guard_holds():
+    first = admit("manual", History(now=NOW), CONFIG)
+    later = admit("operator_triggered", History(now=NOW, last_training_at=NOW - timedelta(hours=30)), CONFIG)
+    assert (first.action, later.action) == ("train", "train")
+    assert "no training yet" in first.reason and "last training 30.0 h ago" in later.reason
+
+
+@pytest.mark.parametrize("run_type", ["scheduled", "asset_triggered"])
+def test_the_schedules_own_runs_are_not_guarded(run_type):
+    d = admit(run_type, History(now=NOW, last_training_at=NOW, training_active=True), CONFIG)
+    assert d.action == "train" and "schedule" in d.reason
+
+
+def test_force_is_a_persons_override_and_says_so():
+    d = admit("manual", History(now=NOW, last_training_at=NOW, training_active=True), CONFIG, force=True, requested_by="ana")
+    assert d.action == "train" and "forced" in d.reason and "by ana" in d.reason
+
+
+def test_an_alert_storm_inside_the_cooldown_trains_once():
+    """Admission runs one train run at a time; each sees the training of the one before it (whose
+    data window ends at the newest data: no new data arrived between the alerts)."""
+    last, outcomes = NOW - timedelta(days=3), []
+    for _ in range(3):
+        d = admit("manual", History(now=NOW, last_training_at=last), CONFIG, requested_by="alert-webhook")
+        outcomes.append(d.action)
+        if d.action == "train":
+            last = NOW
+    assert outcomes == ["train", "suppressed", "suppressed"]
+
+
+def test_the_monitor_and_admission_share_one_guard():
+    history = History(now=NOW, last_training_at=NOW - timedelta(hours=3))
+    assert training_guard(history, CONFIG) in decide(report(SUMMER), REFERENCE, history, CONFIG).reason
+    assert training_guard(history, CONFIG) in admit("manual", history, CONFIG).reason
+    assert training_guard(History(now=NOW, last_training_at=NOW - timedelta(hours=25)), CONFIG) is None

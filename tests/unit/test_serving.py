@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -62,9 +62,15 @@ def test_a_valid_record_passes_and_nullable_fields_may_be_missing(flights, week,
         ({"distance": -5}, "distance", "greater_than_equal"),
         ({"month": 13}, "month", "less_than_equal"),
         ({"month": 1.5}, "month", "int_type"),
-        ({"temp": float("inf")}, "temp", "less_than_equal"),
-        ({"temp": float("nan")}, "temp", "greater_than_equal"),
+        ({"temp": float("inf")}, "temp", "finite_number"),
+        ({"temp": float("nan")}, "temp", "finite_number"),
+        ({"temp": True}, "temp", "float_type"),
+        ({"carrier": "A\u00c5"}, "carrier", "literal_error"),
         ({"time_hour": "2013-02-04T10:00:00"}, "time_hour", "timezone_aware"),
+        ({"time_hour": 1360000000}, "time_hour", "value_error"),
+        ({"time_hour": "0001-01-01T00:00:00+14:00"}, "time_hour", "value_error"),
+        ({"time_hour": "9999-12-31T23:00:00-12:00"}, "time_hour", "value_error"),
+        ({"time_hour": "2012-12-31T23:00:00+00:00"}, "time_hour", "value_error"),
         ({"surprise": 1}, "surprise", "extra_forbidden"),
         ({"request_id": "a b"}, "request_id", "string_pattern_mismatch"),
     ],
@@ -82,6 +88,33 @@ def test_a_missing_required_field_is_refused(flights, week, Record):
     del rec["sched_dep_time"]
     with pytest.raises(ValidationError, match="sched_dep_time"):
         Record.model_validate(rec)
+
+
+def test_an_event_time_ahead_of_the_serving_clock_is_refused_beyond_the_lead(flights, week):
+    Record = request_model(flights, max_lead_hours=6)
+    rec = as_requests(flights, week.head(1))[0]
+    soon = datetime.now(UTC) + timedelta(hours=5)
+    assert Record.model_validate({**rec, "time_hour": soon.isoformat()}).time_hour == soon
+    with pytest.raises(ValidationError, match="after the serving clock") as exc:
+        Record.model_validate({**rec, "time_hour": (soon + timedelta(hours=2)).isoformat()})
+    assert exc.value.errors()[0]["loc"] == ("time_hour",)
+
+
+def test_the_schema_document_carries_every_bound_of_the_contract(flights, Record):
+    """What generated clients read (the JSON schema BentoML publishes) states the contract's
+    ranges, vocabularies and nullability, in OpenAPI 3.0 terms (`nullable`, no `anyOf`)."""
+    props = Record.model_json_schema()["properties"]
+    assert set(props) == {"request_id", *flights.serving_inputs}
+    for name in flights.serving_inputs:
+        col, prop = flights.contract.column(name), props[name]
+        assert "anyOf" not in prop and prop.get("nullable", False) == col.nullable, (name, prop)
+        if col.allowed:
+            assert prop["enum"] == [*col.allowed, *([None] if col.nullable else [])] and prop["type"] == "string", prop
+        elif col.kind in ("int", "float"):
+            assert prop["type"] == {"int": "integer", "float": "number"}[col.kind], prop
+            assert (prop.get("minimum"), prop.get("maximum")) == (col.min, col.max), (name, prop)
+        elif col.kind == "datetime":
+            assert prop["format"] == "date-time" and flights.calendar.start_datetime.astimezone(UTC).isoformat() in prop["description"]
 
 
 def test_routing_sends_traffic_only_to_weighted_slots():
@@ -120,24 +153,6 @@ def test_inference_log_writes_partitions_by_event_day_and_joins_labels(flights, 
         pd.MultiIndex.from_frame(joined[list(flights.contract.key)])
     )
     np.testing.assert_array_equal(joined["label"].to_numpy(), expected.to_numpy())
-
-
-def test_inference_log_keeps_records_when_storage_fails_and_bounds_its_buffer(flights, week, Record, storage_root):
-    records = [Record.model_validate(r).model_dump() | {"request_id": "x"} for r in as_requests(flights, week.head(3))]
-    sink = InferenceLog(flights, "1", "green", flush_seconds=3600, max_buffered=5)
-
-    class Broken:
-        def write_bytes(self, *a, **k):
-            raise OSError("disk full")
-
-    good, sink.storage = sink.storage, Broken()
-    sink.append(records, flights.encode_records(records), [0.5] * 3, [True] * 3)
-    assert sink.flush() == 0 and len(sink._rows) == 3  # kept for the next flush
-    sink.append(records, flights.encode_records(records), [0.5] * 3, [True] * 3)
-    assert len(sink._rows) == 5 and sink.dropped == 1
-    sink.storage = good
-    assert sink.flush() == 5
-    sink.close()
 
 
 TRAEFIK_METRICS = """

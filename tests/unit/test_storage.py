@@ -1,3 +1,5 @@
+import io
+
 import pandas as pd
 import pytest
 
@@ -5,7 +7,10 @@ from include.data.storage import (
     LocalStorage,
     MalformedPartitionError,
     ObjectExistsError,
+    ObjectTooLargeError,
     get_storage,
+    parquet_metadata,
+    parse_parquet,
     read_parquet,
     write_parquet,
 )
@@ -57,3 +62,45 @@ def test_bad_storage_uris_are_rejected(uri, message):
 def test_s3_uri_selects_s3_storage():
     s = get_storage("s3://bucket/some/prefix")
     assert s.uri("landing/x") == "s3://bucket/some/prefix/landing/x"
+
+
+def test_read_bytes_refuses_an_object_over_max_bytes_unread(tmp_path):
+    s = LocalStorage(tmp_path)
+    s.write_bytes("landing/x", b"12345")
+    assert s.read_bytes("landing/x", max_bytes=5) == b"12345"
+    with pytest.raises(ObjectTooLargeError, match=rf"file://{tmp_path}/landing/x is 5 bytes, more than the 4 allowed: not read"):
+        s.read_bytes("landing/x", max_bytes=4)
+
+
+@pytest.mark.parametrize(
+    "make,cause",
+    [
+        (lambda ok: b"", r"the file is empty \(0 bytes\)"),
+        (lambda ok: b"year,month,day\n2013,1,1\n", r"it starts with text b'year,month,day\\n2013,1,1\\n'.*a CSV or JSON file\?"),
+        (lambda ok: ok[: len(ok) // 2], r"it starts as Parquet but has no footer after [\d,]+ bytes: a truncated upload\?"),
+        (lambda ok: b"\x00\xff" * 10, "no Parquet magic bytes at its start"),
+    ],
+)
+def test_an_unreadable_file_is_named_with_its_likely_cause(make, cause):
+    ok = io.BytesIO()
+    pd.DataFrame({"a": range(100)}).to_parquet(ok, index=False)
+    data = make(ok.getvalue())
+    for read in (parse_parquet, parquet_metadata):
+        with pytest.raises(MalformedPartitionError, match=rf"s3://b/landing/x is not readable Parquet: {cause}"):
+            read(data, "s3://b/landing/x")
+
+
+def test_s3_storage_gets_bounded_timeouts_and_retries_from_the_settings(monkeypatch):
+    from include.settings import get_settings
+
+    monkeypatch.setenv("LOOP_S3_TIMEOUT_SECONDS", "2.5")
+    monkeypatch.setenv("LOOP_S3_MAX_ATTEMPTS", "4")
+    get_settings.cache_clear()
+    try:
+        s = get_storage("s3://bucket/prefix")
+    finally:
+        get_settings.cache_clear()
+    assert (s.timeout_seconds, s.max_attempts) == (2.5, 4)
+    config = s._client.meta.config
+    assert (config.connect_timeout, config.read_timeout) == (2.5, 2.5)
+    assert config.retries == {"mode": "standard", "total_max_attempts": 4}  # the first request included
