@@ -17,7 +17,7 @@ from include.alerting.alerts import mlflow_run_link, send_alert
 from include.data.partitions import read_validated
 from include.model.dataset import LINEAGE_ARTIFACT, labelled
 from include.model.metrics import HIGHER_IS_BETTER, compute_metrics, slice_metrics
-from include.model.registry import CHAMPION, alias_version, connect, tag_version
+from include.model.registry import CHAMPION, alias_version, connect, naming_the_server, tag_version
 from include.settings import get_settings
 
 
@@ -103,20 +103,26 @@ def run_champion_gate(usecase, settings, model_name: str, version: str, storage=
     decide, record the decision on the version and its run, and move `champion` on promotion.
 
     Idempotent: a version that already has a decision returns it (finishing an interrupted alias
-    move) instead of deciding again.
+    move) instead of deciding again. The version's `gate.decision` tag is written last, after
+    everything it summarizes, so a gate cut short (a tracking server that stopped answering fails
+    with TrackingServerUnreachable naming it) leaves no decision behind and its rerun decides again.
     """
+    with naming_the_server(settings.mlflow_tracking_uri):
+        return _run_gate(usecase, settings, model_name, str(version), storage)
+
+
+def _run_gate(usecase, settings, model_name: str, version: str, storage) -> dict:
     import mlflow
 
     client = connect(settings.mlflow_tracking_uri)
     mv = client.get_model_version(model_name, version)
     champion = alias_version(client, model_name, CHAMPION)
-    result = {"model_name": model_name, "version": str(version), "run_id": mv.run_id}
+    result = {"model_name": model_name, "version": version, "run_id": mv.run_id}
 
     if "gate.decision" in mv.tags:
         promote = mv.tags["gate.decision"] == "promote"
         if promote and mv.tags.get("gate.applied") != "true":
-            client.set_registered_model_alias(model_name, CHAMPION, version)
-            tag_version(client, model_name, version, {"gate.applied": "true", "gate.promoted_at": _now()})
+            _promote(client, model_name, version)
         return result | {
             "promoted": promote,
             "reason": mv.tags.get("gate.reason", ""),
@@ -145,6 +151,7 @@ def run_champion_gate(usecase, settings, model_name: str, version: str, storage=
     if champion is not None:
         cp_metrics, cp_slices = score(champion.version)
     decision = decide(ch_metrics, cp_metrics, config, ch_slices, cp_slices)
+    verdict = "promote" if decision.promote else "reject"
 
     record = decision.as_dict() | {
         "champion_version": champion.version if champion else None,
@@ -158,13 +165,13 @@ def run_champion_gate(usecase, settings, model_name: str, version: str, storage=
     }.items():
         if v is not None and v == v:
             client.log_metric(mv.run_id, k, v)
-    client.set_tag(mv.run_id, "gate.decision", "promote" if decision.promote else "reject")
+    client.set_tag(mv.run_id, "gate.decision", verdict)
+    experiment = client.get_run(mv.run_id).info.experiment_id
     tag_version(
         client,
         model_name,
         version,
         {
-            "gate.decision": "promote" if decision.promote else "reject",
             "gate.reason": decision.reason,
             "gate.metric": config.metric,
             "gate.challenger": f"{decision.challenger:.6f}",
@@ -172,16 +179,17 @@ def run_champion_gate(usecase, settings, model_name: str, version: str, storage=
             "gate.champion_version": champion.version if champion else "",
         },
     )
+    # The decision itself, last: a version carries it only once everything above is recorded.
+    tag_version(client, model_name, version, {"gate.decision": verdict})
     if decision.promote:
-        client.set_registered_model_alias(model_name, CHAMPION, version)
-        tag_version(client, model_name, version, {"gate.applied": "true", "gate.promoted_at": _now()})
+        _promote(client, model_name, version)
     else:
         send_alert(
             settings,
             "gate_rejected",
             f"{model_name} v{version} not promoted: {decision.reason}",
-            {"model_name": model_name, "version": str(version), "champion_version": champion.version if champion else None},
-            links={"mlflow": mlflow_run_link(settings, mv.run_id, client.get_run(mv.run_id).info.experiment_id)},
+            {"model_name": model_name, "version": version, "champion_version": champion.version if champion else None},
+            links={"mlflow": mlflow_run_link(settings, mv.run_id, experiment)},
         )
     return result | {
         "promoted": decision.promote,
@@ -189,6 +197,11 @@ def run_champion_gate(usecase, settings, model_name: str, version: str, storage=
         "previous_champion": champion.version if champion else None,
         "reused": False,
     }
+
+
+def _promote(client, model_name: str, version: str) -> None:
+    client.set_registered_model_alias(model_name, CHAMPION, version)
+    tag_version(client, model_name, version, {"gate.applied": "true", "gate.promoted_at": _now()})
 
 
 def _now() -> str:

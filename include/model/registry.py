@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from include.settings import get_settings
+
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from mlflow import MlflowClient
     from mlflow.entities import Run
     from mlflow.entities.model_registry import ModelVersion
@@ -26,16 +31,27 @@ slot and bento, is the registered model's `live` tag: one write, so never half-u
 
 
 class TrackingServerUnreachable(ConnectionError):
-    """The MLflow tracking server did not answer its health check."""
+    """The MLflow tracking server did not answer its health check, or stopped answering a call."""
 
 
 def connect(tracking_uri: str, *, attempts: int = 5, wait_seconds: float = 2.0) -> MlflowClient:
-    """Point MLflow at `tracking_uri` after checking the server answers; retries with backoff."""
+    """Point MLflow at `tracking_uri` after checking the server answers; retries with backoff.
+
+    Every later MLflow request retries and times out as the settings say (MLflow reads its
+    variables at each request, so they are set here, once, from the validated settings)."""
     import os
 
     import mlflow
     import requests
 
+    settings = get_settings()
+    os.environ.update(
+        {
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(settings.mlflow_http_timeout_seconds),
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(settings.mlflow_http_max_retries),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(settings.mlflow_http_backoff_factor),
+        }
+    )
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars flood task logs
     if tracking_uri.startswith(("http://", "https://")):
         url = tracking_uri.rstrip("/") + "/health"
@@ -56,6 +72,42 @@ def connect(tracking_uri: str, *, attempts: int = 5, wait_seconds: float = 2.0) 
             )
     mlflow.set_tracking_uri(tracking_uri)
     return mlflow.MlflowClient(tracking_uri)
+
+
+@contextmanager
+def naming_the_server(tracking_uri: str) -> Iterator[None]:
+    """Around MLflow calls: once MLflow's own retries give up on a server that does not answer
+    (refused, timed out, 5xx), fail with TrackingServerUnreachable naming `tracking_uri`."""
+    from mlflow.exceptions import MlflowException
+    from requests import RequestException
+
+    try:
+        yield
+    except (MlflowException, RequestException) as exc:
+        cause = _transport_error(exc)
+        if cause is None:
+            raise
+        s = get_settings()
+        raise TrackingServerUnreachable(
+            f"MLflow tracking server at {tracking_uri} stopped answering ({type(cause).__name__}) after "
+            f"{s.mlflow_http_max_retries} retries with backoff, each try timing out after {s.mlflow_http_timeout_seconds}s "
+            "(MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT). Bring it back (`make up`) or fix "
+            "MLFLOW_TRACKING_URI, then retry the task: it resumes without a second model version."
+        ) from exc
+
+
+def _transport_error(exc: BaseException) -> BaseException | None:
+    """The connection failure, timeout or exhausted retries behind `exc` (MLflow wraps them in an
+    MlflowException whose cause or context is requests' error), or None."""
+    from requests import exceptions
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, exceptions.ConnectionError | exceptions.RetryError | exceptions.Timeout):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:

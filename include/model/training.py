@@ -16,6 +16,7 @@ import json
 import logging
 import subprocess
 from importlib.metadata import version as installed_version
+from typing import TYPE_CHECKING
 
 from include.data.partitions import list_validated, read_validated
 from include.data.storage import Storage, get_storage
@@ -23,13 +24,26 @@ from include.model.dataset import LINEAGE_ARTIFACT, labelled, lineage, select_pa
 from include.model.engines import choose_engine, fit, fit_on_dask
 from include.model.metrics import compute_metrics, slice_metrics
 from include.model.params import TrainParams
-from include.model.registry import CHALLENGER, connect, experiment_id, find_runs, version_of_run
+from include.model.registry import CHALLENGER, connect, experiment_id, find_runs, naming_the_server, version_of_run
 from include.settings import PROJECT_ROOT, Settings
 from include.usecases import UseCase
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
 
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
+VERSION_TAGS = (
+    "airflow.dag_id",
+    "airflow.dag_run_id",
+    "loop.data_window",
+    "loop.partitions_sha256",
+    "loop.reason",
+    "loop.monitor_report",
+)
+"""Run tags a registered version carries too (with the commit as `loop.git_commit`)."""
 RUNTIME_PACKAGES = ("xgboost", "pandas", "numpy", "scikit-learn", "pyarrow")
 
 
@@ -72,10 +86,11 @@ def train_candidate(
 ) -> dict:
     """Train on the window, log everything to MLflow, register a version with alias `challenger`.
 
-    Returns references only: {"run_id", "model_name", "version", "reused"}.
+    Returns references only: {"run_id", "model_name", "version", "reused"}. A tracking server that
+    stops answering fails the call with TrackingServerUnreachable naming it, once MLflow's retries
+    (the settings') give up; the task's retry resumes from what the server holds: a finished run is
+    registered, an interrupted one is marked FAILED and trained afresh.
     """
-    import mlflow
-
     storage = storage or get_storage()
     model_name = settings.model_name or usecase.model_name
     # Selecting first is cheap and makes "not enough data yet" a quick skip.
@@ -87,50 +102,51 @@ def train_candidate(
         params.as_of,
     )
     client = connect(settings.mlflow_tracking_uri)
-    exp_id = experiment_id(client, model_name)
     identity = {"airflow.dag_id": dag_id, "airflow.dag_run_id": dag_run_id}
+    with naming_the_server(settings.mlflow_tracking_uri):
+        exp_id = experiment_id(client, model_name)
+        for run in find_runs(client, exp_id, identity):
+            if run.info.status == "FINISHED":
+                log.info("DAG run %s already trained MLflow run %s: reusing it", dag_run_id, run.info.run_id)
+                return _register(client, model_name, run) | {"reused": True}
+            # An interrupted attempt (a killed task, a server that stopped answering): train afresh.
+            client.set_terminated(run.info.run_id, "FAILED")
 
-    for run in find_runs(client, exp_id, identity):
-        if run.info.status == "FINISHED":
-            mv = version_of_run(client, model_name, run.info.run_id) or mlflow.register_model(
-                f"runs:/{run.info.run_id}/{MODEL_ARTIFACT}", model_name
-            )
-            log.info("DAG run %s already trained MLflow run %s (version %s): reusing it", dag_run_id, run.info.run_id, mv.version)
-            client.set_registered_model_alias(model_name, CHALLENGER, mv.version)
-            return {"run_id": run.info.run_id, "model_name": model_name, "version": mv.version, "reused": True}
-        client.set_terminated(run.info.run_id, "FAILED")  # an interrupted attempt; train afresh
+        log.info(
+            "training on %d partitions (%s … %s), evaluating on %s",
+            len(train_recs),
+            train_recs[0]["partition"],
+            train_recs[-1]["partition"],
+            [r["partition"] for r in eval_recs],
+        )
+        digest = hashlib.sha256("".join(r["validated_sha256"] for r in train_recs + eval_recs).encode()).hexdigest()
+        tags = {
+            **identity,
+            "mlflow.source.git.commit": git_commit(settings),
+            "loop.usecase": usecase.name,
+            # Why this version exists (the registered version carries it too: VERSION_TAGS).
+            "loop.reason": params.reason or "(none given)",
+            **({"loop.monitor_report": params.report_uri} if params.report_uri else {}),
+            "loop.data_window": f"{train_recs[0]['interval_start']} … {eval_recs[-1]['interval_end']}",
+            "loop.partitions_sha256": digest,
+            "loop.eval_partitions": ",".join(r["partition"] for r in eval_recs),
+        }
+        run_id = _log_training_run(usecase, params, settings, storage, exp_id, tags, train_recs, eval_recs)
+        # Registered after the run is FINISHED: a failure in between leaves a finished run without a
+        # version, which the rerun above registers, instead of a second run.
+        return _register(client, model_name, client.get_run(run_id)) | {"reused": False}
 
-    log.info(
-        "training on %d partitions (%s … %s), evaluating on %s",
-        len(train_recs),
-        train_recs[0]["partition"],
-        train_recs[-1]["partition"],
-        [r["partition"] for r in eval_recs],
-    )
+
+def _log_training_run(usecase, params, settings, storage, exp_id, tags, train_recs, eval_recs) -> str:
+    """Fit the model and log it, its evaluation and its lineage as one MLflow run; its id."""
+    import mlflow
+
     train_df, eval_df = read_validated(train_recs, storage), read_validated(eval_recs, storage)
     X_train, y_train, _ = labelled(usecase, train_df)
     X_eval, y_eval, eval_slices = labelled(usecase, eval_df)
     engine = choose_engine(params.distributed, len(X_train), settings)
-
-    commit = git_commit(settings)
-    partitions = {"train": lineage(train_recs), "eval": lineage(eval_recs)}
-    digest = hashlib.sha256("".join(r["validated_sha256"] for r in train_recs + eval_recs).encode()).hexdigest()
-    window = f"{train_recs[0]['interval_start']} … {eval_recs[-1]['interval_end']}"
-    # Why this version exists, on the run and on the registered version alike.
-    request = {
-        "loop.reason": params.reason or "(none given)",
-        **({"loop.monitor_report": params.report_uri} if params.report_uri else {}),
-    }
-    tags = {
-        **identity,
-        "mlflow.source.git.commit": commit,
-        "loop.usecase": usecase.name,
-        **request,
-        "loop.data_window": window,
-        "loop.partitions_sha256": digest,
-        "loop.eval_partitions": ",".join(r["partition"] for r in eval_recs),
-    }
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"{dag_id}/{dag_run_id}", tags=tags) as run:
+    run_name = f"{tags['airflow.dag_id']}/{tags['airflow.dag_run_id']}"
+    with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags) as run:
         mlflow.log_params(
             {
                 **params.model_dump(mode="json"),
@@ -142,7 +158,7 @@ def train_candidate(
                 "n_unlabelled_dropped": len(train_df) + len(eval_df) - len(X_train) - len(X_eval),
             }
         )
-        mlflow.log_dict(partitions, LINEAGE_ARTIFACT)
+        mlflow.log_dict({"train": lineage(train_recs), "eval": lineage(eval_recs)}, LINEAGE_ARTIFACT)
         # The exact partitions and hashes are in the lineage artifact; the datasets give
         # MLflow's UI the schema, row counts and a digest of each split.
         zone = storage.uri(f"validated/{usecase.name}")
@@ -183,7 +199,7 @@ def train_candidate(
         from mlflow.models import infer_signature
 
         example = X_eval.head(5)
-        info = mlflow.xgboost.log_model(
+        mlflow.xgboost.log_model(
             model,
             name=MODEL_ARTIFACT,
             model_format="ubj",
@@ -191,26 +207,23 @@ def train_candidate(
             input_example=example,
             pip_requirements=[f"{p}=={installed_version(p)}" for p in RUNTIME_PACKAGES],
         )
-    # Registered after the run is FINISHED: a crash in between leaves a finished run without a
-    # version, which the rerun above registers, instead of a second run.
-    mv = mlflow.register_model(
-        info.model_uri,
-        model_name,
-        tags={
-            **identity,
-            "loop.data_window": window,
-            "loop.git_commit": commit,
-            "loop.partitions_sha256": digest,
-            **request,
-        },
-    )
+    log.info("run %s: eval %s", run.info.run_id, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+    return run.info.run_id
+
+
+def _register(client: MlflowClient, model_name: str, run: Run) -> dict:
+    """The finished run's model version, with alias `challenger`: registered unless an earlier
+    attempt did. Its tags come from the run's in one request (the version is created with them),
+    so a version registered by a rerun carries the same lineage and none lacks it."""
+    import mlflow
+
+    run_id = run.info.run_id
+    mv = version_of_run(client, model_name, run_id)
+    if mv is None:
+        tags = {k: run.data.tags[k] for k in VERSION_TAGS if k in run.data.tags}
+        tags["loop.git_commit"] = run.data.tags.get("mlflow.source.git.commit", "unknown")
+        (logged,) = run.outputs.model_outputs  # the run logs one model
+        mv = mlflow.register_model(f"models:/{logged.model_id}", model_name, tags=tags)
     client.set_registered_model_alias(model_name, CHALLENGER, mv.version)
-    log.info(
-        "run %s: eval %s; registered %s version %s as %s",
-        run.info.run_id,
-        json.dumps({k: round(v, 4) for k, v in metrics.items()}),
-        model_name,
-        mv.version,
-        CHALLENGER,
-    )
-    return {"run_id": run.info.run_id, "model_name": model_name, "version": mv.version, "reused": False}
+    log.info("run %s: %s version %s is the %s", run_id, model_name, mv.version, CHALLENGER)
+    return {"run_id": run_id, "model_name": model_name, "version": mv.version}

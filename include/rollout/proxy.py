@@ -73,6 +73,9 @@ class Proxy:
             f"--entryPoints.web.address={s.serving_host}:{s.serving_port}",
             # Long enough for a batch of 1000 on a busy slot; Traefik's default is no limit at all.
             "--entryPoints.web.transport.respondingTimeouts.readTimeout=60s",
+            # Below the slots' keep-alive (uvicorn: 5 s): Traefik never reuses a connection the slot
+            # is closing, which would fail a POST with 502 (Go retries only idempotent requests).
+            "--serversTransport.forwardingTimeouts.idleConnTimeout=3s",
             f"--entryPoints.traefik.address={s.serving_host}:{s.traefik_metrics_port}",
             f"--providers.file.directory={self.dynamic_dir}",
             "--providers.file.watch=true",
@@ -172,7 +175,7 @@ def routing_config(weights: dict[str, int], urls: dict[str, str]) -> dict:
             "routers": {
                 SERVICE: {"entryPoints": ["web"], "rule": "PathPrefix(`/`)", "service": SERVICE, "middlewares": ["retry"]}
             },
-            "middlewares": {"retry": {"retry": {"attempts": 3, "initialInterval": "50ms"}}},
+            "middlewares": {"retry": {"retry": {"attempts": 5, "initialInterval": "50ms"}}},
             "services": services,
         }
     }

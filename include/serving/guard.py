@@ -5,9 +5,12 @@ It refuses, before BentoML parses anything, what the service never accepts:
 * a body that is not JSON: `Content-Type` missing or other than `application/json` → 415 (BentoML
   would parse a missing or unknown type as JSON, and a malformed multipart body crashes its form
   parser with a 500);
-* a body over `max_body_bytes` → 413. `Content-Length` refuses it before reading; the bytes are
-  counted as they arrive too, so a chunked body is cut off at the limit instead of being held
-  whole in memory;
+* a body over `max_body_bytes` → 413, decided from `Content-Length` when it is declared and by
+  counting the bytes as they arrive otherwise, so no more than the limit is ever held in memory.
+  The rest of such a body is read and thrown away (up to `DRAIN_FACTOR` times the limit) before
+  the answer: a server that answers and closes with unread request bytes makes the kernel reset
+  the connection, and a proxy still writing the body (Traefik) then turns the 413 into a 502.
+  A body declared larger than that is refused without being read;
 * a body that has not fully arrived after `body_seconds` (a client that declared more than it
   sends, or trickles it) → 408, before the service's own timeout would answer 504.
 
@@ -24,6 +27,8 @@ from typing import Any
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 JSON = "application/json"
+DRAIN_FACTOR = 8
+"""How much of a body over the limit is read (and dropped) so the 413 reaches the client."""
 
 
 class RequestGuard:
@@ -44,6 +49,8 @@ class RequestGuard:
             return
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body_bytes:
+            if int(length) <= DRAIN_FACTOR * self.max_body_bytes:
+                await self._drain(receive, 0)
             await _refuse(send, 413, self._too_large())
             return
         body = bytearray()
@@ -57,12 +64,29 @@ class RequestGuard:
                     body += message.get("body", b"")
                     more = message.get("more_body", False)
                     if len(body) > self.max_body_bytes:
+                        if more:
+                            await self._drain(receive, len(body))
                         await _refuse(send, 413, self._too_large())
                         return
         except TimeoutError:
             await _refuse(send, 408, f"the request body did not arrive within {self.body_seconds:g} s ({len(body)} bytes came)")
             return
         await self.app(scope, _replay(bytes(body), receive), send)
+
+    async def _drain(self, receive: Any, seen: int) -> None:
+        """Read and drop the rest of the body: until it ends, the client leaves, `DRAIN_FACTOR`
+        times the limit has come, or `body_seconds` have passed."""
+        try:
+            async with asyncio.timeout(self.body_seconds):
+                while seen <= DRAIN_FACTOR * self.max_body_bytes:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    seen += len(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        return
+        except TimeoutError:
+            return
 
     def _too_large(self) -> str:
         return f"request body over {self.max_body_bytes} bytes (LOOP_SERVING_MAX_BODY_BYTES): send fewer records per request"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +74,30 @@ def test_stopping_a_service_leaves_the_services_it_started_running(tmp_path):
     assert stack.stop_one("parent", timeout=5)
     assert stack.running() == {"child": child}, "the child service keeps running"
     assert stack.stop() == ["child"]
+
+
+def test_stopping_the_stack_asks_every_service_at_once(tmp_path):
+    """`stop` sends TERM to all services before it waits for any: services slow to stop (a Celery
+    worker finishing a task, an API server draining) stop side by side, not one after another.
+    Each service here notes when TERM came, then takes a while to exit."""
+    slow = (
+        "import signal, sys, time\n"
+        "def bye(*_):\n"
+        "    open(sys.argv[1], 'w').write(repr(time.time())); time.sleep(2); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, bye)\n"
+        "open(sys.argv[1] + '.ready', 'w').close()\n"
+        "time.sleep(120)\n"
+    )
+    stack = Stack(tmp_path)
+    notes = {name: tmp_path / f"{name}.term" for name in ("one", "two", "three")}
+    for name, note in notes.items():
+        stack.start(name, [sys.executable, "-c", slow, str(note)], {})
+    deadline = time.monotonic() + 30
+    while not all(Path(f"{note}.ready").exists() for note in notes.values()):
+        assert time.monotonic() < deadline, "the services never set up their TERM handlers"
+        time.sleep(0.05)
+    assert sorted(stack.stop(timeout=30)) == sorted(notes)
+    termed = sorted(float(note.read_text()) for note in notes.values())
+    # one after another, each TERM would come only after the previous service's 2 s exit
+    assert termed[-1] - termed[0] < 2, termed
+    assert stack.running() == {}

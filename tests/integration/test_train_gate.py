@@ -8,15 +8,16 @@ from zoneinfo import ZoneInfo
 
 import mlflow
 import pytest
+from mlflow.exceptions import MlflowException
 
 from include.data.partitions import list_validated
 from include.local.stack import free_port
 from include.model.gate import run_champion_gate
 from include.model.params import TrainParams
-from include.model.registry import CHALLENGER, CHAMPION, TrackingServerUnreachable, alias_version, connect
+from include.model.registry import CHALLENGER, CHAMPION, TrackingServerUnreachable, alias_version, connect, naming_the_server
 from include.model.training import train_candidate
 from include.monitoring.profile import load_profile, log_reference_profile
-from include.settings import PROJECT_ROOT
+from include.settings import PROJECT_ROOT, get_settings
 
 pytestmark = pytest.mark.integration
 NY = ZoneInfo("America/New_York")
@@ -103,3 +104,18 @@ def test_unreachable_tracking_server_fails_with_its_url():
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(TrackingServerUnreachable, match=rf"{url} is unreachable after 2 attempts"):
         connect(url, attempts=2, wait_seconds=0.1)
+
+
+def test_a_server_that_stops_answering_is_named_and_other_mlflow_errors_pass_through(mlflow_env, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    get_settings.cache_clear()
+    client = connect(mlflow_env.mlflow_tracking_uri)
+    with pytest.raises(MlflowException) as err, naming_the_server(mlflow_env.mlflow_tracking_uri):
+        client.get_registered_model("no-such-model")  # the server answered: not a connection problem
+    assert err.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: refused, retried once, then named
+    named = rf"at {dead} stopped answering \(ConnectionError\) after 1 retries"
+    with pytest.raises(TrackingServerUnreachable, match=named), naming_the_server(dead):
+        mlflow.MlflowClient(dead).search_experiments()

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from include.serving.guard import RequestGuard
+from include.serving.guard import DRAIN_FACTOR, RequestGuard
 from include.settings import Settings
 
 LIMIT = 1000
@@ -81,10 +81,19 @@ def test_json_of_any_spelling_goes_through_unchanged(content_type):
     assert status == 200 and seen == [body]
 
 
-def test_a_declared_length_over_the_limit_is_refused_unread():
-    status, answer, seen, pulled = call(headers={**JSON, "Content-Length": str(LIMIT + 1)}, chunks=[b"x" * (LIMIT + 1)])
-    assert status == 413 and not seen and pulled == 0
+def test_a_declared_length_over_the_limit_is_refused_and_the_body_dropped_not_kept():
+    """The service never sees it; the guard reads the rest of it only to drop it, so the client
+    (or a proxy still writing it) gets the 413 instead of a reset connection."""
+    chunks = [b"x" * 400] * 4
+    status, answer, seen, pulled = call(headers={**JSON, "Content-Length": str(LIMIT + 1)}, chunks=chunks)
+    assert status == 413 and not seen and pulled == len(chunks)
     assert str(LIMIT) in answer["error"] and "LOOP_SERVING_MAX_BODY_BYTES" in answer["error"]
+
+
+def test_a_declared_length_far_over_the_limit_is_refused_unread():
+    declared = DRAIN_FACTOR * LIMIT + 1
+    status, _, seen, pulled = call(headers={**JSON, "Content-Length": str(declared)}, chunks=[b"x" * 400] * 4)
+    assert status == 413 and not seen and pulled == 0
 
 
 @pytest.mark.parametrize("declared", [None, "10"], ids=["chunked", "lying content-length"])
@@ -93,7 +102,14 @@ def test_a_streamed_body_is_cut_off_at_the_limit_whatever_the_header_says(declar
     chunks = [b"x" * 400] * 10  # 4000 bytes in 400-byte chunks
     status, _, seen, pulled = call(headers=headers, chunks=chunks)
     assert status == 413 and not seen
-    assert pulled == LIMIT // 400 + 1, "the guard stops reading at the first chunk over the limit"
+    assert pulled == len(chunks), "past the limit the rest is read to be dropped"
+
+
+def test_dropping_a_body_over_the_limit_stops_after_the_drain_bound():
+    chunk = b"x" * LIMIT
+    status, _, seen, pulled = call(headers=JSON, chunks=[chunk] * (DRAIN_FACTOR + 5))
+    assert status == 413 and not seen
+    assert pulled == DRAIN_FACTOR + 1, "no more than DRAIN_FACTOR times the limit is read"
 
 
 def test_a_body_of_exactly_the_limit_passes():
