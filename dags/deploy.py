@@ -8,7 +8,9 @@ version. Steps (`include/model/packaging.py`, `include/rollout/`):
    holds it, it waits (a sensor in reschedule mode), so their traffic changes never interleave;
 1. **plan** — nothing to do if the version already serves 100% of traffic (the run ends here);
 2. **build_bento** — one bento per model version (reused if built), pinned to the project's lock,
-   labelled with its lineage;
+   labelled with its lineage; the model's files must have the digest training recorded on the
+   version (`include/integrity.py`), else the version is tagged `deploy.rejected` and the task
+   fails without retries;
 3. **start_candidate** — the idle slot (blue or green) serves the bento, with no traffic yet;
 4. **infra_validate** — a golden set sent straight to the slot must score exactly as the MLflow
    registry's model does, within the latency budget; a failure stops the slot, tags the version

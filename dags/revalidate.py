@@ -15,6 +15,7 @@ from datetime import timedelta
 from airflow.sdk import Param, dag, task
 
 from include.airflow_glue import VALIDATED_DATA, airflow_outcome, task_defaults
+from include.model.params import PLAIN_TEXT
 from include.settings import get_settings
 
 
@@ -41,6 +42,7 @@ from include.settings import get_settings
             "",
             type="string",
             maxLength=500,
+            pattern=PLAIN_TEXT,
             title="Reason",
             description="What was fixed (kept in the run's note and log).",
         ),

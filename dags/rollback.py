@@ -16,6 +16,7 @@ import pendulum
 from airflow.sdk import Param, dag, task
 
 from include.airflow_glue import claim_serving_slots, rollout_claim, rollout_steps, task_defaults
+from include.model.params import PLAIN_TEXT
 from include.settings import get_settings
 from include.usecases import get_calendar
 
@@ -39,7 +40,9 @@ calendar = get_calendar()
             title="Model version to restore",
             description="A registered version of the model (see MLflow), e.g. 3.",
         ),
-        "reason": Param("", type="string", maxLength=500, title="Reason", description="Recorded on the model version."),
+        "reason": Param(
+            "", type="string", maxLength=500, pattern=PLAIN_TEXT, title="Reason", description="Recorded on the model version."
+        ),
     },
 )
 def rollback():

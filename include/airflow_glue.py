@@ -210,7 +210,8 @@ def rollout_steps(ref):
     def build_bento(ref: dict) -> dict:
         from include.model.packaging import build_bento
 
-        return {**ref, **build_bento(get_settings(), ref["model_name"], ref["version"])}
+        with airflow_outcome():  # a model whose files are not the judged ones (ModelTampered): no retry
+            return {**ref, **build_bento(get_settings(), ref["model_name"], ref["version"])}
 
     @task(on_failure_callback=on_failure)
     def start_candidate(ref: dict) -> dict:

@@ -26,6 +26,7 @@ os.environ.update(
         "AIRFLOW__API__BASE_URL": "http://127.0.0.1:8080",  # the links in alerts
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_STATE / 'airflow' / 'airflow.db'}",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",  # as the runtimes set it: nothing in the loop unpickles
         "GIT_PYTHON_REFRESH": "quiet",
     }
 )
@@ -124,15 +125,21 @@ def s3(s3_endpoint, use_s3):
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
+def mlflow_store(tmp_path_factory):
+    """Where the session's MLflow server keeps its SQLite database and, under `artifacts/`, the
+    artifacts (`mlflow-artifacts:/<path>` is `artifacts/<path>`)."""
+    return tmp_path_factory.mktemp("mlflow") / "store"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_store):
     """A real `mlflow server` (SQLite + local artifacts) for the whole session; yields its URL."""
     from include.local.stack import free_port, start_mlflow
     from include.rollout.processes import Stack
 
-    state = tmp_path_factory.mktemp("mlflow")
-    stack = Stack(state)
+    stack = Stack(mlflow_store.parent)
     port = free_port()
-    start_mlflow(stack, port, state / "store")
+    start_mlflow(stack, port, mlflow_store)
     yield f"http://127.0.0.1:{port}"
     stack.stop()
     assert not stack.running()

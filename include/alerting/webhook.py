@@ -118,7 +118,8 @@ def plan(payload: AlertmanagerPayload, allowed_dags: tuple[str, ...]) -> list[Pl
                 continue
         name = alert.labels.get("alertname", "alert")
         summary = alert.annotations.get("summary") or alert.annotations.get("description") or ""
-        reason = re.sub(r"\s+", " ", f"alert {name} {alert.fingerprint}: {summary}").strip()
+        # one line of plain text: control characters (a NUL, an ANSI escape) would be refused by the form
+        reason = re.sub(r"[\s\x00-\x1f\x7f]+", " ", f"alert {name} {alert.fingerprint}: {summary}").strip()
         entry.run_id = run_id_for(alert)
         entry.conf = {"reason": reason[:MAX_NOTE_CHARS], **conf}
         if alert.generatorURL:

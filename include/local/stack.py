@@ -107,6 +107,8 @@ def airflow_env(settings: Settings, ports: Ports) -> dict[str, str]:
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports.mlflow}",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        # The loop's models are XGBoost's native files: a pickled one is refused, never run.
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
         "LOOP_STATE_DIR": str(settings.state_dir),
         "LOOP_WEBHOOK_TOKEN": webhook_token(settings),
         "NO_PROXY": "127.0.0.1,localhost",

@@ -17,7 +17,7 @@ from include.alerting.alerts import mlflow_run_link, send_alert
 from include.data.partitions import read_validated
 from include.model.dataset import LINEAGE_ARTIFACT, labelled
 from include.model.metrics import HIGHER_IS_BETTER, compute_metrics, slice_metrics
-from include.model.registry import CHAMPION, alias_version, connect, naming_the_server, tag_version
+from include.model.registry import CHAMPION, alias_version, connect, load_judged_model, naming_the_server, tag_version
 from include.settings import get_settings
 
 
@@ -136,7 +136,7 @@ def _run_gate(usecase, settings, model_name: str, version: str, storage) -> dict
     threshold = settings.operating_threshold
 
     def score(v: str):
-        model = mlflow.xgboost.load_model(f"models:/{model_name}/{v}")
+        model = load_judged_model(client, model_name, v)
         try:
             s = model.predict_proba(X)[:, 1]
         except Exception as exc:

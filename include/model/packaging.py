@@ -7,6 +7,12 @@ own lock (`include/serving/requirements.txt`, about 100 packages instead of the 
 `.ubj` file; nothing is pickled). BentoML's own locking is off, so a build never runs a resolver
 against the index. Labels carry
 the lineage back to MLflow and the data.
+
+Supply chain (`include/integrity.py`): the imported files must have the digest training recorded
+on the version (`loop.model_sha256`); the BentoML model keeps it as its label, which the slot checks
+before loading. A copy that differs, or a version without the tag (registered before digests were
+recorded), is refused: the copy is deleted, the version tagged `deploy.rejected`, and the build
+fails with ModelTampered naming the version and the files (no retry: the same files fail again).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from include.integrity import DIGEST_LABEL, FILES_METADATA, ModelTampered, model_digest, parse_manifest, verify
+from include.model.registry import MODEL_DIGEST, MODEL_FILES, connect, naming_the_server, tag_version
 from include.settings import PROJECT_ROOT, Settings
 
 if TYPE_CHECKING:
@@ -29,14 +37,16 @@ BENTO_PREFIX = "bentos"
 BENTO_INCLUDE = [
     "include/__init__.py",
     "include/settings.py",
+    "include/outcomes.py",
+    "include/integrity.py",
     "include/usecases/*.py",
     "include/serving/*.py",
     "include/data/__init__.py",
     "include/data/storage.py",
 ]
 """What a bento carries: the serving package and what it imports (the use cases, the settings, the
-storage layer for the inference log), nothing of training, monitoring, rollout or Airflow; a test
-checks this against the service's import closure."""
+model digest check, the storage layer for the inference log), nothing of training, monitoring,
+rollout or Airflow; a test checks this against the service's import closure."""
 SERVING_LOCK = "include/serving/requirements.txt"
 """The bento's own lock, resolved from `include/serving/requirements.in` against the project's."""
 
@@ -60,29 +70,78 @@ def model_tag(model_name: str, version: str) -> str:
 
 
 def import_model(settings: Settings, model_name: str, version: str) -> bentoml.Model:
-    """The registry version in the BentoML model store (imported once, then reused)."""
-    from include.model.registry import connect
-
+    """The registry version in the BentoML model store, its files checked against the digest
+    training recorded on the version: imported once, then reused (and checked again)."""
     bentoml = import_bentoml(settings)
     tag = model_tag(model_name, version)
+    with naming_the_server(settings.mlflow_tracking_uri):
+        client = connect(settings.mlflow_tracking_uri)
+        mv = client.get_model_version(model_name, version)
+        model = _stored_model(bentoml, tag) or _import(bentoml, client, mv, tag)
+        try:
+            _check_import(model.path_of(bentoml.mlflow.MLFLOW_MODEL_FOLDER), mv)
+        except ModelTampered as exc:
+            bentoml.models.delete(tag)
+            reason = f"{exc}. Its BentoML copy is deleted: this version is not served."
+            tag_version(client, model_name, version, {"deploy.rejected": reason[:4000], "deploy.rejected_at": _now()})
+            raise ModelTampered(reason) from exc
+    return model
+
+
+def _stored_model(bentoml, tag: str) -> bentoml.Model | None:
+    """The model in the store, unless absent or imported before digests were kept (then deleted)."""
     try:
-        return bentoml.models.get(tag)
+        model = bentoml.models.get(tag)
     except bentoml.exceptions.NotFound:
-        pass
-    client = connect(settings.mlflow_tracking_uri)
-    mv = client.get_model_version(model_name, version)
-    log.info("importing models:/%s/%s (run %s) into the BentoML model store as %s", model_name, version, mv.run_id, tag)
-    return bentoml.mlflow.import_model(
+        return None
+    if DIGEST_LABEL in model.info.labels:
+        return model
+    log.warning("%s was imported before model digests were kept: importing it again", tag)
+    bentoml.models.delete(tag)
+    return None
+
+
+def _import(bentoml, client, mv, tag: str) -> bentoml.Model:
+    """Copy the version's files as the artifact store holds them into the BentoML store, with the
+    version's digest as label (the `models:/` URI would add MLflow's `registered_model_meta` note
+    to the directory, a file training never logged)."""
+    uri = client.get_model_version_download_uri(mv.name, mv.version)
+    log.info("importing %s (models:/%s/%s, run %s) into the BentoML model store as %s", uri, mv.name, mv.version, mv.run_id, tag)
+    bentoml.mlflow.import_model(
         tag,
-        model_uri=f"models:/{model_name}/{version}",
-        labels={"model_name": model_name, "model_version": str(version), "mlflow_run_id": mv.run_id},
-        metadata={"mlflow_source": mv.source},
+        model_uri=uri,
+        labels={
+            "model_name": mv.name,
+            "model_version": str(mv.version),
+            "mlflow_run_id": mv.run_id,
+            DIGEST_LABEL: mv.tags.get(MODEL_DIGEST, ""),  # what a slot checks its copy against
+        },
+        metadata={"mlflow_source": mv.source, FILES_METADATA: mv.tags.get(MODEL_FILES, "")},
     )
+    return bentoml.models.get(tag)  # the store's copy, what slots read (import_model returns a temporary one)
+
+
+def _check_import(directory: str, mv) -> None:
+    """ModelTampered unless the imported files in `directory` have the digest training recorded
+    on the model version `mv`."""
+    what = f"{mv.name} version {mv.version} (run {mv.run_id})"
+    expected = mv.tags.get(MODEL_DIGEST)
+    if not expected:
+        raise ModelTampered(
+            f"{what} has no {MODEL_DIGEST} tag (registered before digests were recorded, or not by the train DAG): "
+            f"nothing says which files the gate judged. Retrain it (trigger the train DAG); or, having checked its "
+            f"files yourself, vouch for them: tag the version {MODEL_DIGEST} with {model_digest(directory)}"
+        )
+    verify(directory, expected, what, parse_manifest(mv.tags.get(MODEL_FILES)))
+
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def lineage_labels(settings: Settings, model_name: str, version: str) -> dict[str, str]:
-    from include.model.registry import connect
-
     mv = connect(settings.mlflow_tracking_uri).get_model_version(model_name, version)
     return {
         "model_name": model_name,
@@ -99,11 +158,11 @@ def build_bento(settings: Settings, model_name: str, version: str) -> dict:
     storage layer is S3. Returns references: bento tag, model tag, labels, export URI."""
     bentoml = import_bentoml(settings)
     tag = bento_tag(model_name, version)
+    model = import_model(settings, model_name, version)  # checked on every build, a found bento's too
     try:
         bento = bentoml.bentos.get(tag)
         reused = True
     except bentoml.exceptions.NotFound:
-        model = import_model(settings, model_name, version)
         labels = lineage_labels(settings, model_name, version)
         log.info("building bento %s from %s with labels %s", tag, SERVICE, labels)
         bento = bentoml.bentos.build(

@@ -7,6 +7,9 @@ from datetime import date
 
 from pydantic import BaseModel, ConfigDict, Field
 
+PLAIN_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+"""Free text of a form (a reason, a URI): any character but the control ones other than tab and
+newline (a NUL byte that PostgreSQL's JSON refuses, a bell, an ANSI escape forging a log line)."""
 XGB_FIELDS = ("n_estimators", "max_depth", "learning_rate", "subsample", "colsample_bytree", "min_child_weight")
 
 
@@ -39,12 +42,14 @@ class TrainParams(BaseModel):
     reason: str = Field(
         "",
         max_length=500,
+        pattern=PLAIN_TEXT,
         title="Reason",
         description="Why this run: recorded on the MLflow run (e.g. 'alert 1234: drift on temp').",
     )
     report_uri: str | None = Field(
         None,
         max_length=1000,
+        pattern=PLAIN_TEXT,
         title="Monitoring report (optional)",
         description="Set by the monitor when it requests retraining: the drift/decay report behind the request.",
     )

@@ -12,6 +12,7 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from include.integrity import NATIVE_MODEL_FILE, ModelTampered, parse_manifest, verify
 from include.settings import get_settings
 
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
     from mlflow.entities.model_registry import ModelVersion
+    from xgboost import XGBClassifier
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,10 @@ CHAMPION = "champion"
 LIVE = "live"
 """The version serving 100% of traffic, set by the rollout's last step (the record itself, with the
 slot and bento, is the registered model's `live` tag: one write, so never half-updated)."""
+MODEL_DIGEST = "loop.model_sha256"
+MODEL_FILES = "loop.model_files"
+"""Run and version tags: the digest of the model's files as the artifact store held them when
+training logged them, and their manifest (`include/integrity.py`); packaging checks against them."""
 
 
 class TrackingServerUnreachable(ConnectionError):
@@ -168,3 +174,30 @@ def _absent(client: MlflowClient, model_name: str, error) -> bool:
     if error.error_code != "PERMISSION_DENIED":
         return False
     return not client.search_registered_models(filter_string=f"name = '{model_name}'")
+
+
+def load_judged_model(client: MlflowClient, model_name: str, version: str) -> XGBClassifier:
+    """The classifier of registered `version`, read from XGBoost's native file once its files are
+    shown to be the ones training recorded (`loop.model_sha256`): what the gate scores, the
+    reference profile is built from and infra validation compares a slot with are the very files
+    packaging will serve. Nothing in the directory decides what code runs (MLmodel is not read);
+    ModelTampered, naming the version and the files, otherwise."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+    import xgboost
+
+    mv = client.get_model_version(model_name, str(version))
+    what = f"{model_name} version {version} (run {mv.run_id})"
+    expected = mv.tags.get(MODEL_DIGEST)
+    if not expected:
+        raise ModelTampered(f"{what} has no {MODEL_DIGEST} tag (not registered by the train DAG): nothing says which files were judged")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=client.get_model_version_download_uri(model_name, str(version)), dst_path=tmp
+        )
+        verify(local, expected, what, parse_manifest(mv.tags.get(MODEL_FILES)))
+        model = xgboost.XGBClassifier()
+        model.load_model(Path(local) / NATIVE_MODEL_FILE)
+    return model

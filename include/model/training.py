@@ -5,6 +5,9 @@ ones in the window are the training set. A rerun of the same Airflow DAG run fin
 MLflow run by tags and returns it instead of training again, so retries and cleared tasks never
 create a second model version.
 
+The run and its version carry the digest of the model's files as the artifact store holds them
+(`loop.model_sha256`, `include/integrity.py`): packaging imports those files only if they still match.
+
 Two engines train the same model (`engines.py`): XGBoost in the task's process, or `xgboost.dask`
 on the Dask cluster; the run records which (params `train.engine`, `train.workers`).
 """
@@ -20,11 +23,21 @@ from typing import TYPE_CHECKING
 
 from include.data.partitions import list_validated, read_validated
 from include.data.storage import Storage, get_storage
+from include.integrity import file_hashes, manifest_digest, manifest_text
 from include.model.dataset import LINEAGE_ARTIFACT, labelled, lineage, select_partitions
 from include.model.engines import choose_engine, fit, fit_on_dask
 from include.model.metrics import compute_metrics, slice_metrics
 from include.model.params import TrainParams
-from include.model.registry import CHALLENGER, connect, experiment_id, find_runs, naming_the_server, version_of_run
+from include.model.registry import (
+    CHALLENGER,
+    MODEL_DIGEST,
+    MODEL_FILES,
+    connect,
+    experiment_id,
+    find_runs,
+    naming_the_server,
+    version_of_run,
+)
 from include.settings import PROJECT_ROOT, Settings
 from include.usecases import UseCase
 
@@ -42,6 +55,8 @@ VERSION_TAGS = (
     "loop.partitions_sha256",
     "loop.reason",
     "loop.monitor_report",
+    MODEL_DIGEST,
+    MODEL_FILES,
 )
 """Run tags a registered version carries too (with the commit as `loop.git_commit`)."""
 RUNTIME_PACKAGES = ("xgboost", "pandas", "numpy", "scikit-learn", "pyarrow")
@@ -199,16 +214,31 @@ def _log_training_run(usecase, params, settings, storage, exp_id, tags, train_re
         from mlflow.models import infer_signature
 
         example = X_eval.head(5)
-        mlflow.xgboost.log_model(
+        info = mlflow.xgboost.log_model(
             model,
             name=MODEL_ARTIFACT,
-            model_format="ubj",
+            model_format="ubj",  # XGBoost's own format, what the slot reads: nothing pickled
             signature=infer_signature(example, model.predict_proba(example)[:, 1]),
             input_example=example,
             pip_requirements=[f"{p}=={installed_version(p)}" for p in RUNTIME_PACKAGES],
         )
+        # Before the run finishes: a finished run, which a rerun registers as it is, has its digest.
+        mlflow.set_tags(_digest_tags(info.model_id))
     log.info("run %s: eval %s", run.info.run_id, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
     return run.info.run_id
+
+
+def _digest_tags(model_id: str) -> dict[str, str]:
+    """The digest and manifest tags of a logged model, from its files read back from the artifact
+    store: the bytes packaging will import, not the local copy `log_model` uploaded."""
+    import tempfile
+
+    import mlflow
+
+    location = mlflow.get_logged_model(model_id).artifact_location
+    with tempfile.TemporaryDirectory() as tmp:
+        files = file_hashes(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp))
+    return {MODEL_DIGEST: manifest_digest(files), MODEL_FILES: manifest_text(files)}
 
 
 def _register(client: MlflowClient, model_name: str, run: Run) -> dict:

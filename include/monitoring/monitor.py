@@ -10,6 +10,7 @@ One MLflow run per `train` run records its admission (experiment `<model>-admiss
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 from include.alerting.alerts import mlflow_artifact_link, mlflow_run_link, send_alert
@@ -20,6 +21,9 @@ from include.monitoring.policy import History, PolicyConfig, admit, decide
 from include.monitoring.profile import PROFILE_ARTIFACT
 from include.monitoring.windows import window_report
 from include.rollout.records import read_live
+from include.serving.inference_log import compact_window
+
+log = logging.getLogger(__name__)
 
 
 def monitoring_experiment(model_name: str) -> str:
@@ -63,6 +67,9 @@ def run_monitor(
             return _result(run.info.run_id, run.data.tags, reused=True)
 
     profile = mlflow.artifacts.load_dict(f"runs:/{live.run_id}/{PROFILE_ARTIFACT}")
+    # The window's inference log, one part per day from here on (idempotent, safe beside writers).
+    compacted = [d for d in compact_window(usecase, start, end, storage) if d["changed"]]
+    log.info("inference log: %d day(s) of the window compacted (%d parts merged)", len(compacted), sum(d["parts"] for d in compacted))
     report = window_report(usecase, profile, start, end, storage)
     model_metrics = client.get_run(live.run_id).data.metrics
     reference = {m: model_metrics.get(f"eval_{m}") for m in ("roc_auc", "pr_auc")}

@@ -16,7 +16,7 @@ import numpy as np
 
 from include.data.partitions import read_validated
 from include.model.dataset import LINEAGE_ARTIFACT, labelled
-from include.model.registry import connect
+from include.model.registry import connect, load_judged_model
 from include.usecases import UseCase
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def log_reference_profile(tracking_uri: str, usecase: UseCase, model_name: str, 
         return uri
     train = mlflow.artifacts.load_dict(f"runs:/{run_id}/{LINEAGE_ARTIFACT}")["train"]
     X, y, _ = labelled(usecase, read_validated(train, storage))
-    scores = mlflow.xgboost.load_model(f"models:/{model_name}/{version}").predict_proba(X)[:, 1]
+    scores = load_judged_model(client, model_name, version).predict_proba(X)[:, 1]
     client.log_dict(run_id, build_profile(X, scores, y.to_numpy(), usecase.categorical), PROFILE_ARTIFACT)
     log.info("reference profile of version %s: %d training rows, %d features → %s", version, len(X), X.shape[1], uri)
     return uri

@@ -20,6 +20,7 @@ import os
 import sys
 import time
 
+from include.outcomes import FailNow
 from include.rollout.processes import Stack
 from include.rollout.slots import Serving
 from include.settings import get_settings
@@ -28,11 +29,14 @@ log = logging.getLogger("include.rollout.host")
 
 
 def resume(wait_seconds: float, pause: float = 5) -> dict | None:
-    """`Serving.resume`, retried until it succeeds or `wait_seconds` have passed (then it raises)."""
+    """`Serving.resume`, retried until it succeeds or `wait_seconds` have passed (then it raises);
+    a FailNow (the live model's files are not the judged ones) raises at once."""
     deadline = time.monotonic() + wait_seconds
     while True:
         try:
             return Serving(get_settings()).resume()
+        except FailNow:
+            raise
         except Exception as exc:
             if time.monotonic() + pause > deadline:
                 raise

@@ -9,7 +9,7 @@ import time
 import requests
 
 from include.data.partitions import list_validated, read_validated
-from include.model.registry import connect
+from include.model.registry import connect, load_judged_model
 from include.rollout.records import reject
 from include.rollout.slots import DeployError, InfraValidationFailed, Serving
 from include.serving.schema import request_bodies
@@ -26,12 +26,11 @@ def golden_records(settings: Settings, usecase, rows: int) -> list[dict]:
 
 
 def reference_scores(settings: Settings, usecase, model_name: str, version: str, records: list[dict]) -> list[float]:
-    """The registry model's own scores for `records`, through MLflow and `build_features`."""
-    import mlflow
+    """The registry model's own scores for `records` (its files checked against the digest
+    training recorded), through `build_features`."""
     import pandas as pd
 
-    connect(settings.mlflow_tracking_uri)
-    model = mlflow.xgboost.load_model(f"models:/{model_name}/{version}")
+    model = load_judged_model(connect(settings.mlflow_tracking_uri), model_name, version)
     df = pd.DataFrame.from_records(records)
     df[usecase.contract.event_time] = pd.to_datetime(df[usecase.contract.event_time], utc=True)
     return model.predict_proba(usecase.build_features(df))[:, 1].tolist()

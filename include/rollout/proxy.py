@@ -28,6 +28,8 @@ from include.settings import Settings
 SLOTS = ("blue", "green")
 SERVICE = "predictor"
 ROUTING_FILE = "routing.yaml"
+ENTRY_RULE = "PathPrefix(`/`) && !PathPrefix(`/metrics`)"
+"""What the serving entry routes to the slots: everything but their Prometheus metrics."""
 
 
 class RoutingNotApplied(TimeoutError):
@@ -173,7 +175,8 @@ def routing_config(weights: dict[str, int], urls: dict[str, str]) -> dict:
     return {
         "http": {
             "routers": {
-                SERVICE: {"entryPoints": ["web"], "rule": "PathPrefix(`/`)", "service": SERVICE, "middlewares": ["retry"]}
+                # Clients get the API; the slots' /metrics stay for the scraper, on the slots' own ports.
+                SERVICE: {"entryPoints": ["web"], "rule": ENTRY_RULE, "service": SERVICE, "middlewares": ["retry"]}
             },
             "middlewares": {"retry": {"retry": {"attempts": 5, "initialInterval": "50ms"}}},
             "services": services,

@@ -136,6 +136,7 @@ class Serving:
             "BENTOML_HOME": str(self.slot_home(slot)),
             "BENTOML_DO_NOT_TRACK": "true",
             "PYTHONPATH": "",  # the bento's own copy of the code, not the checkout's
+            "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",  # the slot reads XGBoost's file, never a pickle
         }
         proc = self.stack.start(f"slot-{slot}", cmd, proc_env)
         record = {

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -116,3 +117,26 @@ async def _refuse(send: Any, status: int, error: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": payload})
+
+
+class ClientErrorsInOneLine(logging.Filter):
+    """BentoML logs every request its input model refuses (a 400) as an ERROR with the whole
+    traceback: about 30 lines per bad request, so a misbehaving client fills the disk with them.
+    This filter, on BentoML's HTTP logger, turns those records into one INFO line naming the
+    path and the error count; a real failure (any other exception, a 5xx) keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from pydantic import ValidationError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ValidationError):
+            path, method = (record.args or ("?", "?"))[:2]
+            record.msg, record.args = "refused %s [%s] with 400: %d validation error(s) for %s", (path, method, exc.error_count(), exc.title)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+BENTOML_HTTP_LOGGER = "bentoml._internal.server.http_app"
+"""The logger BentoML's `log_exception` writes to."""
+

@@ -352,6 +352,17 @@ def compact_day(usecase: UseCase, day: date, storage: Storage | None = None) -> 
     return {"event_day": day.isoformat(), "parts": len(parts), "compacted": name, "changed": True}
 
 
+def compact_window(usecase: UseCase, start: datetime, end: datetime, storage: Storage | None = None) -> list[dict]:
+    """`compact_day` for every event day (UTC, as the parts are laid out) of [start, end): what the
+    monitor runs over the window it checks, so a day's log ends up as one part."""
+    storage = storage or get_storage()
+    out, day, last = [], start.astimezone(UTC).date(), (end - timedelta(microseconds=1)).astimezone(UTC).date()
+    while day <= last:
+        out.append(compact_day(usecase, day, storage))
+        day += timedelta(days=1)
+    return out
+
+
 def read_inference_log(usecase: UseCase, start: datetime, end: datetime, storage: Storage | None = None) -> pd.DataFrame:
     """Logged predictions whose event time is in [start, end), across slots and model versions."""
     import pandas as pd

@@ -1,8 +1,9 @@
 """The prediction service: one BentoML 1.4 service class serving one registered model version.
 
-A bento is built per model version (`include/package.py`); its build arguments name the BentoML
-model (imported from the MLflow registry in XGBoost's native format) and the use case, so a bento
-is self-contained: `bentoml serve <bento tag>` needs nothing else.
+A bento is built per model version (`include/model/packaging.py`); its build arguments name the
+BentoML model (imported from the MLflow registry in XGBoost's native format) and the use case, so a
+bento is self-contained: `bentoml serve <bento tag>` needs nothing else. A slot refuses to start
+unless the model's files have the digest packaging checked against the registry (`booster.py`).
 
 Endpoints: `POST /predict` (one record, the request body is the record), `POST /predict_batch`
 (`{"records": [...]}`, up to MAX_BATCH records, adaptive batching across concurrent callers),
@@ -52,7 +53,8 @@ import bentoml
 import numpy as np
 from pydantic import Field
 
-from include.serving.guard import RequestGuard
+from include.serving.booster import load_booster
+from include.serving.guard import BENTOML_HTTP_LOGGER, ClientErrorsInOneLine, RequestGuard
 from include.serving.schema import MAX_BATCH, Prediction, request_model
 from include.settings import get_settings
 from include.usecases import get_usecase
@@ -81,8 +83,7 @@ class Predictor:
         self.model_version = str(getattr(ARGS, "model_version", self.model.tag.version))
         self.threshold = float(getattr(ARGS, "threshold", 0.5))
         self.slot = settings.slot
-        classifier = bentoml.mlflow.load_model(self.model).get_raw_model()
-        self.booster = classifier.get_booster()
+        self.booster = load_booster(self.model)
         fault, _, after = settings.slot_fault.partition(":")
         self.fault, self.fault_after, self.served = fault, int(after or 0), 0
         self.sink = None
@@ -147,6 +148,7 @@ class Predictor:
 
 # A body still arriving at half the request timeout is the client's fault: 408, not BentoML's 504.
 Predictor.add_asgi_middleware(RequestGuard, max_body_bytes=get_settings().serving_max_body_bytes, body_seconds=TIMEOUT_SECONDS / 2)
+logging.getLogger(BENTOML_HTTP_LOGGER).addFilter(ClientErrorsInOneLine())
 
 
 def log_counter():

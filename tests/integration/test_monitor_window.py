@@ -3,7 +3,7 @@ written by the serving sink, labels joined from the validated zone, drift and de
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -126,6 +126,13 @@ def test_the_monitor_logs_each_window_to_mlflow_and_requests_one_retrain(flights
     again = run_monitor(settings, flights, jul, mid, dag_id="monitor", dag_run_id="t2")
     second = run_monitor(settings, flights, mid, jul + timedelta(weeks=1), dag_id="monitor", dag_run_id="t3")
     assert calm["action"] == "none", calm
+    # the monitor leaves the days it checked as one part each (compaction, recorded by a manifest)
+    from include.data.storage import get_storage
+    from include.serving.inference_log import MANIFEST, day_parts, part_prefix
+
+    checked = jul.astimezone(UTC).date()
+    assert get_storage().exists(part_prefix(flights.name, checked) + MANIFEST)
+    assert len(day_parts(flights, checked)) == 1
     assert first["action"] == "retrain" and first["cause"] == "drift", first
     assert again["reused"] and again["mlflow_run_id"] == first["mlflow_run_id"]
     assert second["action"] == "suppressed" and "already requested" in second["reason"], second

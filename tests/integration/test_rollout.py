@@ -132,6 +132,19 @@ def test_blue_green_switch_under_load_fails_no_request(env, flights, records):
     assert not [p for p in old_slot if p.is_running() and p.status() != "zombie"], "the old slot left processes behind"
 
 
+def test_the_entry_serves_the_api_but_not_the_slots_metrics(env, flights, records):
+    """Issue 11: clients reach predictions, health and the API document through the entry; the
+    slots' Prometheus metrics only on the slots' own ports (for the scraper)."""
+    live = ensure_live(env, flights, "2")
+    entry = f"http://127.0.0.1:{env.serving_port}"
+    assert requests.get(f"{entry}/metrics", timeout=5).status_code == 404
+    assert requests.get(f"{entry}/metrics/", timeout=5).status_code == 404
+    assert "request_duration_seconds_count" in requests.get(f"{Serving(env).proxy.slot_url(live['slot'])}/metrics", timeout=5).text
+    assert requests.get(f"{entry}/readyz", timeout=5).status_code == 200
+    assert requests.get(f"{entry}/docs.json", timeout=5).json()["paths"]
+    assert entry_version(env, records[0]) == "2"
+
+
 def test_routing_survives_a_proxy_restart(env, flights, records):
     live = ensure_live(env, flights, "2")
     serving = Serving(env)

@@ -43,6 +43,7 @@ from datetime import UTC, datetime
 import bentoml
 import mlflow.xgboost
 
+from include.integrity import DIGEST_LABEL, model_digest
 from include.model.dataset import labelled
 from include.model.engines import fit
 from include.model.params import TrainParams
@@ -52,7 +53,8 @@ usecase = get_usecase("flights")
 X, y, _ = labelled(usecase, usecase.load_interval(datetime(2013, 1, 7, tzinfo=UTC), datetime(2013, 1, 14, tzinfo=UTC)))
 model = fit(X, y, TrainParams(n_estimators=10, max_depth=3), usecase.categorical)
 mlflow.xgboost.save_model(model, sys.argv[1])
-bentoml.mlflow.import_model(sys.argv[2], model_uri=sys.argv[1])
+# with the digest label packaging gives it, which the slot checks before loading
+bentoml.mlflow.import_model(sys.argv[2], model_uri=sys.argv[1], labels={DIGEST_LABEL: model_digest(sys.argv[1])})
 """
 
 

@@ -271,6 +271,7 @@ def test_the_airflow_environment_is_fit_for_production(doc):
         "MLFLOW_TRACKING_URI": "http://mlflow:5000",
         "MLFLOW_TRACKING_USERNAME": "loop",
         "MLFLOW_TRACKING_PASSWORD": f"${{MLFLOW_LOOP_PASSWORD:?{MAKE_SECRETS}}}",
+        "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
         "LOOP_S3_ENDPOINT_URL": "http://minio:9000",
         "LOOP_DASK_ADDRESS": "tcp://dask-scheduler:8786",
         "LOOP_SERVING_QUEUE": "serving",

@@ -15,6 +15,7 @@ from include.serving.inference_log import (
     MANIFEST,
     InferenceLog,
     compact_day,
+    compact_window,
     day_parts,
     part_prefix,
     read_inference_log,
@@ -209,6 +210,21 @@ def test_compaction_merges_a_days_parts_and_readers_see_each_row_once(flights, r
     again = compact_day(flights, day, storage)
     assert again["parts"] == 5 and len(day_parts(flights, day, storage)) == 1
     assert logged_ids(flights, storage) == everything
+
+
+def test_the_monitors_compaction_leaves_one_part_per_day_of_its_window_and_no_other(flights, records, storage):
+    for i in range(3):  # three flushes over the whole week: three parts on each of its days
+        sink = InferenceLog(flights, "1", "blue", storage=storage, flush_seconds=3600)
+        hand_over(sink, flights, records[i::3])
+        sink.close()
+    days = sorted(event_days(flights, records))
+    window = (datetime.combine(days[1], datetime.min.time(), UTC), datetime.combine(days[4], datetime.min.time(), UTC))
+    done = compact_window(flights, *window, storage)
+    assert [d["event_day"] for d in done] == [d.isoformat() for d in days[1:4]]  # the end is exclusive
+    assert all(d["changed"] for d in done)
+    assert [len(day_parts(flights, d, storage)) for d in days] == [3, 1, 1, 1, 3, 3, 3][: len(days)]
+    assert logged_ids(flights, storage) == sorted(r["request_id"] for r in records)
+    assert not any(d["changed"] for d in compact_window(flights, *window, storage)), "a rerun changes nothing"
 
 
 def test_a_compaction_that_stopped_before_its_manifest_changes_nothing_for_readers(flights, records, storage):

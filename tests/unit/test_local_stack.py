@@ -28,6 +28,7 @@ def test_airflow_listens_on_loopback_and_reads_the_admin_password_from_a_private
     assert env["AIRFLOW__API__HOST"] == "127.0.0.1"
     assert env["AIRFLOW__API__BASE_URL"] == "http://127.0.0.1:28080"
     assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == "admin:admin"
+    assert env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
     path = settings.state_dir / "airflow" / PASSWORDS_FILE
     assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] == str(path)
     assert mode(path) == 0o600

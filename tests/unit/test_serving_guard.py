@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import pytest
 
-from include.serving.guard import DRAIN_FACTOR, RequestGuard
+from include.serving.guard import BENTOML_HTTP_LOGGER, DRAIN_FACTOR, ClientErrorsInOneLine, RequestGuard
 from include.settings import Settings
 
 LIMIT = 1000
@@ -142,3 +143,44 @@ def test_the_default_limit_admits_a_full_batch_of_the_largest_records(flights):
     body = json.dumps({"records": [{**widest, "request_id": "r" * 64}] * MAX_BATCH}, indent=1)
     limit = Settings.model_fields["serving_max_body_bytes"].default
     assert len(body.encode()) < limit / 2, (len(body), limit)
+
+
+def _logged(exc: BaseException, caplog) -> logging.LogRecord:
+    """What BentoML's `log_exception` writes for `exc`, through the filter the service installs."""
+    from bentoml._internal.server.http_app import log_exception
+
+    logger = logging.getLogger(BENTOML_HTTP_LOGGER)
+    quiet = ClientErrorsInOneLine()
+    logger.addFilter(quiet)
+    request = type("Request", (), {"url": type("URL", (), {"path": "/predict_batch"})(), "method": "POST"})()
+    try:
+        with caplog.at_level(logging.INFO, logger=BENTOML_HTTP_LOGGER):
+            try:
+                raise exc
+            except BaseException:
+                log_exception(request)
+    finally:
+        logger.removeFilter(quiet)
+    [record] = [r for r in caplog.records if r.name == BENTOML_HTTP_LOGGER]
+    return record
+
+
+def test_a_refused_request_is_logged_in_one_line_without_its_traceback(caplog):
+    from pydantic import BaseModel, ValidationError
+
+    class Input(BaseModel):
+        records: list[int]
+
+    try:
+        Input.model_validate({"records": ["a", "b"]})
+    except ValidationError as exc:
+        record = _logged(exc, caplog)
+    assert record.levelno == logging.INFO and record.exc_info is None
+    assert record.getMessage() == "refused /predict_batch [POST] with 400: 2 validation error(s) for Input"
+
+
+def test_a_real_failure_keeps_its_traceback(caplog):
+    record = _logged(RuntimeError("the model file is gone"), caplog)
+    assert record.levelno == logging.ERROR and record.exc_info[0] is RuntimeError
+    assert record.getMessage() == "Exception on /predict_batch [POST]"
+

@@ -42,6 +42,15 @@ def test_a_firing_alert_plans_one_run_named_by_its_fingerprint_with_the_reason()
     assert p.conf["alert_url"].startswith("http://prometheus.local/")
 
 
+def test_a_summary_with_control_characters_becomes_a_reason_the_train_form_admits():
+    from include.model.params import TrainParams
+
+    noisy = alert(dag_id="train") | {"annotations": {"summary": "late\x00 rate\x1b[31m up\x07\r\n again"}}
+    [p] = plan(payload(noisy), ALLOWED)
+    assert p.conf["reason"] == "alert LateRateDrift a1b2c3: late rate [31m up again"
+    assert TrainParams.from_mapping(p.conf).reason == p.conf["reason"]
+
+
 def test_a_repeated_notification_maps_to_the_same_run_and_a_new_firing_to_a_new_one():
     first = plan(payload(alert(dag_id="train")), ALLOWED)[0].run_id
     repeat = plan(payload(alert(dag_id="train")), ALLOWED)[0].run_id
