@@ -17,7 +17,7 @@ from include.alerting.alerts import mlflow_run_link, send_alert
 from include.data.partitions import read_validated
 from include.model.dataset import LINEAGE_ARTIFACT, labelled
 from include.model.metrics import HIGHER_IS_BETTER, compute_metrics, slice_metrics
-from include.model.registry import CHAMPION, alias_version, connect, load_judged_model, naming_the_server, tag_version
+from include.model.registry import CHAMPION, alias_version, connect, load_judged_model, naming_the_server, tag_version, timestamp
 from include.settings import get_settings
 
 
@@ -201,10 +201,5 @@ def _run_gate(usecase, settings, model_name: str, version: str, storage) -> dict
 
 def _promote(client, model_name: str, version: str) -> None:
     client.set_registered_model_alias(model_name, CHAMPION, version)
-    tag_version(client, model_name, version, {"gate.applied": "true", "gate.promoted_at": _now()})
+    tag_version(client, model_name, version, {"gate.applied": "true", "gate.promoted_at": timestamp()})
 
-
-def _now() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -23,8 +23,16 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from include.integrity import DIGEST_LABEL, FILES_METADATA, ModelTampered, model_digest, parse_manifest, verify
-from include.model.registry import MODEL_DIGEST, MODEL_FILES, connect, naming_the_server, tag_version
+from include.integrity import DIGEST_LABEL, FILES_METADATA, ModelTampered
+from include.model.registry import (
+    MODEL_DIGEST,
+    MODEL_FILES,
+    connect,
+    naming_the_server,
+    tag_version,
+    timestamp,
+    verify_version_files,
+)
 from include.settings import PROJECT_ROOT, Settings
 
 if TYPE_CHECKING:
@@ -79,11 +87,11 @@ def import_model(settings: Settings, model_name: str, version: str) -> bentoml.M
         mv = client.get_model_version(model_name, version)
         model = _stored_model(bentoml, tag) or _import(bentoml, client, mv, tag)
         try:
-            _check_import(model.path_of(bentoml.mlflow.MLFLOW_MODEL_FOLDER), mv)
+            verify_version_files(model.path_of(bentoml.mlflow.MLFLOW_MODEL_FOLDER), mv)
         except ModelTampered as exc:
             bentoml.models.delete(tag)
             reason = f"{exc}. Its BentoML copy is deleted: this version is not served."
-            tag_version(client, model_name, version, {"deploy.rejected": reason[:4000], "deploy.rejected_at": _now()})
+            tag_version(client, model_name, version, {"deploy.rejected": reason[:4000], "deploy.rejected_at": timestamp()})
             raise ModelTampered(reason) from exc
     return model
 
@@ -119,26 +127,6 @@ def _import(bentoml, client, mv, tag: str) -> bentoml.Model:
         metadata={"mlflow_source": mv.source, FILES_METADATA: mv.tags.get(MODEL_FILES, "")},
     )
     return bentoml.models.get(tag)  # the store's copy, what slots read (import_model returns a temporary one)
-
-
-def _check_import(directory: str, mv) -> None:
-    """ModelTampered unless the imported files in `directory` have the digest training recorded
-    on the model version `mv`."""
-    what = f"{mv.name} version {mv.version} (run {mv.run_id})"
-    expected = mv.tags.get(MODEL_DIGEST)
-    if not expected:
-        raise ModelTampered(
-            f"{what} has no {MODEL_DIGEST} tag (registered before digests were recorded, or not by the train DAG): "
-            f"nothing says which files the gate judged. Retrain it (trigger the train DAG); or, having checked its "
-            f"files yourself, vouch for them: tag the version {MODEL_DIGEST} with {model_digest(directory)}"
-        )
-    verify(directory, expected, what, parse_manifest(mv.tags.get(MODEL_FILES)))
-
-
-def _now() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def lineage_labels(settings: Settings, model_name: str, version: str) -> dict[str, str]:

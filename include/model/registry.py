@@ -12,11 +12,12 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from include.integrity import NATIVE_MODEL_FILE, ModelTampered, parse_manifest, verify
+from include.integrity import NATIVE_MODEL_FILE, ModelTampered, model_digest, parse_manifest, verify
 from include.settings import get_settings
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     from mlflow import MlflowClient
     from mlflow.entities import Run
@@ -189,15 +190,34 @@ def load_judged_model(client: MlflowClient, model_name: str, version: str) -> XG
     import xgboost
 
     mv = client.get_model_version(model_name, str(version))
-    what = f"{model_name} version {version} (run {mv.run_id})"
-    expected = mv.tags.get(MODEL_DIGEST)
-    if not expected:
-        raise ModelTampered(f"{what} has no {MODEL_DIGEST} tag (not registered by the train DAG): nothing says which files were judged")
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=client.get_model_version_download_uri(model_name, str(version)), dst_path=tmp
         )
-        verify(local, expected, what, parse_manifest(mv.tags.get(MODEL_FILES)))
+        verify_version_files(local, mv)
         model = xgboost.XGBClassifier()
         model.load_model(Path(local) / NATIVE_MODEL_FILE)
     return model
+
+
+def verify_version_files(directory: str | Path, mv: ModelVersion) -> None:
+    """ModelTampered unless the files in `directory` have the digest training recorded on the
+    model version `mv`; a version without one is refused too, printing the digest an operator
+    may vouch with once they have checked the files."""
+    what = f"{mv.name} version {mv.version} (run {mv.run_id})"
+    expected = mv.tags.get(MODEL_DIGEST)
+    if not expected:
+        raise ModelTampered(
+            f"{what} has no {MODEL_DIGEST} tag (registered before digests were recorded, or not by the train DAG): "
+            f"nothing says which files the gate judged. Retrain it (trigger the train DAG); or, having checked its "
+            f"files yourself, vouch for them: tag the version {MODEL_DIGEST} with {model_digest(directory)}"
+        )
+    verify(directory, expected, what, parse_manifest(mv.tags.get(MODEL_FILES)))
+
+
+def timestamp() -> str:
+    """Now, as the registry's tags record times (UTC, ISO 8601, seconds)."""
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="seconds")
+

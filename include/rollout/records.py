@@ -6,15 +6,11 @@ and `deploy.rolled_back` with their reasons, each of the latter two with an aler
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
 from include.alerting.alerts import send_alert
 from include.model.registry import LIVE, connect, model_tag, tag_version
+from include.model.registry import timestamp as now
 from include.settings import Settings
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def tag(settings: Settings, model_name: str, version: str, tags: dict) -> None:
