@@ -1,18 +1,29 @@
 """
 ### monitor: drift and decay of the live model, and retrain requests
 
-Runs when validated partitions arrive (their labels have just landed, so decay can be measured
-for the predictions made on those days), or from the UI for chosen dates. For the model version
-that serves traffic (`include/monitoring/`):
+Runs on two clocks (`AssetOrTimeSchedule`):
 
-1. **check** — reads the inference log of the window one day at a time, joins the labels, and
-   compares it with the reference profile saved with the model's training run: PSI per feature,
-   JS for categoricals, score PSI and KS, base rate, live ROC AUC / log loss / calibration, missing
-   and unknown values. Everything goes to MLflow (`<model>-monitoring`: one run per window, metrics
-   charted over time, a report and a drift plot). The retrain policy (`include/monitoring/policy.py`) decides:
-   drift or decay → retrain, unless a guard holds (a training run already active, cooldown since
-   the last training, the daily cap, the same cause already requested); every decision is recorded
-   with its reason.
+* **every LOOP_MONITOR_EVERY_MINUTES** (scheduled, or triggered with no dates): the periodic check
+  of served traffic, before any label exists — the LOOP_MONITOR_WINDOW_DAYS days of the inference
+  log up to the newest logged event: feature drift against each feature's noise threshold,
+  weighed by the model's attributions, and the performance estimated from the scores (CBPE);
+* **when validated partitions arrive** (their labels have just landed), or from the UI for
+  chosen dates: the same, plus live ROC AUC / log loss / calibration, so decay is measured for
+  the predictions made on those days.
+
+Windows are on the event clock (the records' event time, days in the use case's timezone):
+`include/monitoring/windows.py`. For the model version that serves traffic (`include/monitoring/`):
+
+1. **check** — reads the window's inference log one day at a time and compares it with the
+   reference profile saved with the model's training run (training rows' features, held-out rows'
+   scores, calibration and attributions): PSI per feature against its noise threshold, JS for
+   categoricals, score PSI and KS, the estimated ROC AUC, base rate, missing and unknown values,
+   and with labels the realised metrics. Everything goes to MLflow (`<model>-monitoring`: one run
+   per window and kind, metrics charted over time, a report and a drift plot). The retrain policy
+   (`include/monitoring/policy.py`) decides: drift carrying enough of the model, an estimated or
+   realised drop (the latter with its confidence interval) → retrain, unless a guard holds (a
+   training run already active, cooldown since the last training, the daily cap, the same cause
+   already requested); every decision is recorded with its reason.
 2. **request_retrain** — only on a `retrain` decision: triggers `train` with the reason and the
    report's URI, so the challenger still has to pass the champion gate and the rollout. The train
    run's id comes from the decision (window and model version): a cleared or repeated monitor run
@@ -25,17 +36,18 @@ from datetime import timedelta
 
 import pendulum
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import Param, dag, task
+from airflow.sdk import AssetOrTimeSchedule, DeltaTriggerTimetable, Param, dag, task
 
 from include.airflow_glue import VALIDATED_DATA, task_defaults
 from include.settings import get_settings
 from include.usecases import get_calendar
 
 calendar = get_calendar()
+every = timedelta(minutes=get_settings().monitor_every_minutes)
 
 
 @dag(
-    schedule=[VALIDATED_DATA],
+    schedule=AssetOrTimeSchedule(timetable=DeltaTriggerTimetable(every), assets=[VALIDATED_DATA]),
     start_date=pendulum.instance(calendar.start_datetime),
     catchup=False,
     max_active_runs=1,
@@ -58,17 +70,18 @@ calendar = get_calendar()
 def monitor():
     @task
     def check(params=None, triggering_asset_events=None, dag_run=None, ti=None) -> dict:
-        from include.monitoring.monitor import run_monitor
+        from include.monitoring.monitor import check_served_traffic, run_monitor
         from include.monitoring.windows import monitoring_window
         from include.usecases import get_usecase
 
-        usecase = get_usecase()
+        usecase, settings = get_usecase(), get_settings()
         events = [e.extra for evs in (triggering_asset_events or {}).values() for e in evs]
-        start, end = monitoring_window(usecase.calendar.timezone, params["window_start"], params["window_end"], events)
         active = ti.get_dr_count(dag_id="train", states=["queued", "running"]) > 0
-        return run_monitor(
-            get_settings(), usecase, start, end, dag_id=dag_run.dag_id, dag_run_id=dag_run.run_id, training_active=active
-        )
+        run = {"dag_id": dag_run.dag_id, "dag_run_id": dag_run.run_id, "training_active": active}
+        if not (events or params["window_start"] or params["window_end"]):
+            return check_served_traffic(settings, usecase, **run)  # the periodic check: served traffic, no labels
+        start, end = monitoring_window(usecase.calendar.timezone, params["window_start"], params["window_end"], events)
+        return run_monitor(settings, usecase, start, end, **run)
 
     @task.short_circuit
     def needs_retraining(result: dict) -> bool:

@@ -179,11 +179,29 @@ class Settings(BaseSettings):
     golden_latency_ms: float = Field(200, gt=0, description="p99 budget (ms) of one golden request sent straight to the new slot.")
 
     # Monitoring and the retrain policy
-    drift_feature_psi: float = Field(0.25, gt=0, description="A feature drifts when its PSI against the reference is above this.")
-    drift_min_features: int = Field(3, ge=1, description="Drifted features needed before drift asks for retraining.")
-    drift_prediction_psi: float = Field(0.2, gt=0, description="PSI of the score distribution that counts as prediction drift.")
+    monitor_every_minutes: float = Field(
+        1440, gt=0, le=10080, description="The periodic check of served traffic (no labels) runs this often (wall clock)."
+    )
+    monitor_window_days: int = Field(
+        7, ge=1, le=90, description="Days of served traffic the periodic check reads, up to the newest logged event (event clock)."
+    )
+    drift_rule: Literal["attribution", "count"] = Field(
+        "attribution",
+        description="`attribution`: drift weighed by the model's attributions against noise thresholds, the performance "
+        "estimated from scores (CBPE), decay with a confidence interval; `count`: the older fixed-PSI feature count.",
+    )
+    drift_attribution_share: float = Field(
+        0.35, gt=0, le=1, description="attribution: share of the model's attributions on features beyond their noise threshold that is drift."
+    )
+    estimate_margin: float = Field(
+        0.03, ge=0, description="attribution: drop of the ROC AUC estimated without labels (CBPE) below the evaluation number that asks for retraining."
+    )
+    decay_z: float = Field(1.645, ge=0, description="attribution: decay needs the live ROC AUC's upper bound (this many standard errors) below the margin.")
+    drift_feature_psi: float = Field(0.25, gt=0, description="count: a feature drifts when its PSI against the reference is above this.")
+    drift_min_features: int = Field(3, ge=1, description="count: drifted features needed before drift asks for retraining.")
+    drift_prediction_psi: float = Field(0.2, gt=0, description="count: PSI of the score distribution that counts as prediction drift.")
     decay_margin: float = Field(0.03, ge=0, description="Drop of the live ROC AUC below the model's evaluation number that counts as decay.")
-    decay_min_labelled: int = Field(2000, ge=1, description="Labelled predictions a window needs before decay is judged.")
+    decay_min_labelled: int = Field(200, ge=1, description="Labelled predictions a window needs before decay is judged.")
     retrain_cooldown_hours: float = Field(24, ge=0, description="No retrain request this soon after the last training (data time).")
     retrain_max_per_day: int = Field(2, ge=1, description="Retrain requests per 24 hours, at most.")
 

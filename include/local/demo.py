@@ -30,7 +30,13 @@ from include.usecases import Calendar, UseCase
 DAG_IDS = ("ingest_validate", "train", "deploy", "rollback", "monitor", "revalidate")
 # The demo's retraining follows the monitor: new data trains the first model only, then drift or
 # decay asks for retraining, at most once per two weeks of data time (the rest is "suppressed").
-DEMO_POLICY = {"LOOP_RETRAIN_ON": "drift", "LOOP_RETRAIN_COOLDOWN_HOURS": "336", "LOOP_INGEST_MAX_ACTIVE_RUNS": "1"}
+# The periodic check of served traffic runs every 30 s of wall clock: at least once per replayed week.
+DEMO_POLICY = {
+    "LOOP_RETRAIN_ON": "drift",
+    "LOOP_RETRAIN_COOLDOWN_HOURS": "336",
+    "LOOP_INGEST_MAX_ACTIVE_RUNS": "1",
+    "LOOP_MONITOR_EVERY_MINUTES": "0.5",
+}
 
 
 def plant_faults(usecase: UseCase, faults: dict[int, str]) -> None:

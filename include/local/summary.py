@@ -99,20 +99,49 @@ def monitoring_story(settings: Settings, client, name: str, versions: list) -> l
 
     exp = client.get_experiment_by_name(monitoring_experiment(name))
     runs = client.search_runs([exp.experiment_id], max_results=500) if exp else []
-    runs = sorted((r for r in runs if "decision.action" in r.data.tags), key=lambda r: r.data.tags["monitor.window_end"])
+    runs = sorted(
+        (r for r in runs if "decision.action" in r.data.tags),
+        key=lambda r: (r.data.tags["monitor.window_end"], r.data.tags.get("monitor.kind") == "labelled", r.info.start_time),
+    )
     if not runs:
         return ["Monitoring: no window checked yet."]
     actions = Counter(r.data.tags["decision.action"] for r in runs)
+    kinds = Counter(r.data.tags.get("monitor.kind", "labelled") for r in runs)
     lines = [
-        f"Monitoring ('{monitoring_experiment(name)}' in MLflow): {len(runs)} windows checked: "
-        + ", ".join(f"{n} {a}" for a, n in sorted(actions.items()))
+        f"Monitoring ('{monitoring_experiment(name)}' in MLflow): {len(runs)} checks "
+        f"({kinds['served']} of served traffic before labels, {kinds['labelled']} with labels): "
+        + ", ".join(f"{n} {a}" for a, n in sorted(actions.items())),
+        "  per window: the ROC AUC estimated from the scores (CBPE) and, once labels land, realised; the share of the",
+        "  model's attributions on features drifted beyond their noise threshold; the decision and why",
+    ]
+    # Of the periodic checks of one window, the last one that decided nothing stands for the rest.
+    quiet = {}
+    for r in runs:
+        t = r.data.tags
+        if t.get("monitor.kind") == "served" and t["decision.action"] == "none":
+            quiet[(t["monitor.window_start"], t["monitor.window_end"], t["monitor.model_version"])] = r.info.run_id
+    runs = [
+        r
+        for r in runs
+        if not (r.data.tags.get("monitor.kind") == "served" and r.data.tags["decision.action"] == "none")
+        or quiet[(r.data.tags["monitor.window_start"], r.data.tags["monitor.window_end"], r.data.tags["monitor.model_version"])]
+        == r.info.run_id
     ]
     by_report = {v.tags.get("loop.monitor_report"): v for v in versions if v.tags.get("loop.monitor_report")}
     first_served = first_drift = None
     for r in runs:
         t = r.data.tags
         action = t["decision.action"]
-        line = f"  {t['monitor.window_start'][:10]}…{t['monitor.window_end'][:10]} v{t['monitor.model_version']}: {action}"
+        m = r.data.metrics
+        seen = [f"est. {m['estimated.roc_auc']:.3f}" if "estimated.roc_auc" in m else "est. –"]
+        if "live.roc_auc" in m:
+            seen.append(f"realised {m['live.roc_auc']:.3f}")
+        if "drift.share" in m:
+            seen.append(f"drift {m['drift.share']:.0%}")
+        line = (
+            f"  {t['monitor.window_start'][:10]}…{t['monitor.window_end'][:10]} v{t['monitor.model_version']} "
+            f"{t.get('monitor.kind', 'labelled'):<8} {', '.join(seen)}: {action}"
+        )
         if action != "none" or t.get("decision.cause"):
             line += f" ({t['decision.reason'][:110]})"
         checked = datetime.fromtimestamp(r.info.start_time / 1000, UTC)

@@ -14,20 +14,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from include.monitoring.noise import block_noise_thresholds, estimated_performance, psi, psi_noise_threshold
 from include.monitoring.profile import categorical_counts, numeric_counts
 
 if TYPE_CHECKING:
     import pandas as pd
 
-EPS = 1e-4
-"""Floor of a bin's share in PSI, so an empty bin gives a large but finite term."""
 
-
-def psi(reference: np.ndarray, current: np.ndarray, eps: float = EPS) -> float:
-    """Population stability index of two count vectors over the same bins."""
-    p = np.clip(np.asarray(reference, dtype="float64") / max(np.sum(reference), 1), eps, None)
-    q = np.clip(np.asarray(current, dtype="float64") / max(np.sum(current), 1), eps, None)
-    return float(np.sum((q - p) * np.log(q / p)))
+PSI_FLOOR = 0.01
+"""No threshold below this: a feature the reference holds constant has no sampling noise at all,
+and a PSI this small never means anything."""
 
 
 @dataclass
@@ -35,10 +31,15 @@ class DriftAccumulator:
     """Counts of the current window in the reference's bins; feed it partitions one by one."""
 
     profile: dict
+    days: int = 0
+    """Event days the window's rows span (set by the caller): drift thresholds resample as many."""
+    noise_quantile: float = 0.99
+    """Thresholds: this quantile of PSI over windows drawn from the reference itself."""
     score_reservoir: int = 10_000
     seed: int = 0
     n: int = 0
     labelled: int = 0
+    labelled_positives: int = 0
     positives: float = 0.0
     counts: dict[str, np.ndarray] = field(default_factory=dict)
     score_counts: np.ndarray | None = None
@@ -65,6 +66,7 @@ class DriftAccumulator:
             labels = np.asarray(labels, dtype="float64")
             known = ~np.isnan(labels)
             self.labelled += int(known.sum())
+            self.labelled_positives += int(labels[known].sum())
             self.positives += float(labels[known].sum())
 
     def _shrink_scores(self) -> None:
@@ -79,33 +81,53 @@ class DriftAccumulator:
         self._scores = [(pooled, weights)]
 
     def report(self) -> dict:
-        """Per-feature PSI (and JS distance for categoricals), prediction drift, base-rate shift."""
+        """Per-feature PSI with its noise threshold at this window's size and the feature's share of
+        the model's attributions (JS distance for categoricals), prediction drift, the performance
+        estimated from the scores (CBPE), base-rate shift."""
         from scipy.spatial.distance import jensenshannon
         from scipy.stats import ks_2samp
 
         features = {}
-        for name, ref in self.profile["features"].items():
-            cur = self.counts.get(name)
-            if cur is None:
-                continue
+        present = {name: ref for name, ref in self.profile["features"].items() if name in self.counts}
+        thresholds = self._thresholds(present) if self.n else {}
+        shares = self.profile.get("shares") or dict.fromkeys(self.profile["features"], 1 / max(len(self.profile["features"]), 1))
+        for name, ref in present.items():
+            cur = self.counts[name]
             entry = {"psi": psi(ref["counts"], cur), "missing_share": float(cur[-1] / max(cur.sum(), 1)), "counts": cur.tolist()}
+            entry |= {"threshold": thresholds[name], "share": float(shares.get(name, 0.0))} if name in thresholds else {}
             if ref["kind"] == "categorical":
                 p = np.asarray(ref["counts"], dtype="float64")
                 entry["js_distance"] = float(jensenshannon(p / p.sum(), cur / max(cur.sum(), 1), base=2))
                 entry["unknown_share"] = float(cur[-2] / max(cur.sum(), 1))
             features[name] = entry
-        out: dict = {"n": self.n, "features": features}
-        if self.score_counts is not None:
-            ks = ks_2samp(self.profile["score"]["sample"], np.concatenate([s for s, _ in self._scores]))
+        out: dict = {"n": self.n, "days": self.days, "features": features}
+        if self.score_counts is not None and self.n:
+            sample = np.concatenate([s for s, _ in self._scores])
+            ks = ks_2samp(self.profile["score"]["sample"], sample)
             out["prediction"] = {
                 "psi": psi(self.profile["score"]["counts"], self.score_counts),
+                "threshold": psi_noise_threshold(self.profile["score"]["counts"], self.n, self.noise_quantile, seed=self.seed),
                 "ks_statistic": float(ks.statistic),
                 "ks_pvalue": float(ks.pvalue),
             }
+            if "calibration" in self.profile:
+                out["estimated"] = estimated_performance(sample, self.profile["calibration"])
         out["labels"] = {
             "labelled": self.labelled,
+            "positives": self.labelled_positives,
             "base_rate": self.positives / self.labelled if self.labelled else None,
             "reference_base_rate": self.profile["base_rate"],
         }
         return out
 
+    def _thresholds(self, features: dict) -> dict[str, float]:
+        """Each feature's PSI noise threshold at this window's rows and days: whole reference days
+        resampled when the profile has them (`block_noise_thresholds`), else rows alone."""
+        reference = {name: np.asarray(ref["counts"], dtype="float64") for name, ref in features.items()}
+        daily = self.profile.get("daily_counts")
+        if daily and self.days:
+            ordered = [daily[d] for d in sorted(daily)]
+            found = block_noise_thresholds(reference, ordered, self.n, self.days, self.noise_quantile, seed=self.seed)
+        else:
+            found = {name: psi_noise_threshold(c, self.n, self.noise_quantile, seed=self.seed) for name, c in reference.items()}
+        return {name: max(t, PSI_FLOOR) for name, t in found.items()}

@@ -19,9 +19,9 @@ from include.model.registry import CHAMPION, alias_version, connect, experiment_
 from include.monitoring.plots import drift_figure
 from include.monitoring.policy import History, PolicyConfig, admit, decide
 from include.monitoring.profile import PROFILE_ARTIFACT
-from include.monitoring.windows import window_report
+from include.monitoring.windows import served_window, window_report
 from include.rollout.records import read_live
-from include.serving.inference_log import compact_window
+from include.serving.inference_log import compact_window, newest_event
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,46 @@ def retrain_run_id(window_start: str, window_end: str, version: str | None) -> s
     return f"monitor__{f'v{version}' if version else 'bootstrap'}__{window_start}__{window_end}"
 
 
+def check_served_traffic(settings, usecase, *, dag_id: str, dag_run_id: str, training_active: bool = False, storage=None) -> dict:
+    """The periodic check: `run_monitor` on the served window (`windows.served_window`: the
+    LOOP_MONITOR_WINDOW_DAYS days up to the newest logged event), without labels. Nothing logged
+    yet: nothing to check, and the result says so."""
+    newest = newest_event(usecase, storage)
+    if newest is None:
+        return {
+            "action": "none",
+            "cause": "",
+            "reason": f"no served {usecase.wording.records} logged yet",
+            "retrain_conf": {},
+            "retrain_run_id": "",
+            "report_uri": None,
+        }
+    start, end = served_window(usecase.calendar.timezone, newest, settings.monitor_window_days)
+    log.info("served traffic: newest logged event %s, checking %s … %s without labels", newest.isoformat(), start, end)
+    return run_monitor(
+        settings,
+        usecase,
+        start,
+        end,
+        dag_id=dag_id,
+        dag_run_id=dag_run_id,
+        training_active=training_active,
+        storage=storage,
+        kind="served",
+    )
+
+
 def run_monitor(
-    settings, usecase, start, end, *, dag_id: str, dag_run_id: str, training_active: bool = False, storage=None
+    settings,
+    usecase,
+    start,
+    end,
+    *,
+    dag_id: str,
+    dag_run_id: str,
+    training_active: bool = False,
+    storage=None,
+    kind: str = "labelled",
 ) -> dict:
     """Check the window [start, end) of the live model: drift and decay report, the policy's
     decision, all logged to MLflow (experiment `<model>-monitoring`, one run per window and
@@ -49,10 +87,13 @@ def run_monitor(
     for the same window and version returns the recorded decision.
 
     Times are data time (the window's end is "now"): in production that is the wall clock; in the
-    2013 replay it keeps the cooldown meaningful."""
+    2013 replay it keeps the cooldown meaningful.
+
+    `kind`: `labelled` (labels joined where they have landed; one decision per window and version)
+    or `served` (the periodic check of served traffic: no labels; one decision per DAG run, since
+    the newest day of its window is still filling)."""
     import mlflow
     from mlflow.entities import Metric
-
 
     client = connect(settings.mlflow_tracking_uri)
     model_name = settings.model_name or usecase.model_name
@@ -62,15 +103,18 @@ def run_monitor(
     version = str(live.version)
     exp = experiment_id(client, monitoring_experiment(model_name))
     window = {"monitor.window_start": start.isoformat(), "monitor.window_end": end.isoformat(), "monitor.model_version": version}
-    for run in find_runs(client, exp, window):
+    identity = window | {"monitor.kind": kind} | ({"airflow.dag_run_id": dag_run_id} if kind == "served" else {})
+    for run in find_runs(client, exp, identity):
         if run.info.status == "FINISHED" and "decision.action" in run.data.tags:
             return _result(run.info.run_id, run.data.tags, reused=True)
 
     profile = mlflow.artifacts.load_dict(f"runs:/{live.run_id}/{PROFILE_ARTIFACT}")
     # The window's inference log, one part per day from here on (idempotent, safe beside writers).
     compacted = [d for d in compact_window(usecase, start, end, storage) if d["changed"]]
-    log.info("inference log: %d day(s) of the window compacted (%d parts merged)", len(compacted), sum(d["parts"] for d in compacted))
-    report = window_report(usecase, profile, start, end, storage)
+    log.info(
+        "inference log: %d day(s) of the window compacted (%d parts merged)", len(compacted), sum(d["parts"] for d in compacted)
+    )
+    report = window_report(usecase, profile, start, end, storage, labels=kind == "labelled")
     model_metrics = client.get_run(live.run_id).data.metrics
     reference = {m: model_metrics.get(f"eval_{m}") for m in ("roc_auc", "pr_auc")}
     history = History(
@@ -85,18 +129,22 @@ def run_monitor(
     metrics = {f"psi.{k}": v["psi"] for k, v in report["features"].items()}
     metrics |= {f"prediction.{k}": v for k, v in report.get("prediction", {}).items()}
     metrics |= {f"live.{k}": v for k, v in report.get("performance", {}).items()}
+    metrics |= {f"estimated.{k}": v for k, v in report.get("estimated", {}).items()}
+    if "drifted_share" in decision.evidence:
+        metrics["drift.share"] = decision.evidence["drifted_share"]
     metrics |= {"rows": report["n"], "labelled": report["labels"]["labelled"]}
     if report["labels"]["base_rate"] is not None:
         metrics["base_rate"] = report["labels"]["base_rate"]
     tags = {
         **window,
+        "monitor.kind": kind,
         "airflow.dag_id": dag_id,
         "airflow.dag_run_id": dag_run_id,
         "decision.action": decision.action,
         "decision.cause": decision.cause,
         "decision.reason": decision.reason[:4000],
     }
-    with mlflow.start_run(experiment_id=exp, run_name=f"v{version} {start.date()}…{end.date()}", tags=tags) as run:
+    with mlflow.start_run(experiment_id=exp, run_name=f"v{version} {start.date()}…{end.date()} {kind}", tags=tags) as run:
         client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items() if v == v])
         mlflow.log_dict(report, "monitor/report.json")
         mlflow.log_dict(decision.as_dict(), "monitor/decision.json")
@@ -238,4 +286,3 @@ def _earlier_requests(client, exp, before) -> tuple:
     runs = client.search_runs([exp], filter_string="tags.`decision.action` = 'retrain'")
     found = [(datetime.fromisoformat(r.data.tags["monitor.window_end"]), r.data.tags["decision.cause"]) for r in runs]
     return tuple(sorted(x for x in found if x[0] < before))
-

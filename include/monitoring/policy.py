@@ -23,19 +23,36 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from typing import Literal
+
+from include.monitoring.noise import auc_standard_error
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
+    rule: Literal["attribution", "count"] = "attribution"
+    """`attribution` (the default): drift weighed by what it does to this model — features beyond
+    their own noise threshold, by their share of the model's attributions — the performance
+    estimated from the scores (CBPE), and realised decay judged with the window's confidence
+    interval. `count`: the rule before (a fixed PSI on enough features, decay on enough labels)."""
+    drift_share: float = 0.35
+    """attribution: drift when the features beyond their noise threshold carry at least this share
+    of the model's attributions (mean |SHAP| on held-out rows)."""
+    estimate_margin: float = 0.03
+    """attribution: the ROC AUC estimated without labels is below the model's evaluation number by
+    more than this."""
+    decay_z: float = 1.645
+    """attribution: decay when the live ROC AUC's upper confidence bound (this many standard errors,
+    Hanley–McNeil) is still below the evaluation number minus `decay_margin`."""
     feature_psi: float = 0.25
-    """A feature drifts when its PSI is above this (0.1 slight, 0.25 significant, by convention)."""
+    """count: a feature drifts when its PSI is above this (0.1 slight, 0.25 significant, by convention)."""
     min_drifted_features: int = 3
-    """Drift needs at least this many drifted features (one noisy feature is not enough)."""
+    """count: drift needs at least this many drifted features (one noisy feature is not enough)."""
     prediction_psi: float = 0.2
-    """Prediction drift: PSI of the score distribution against the reference."""
+    """count: prediction drift, the PSI of the score distribution against the reference."""
     decay_margin: float = 0.03
     """Decay: the live metric is below the model's own evaluation number by more than this."""
-    min_labelled: int = 2000
+    min_labelled: int = 200
     """Decay is judged only on windows with at least this many labelled predictions."""
     cooldown: timedelta = timedelta(hours=24)
     """No retrain request this soon after the last training finished."""
@@ -45,9 +62,20 @@ class PolicyConfig:
     """Features whose shift is expected (the use case's `drift_exempt`): never counted as drift."""
 
     @classmethod
+    def todays_rule(cls, **overrides) -> PolicyConfig:
+        """The rule before issue 12 (a fixed PSI 0.25 on 3 features, decay on 2,000 labels), kept
+        for the backtest's comparison."""
+        rule = {"rule": "count", "feature_psi": 0.25, "min_drifted_features": 3, "prediction_psi": 0.2}
+        return cls(**(rule | {"decay_margin": 0.03, "min_labelled": 2000} | overrides))
+
+    @classmethod
     def from_settings(cls, settings, exempt: tuple[str, ...] = ()) -> PolicyConfig:
         return cls(
             exempt=exempt,
+            rule=settings.drift_rule,
+            drift_share=settings.drift_attribution_share,
+            estimate_margin=settings.estimate_margin,
+            decay_z=settings.decay_z,
             feature_psi=settings.drift_feature_psi,
             min_drifted_features=settings.drift_min_features,
             prediction_psi=settings.drift_prediction_psi,
@@ -86,6 +114,65 @@ class Decision:
 
 def findings(report: dict, reference: dict, config: PolicyConfig) -> tuple[str, str, dict]:
     """The cause (empty if none), a sentence saying why, and the numbers behind it."""
+    if config.rule == "count":
+        return _count_findings(report, reference, config)
+    return _attribution_findings(report, reference, config)
+
+
+def _attribution_findings(report: dict, reference: dict, config: PolicyConfig) -> tuple[str, str, dict]:
+    features = {n: f for n, f in report.get("features", {}).items() if "threshold" in f}
+    beyond = sorted(
+        (n for n, f in features.items() if f["psi"] > f["threshold"] and n not in config.exempt),
+        key=lambda n: -features[n]["share"],
+    )
+    share = sum(features[n]["share"] for n in beyond)
+    evidence: dict = {
+        "drifted_features": {n: round(features[n]["psi"], 4) for n in beyond},
+        "drift_thresholds": {n: round(features[n]["threshold"], 4) for n in beyond},
+        "drifted_share": round(share, 4),
+    }
+    causes, reasons = [], []
+    if beyond and share >= config.drift_share:
+        causes.append("drift")
+        named = ", ".join(
+            f"{n} (PSI {features[n]['psi']:.2f} > {features[n]['threshold']:.2f}, {features[n]['share']:.0%})" for n in beyond[:4]
+        )
+        reasons.append(
+            f"{len(beyond)} drifted feature(s), beyond their noise threshold, carry {share:.0%} of the model's attributions "
+            f"(≥ {config.drift_share:.0%}): {named}"
+        )
+    pred = report.get("prediction", {})
+    if "psi" in pred:
+        evidence["prediction_psi"] = round(pred["psi"], 4)
+    expected = reference.get("roc_auc")
+    estimate = report.get("estimated", {}).get("roc_auc")
+    if estimate is not None and expected is not None:
+        evidence["roc_auc_estimated"] = round(estimate, 4)
+        if expected - estimate > config.estimate_margin:
+            causes.append("estimated-decay:roc_auc")
+            reasons.append(f"ROC AUC estimated from the scores {estimate:.3f} vs {expected:.3f} at evaluation (CBPE)")
+    labels = report.get("labels", {})
+    labelled, positives = labels.get("labelled", 0), labels.get("positives")
+    evidence["labelled"] = labelled
+    for metric, live in report.get("performance", {}).items():
+        target = reference.get(metric)
+        if live is None or target is None or live != live:
+            continue
+        evidence[f"{metric}_live"], evidence[f"{metric}_reference"] = round(live, 4), round(target, 4)
+        if metric != "roc_auc" or labelled < config.min_labelled or not positives or positives >= labelled:
+            continue
+        se = auc_standard_error(live, positives, labelled - positives)
+        evidence["roc_auc_live_se"] = round(se, 4)
+        if target - (live + config.decay_z * se) > config.decay_margin:
+            causes.append("decay:roc_auc")
+            reasons.append(
+                f"roc_auc {live:.3f} ± {config.decay_z * se:.3f} on {labelled} labelled predictions "
+                f"vs {target:.3f} at evaluation (margin {config.decay_margin})"
+            )
+    return ";".join(causes), "; ".join(reasons), evidence
+
+
+def _count_findings(report: dict, reference: dict, config: PolicyConfig) -> tuple[str, str, dict]:
     drifted = sorted(
         (name for name, f in report.get("features", {}).items() if f["psi"] > config.feature_psi and name not in config.exempt),
         key=lambda n: -report["features"][n]["psi"],

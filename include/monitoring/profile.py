@@ -1,10 +1,14 @@
-"""The reference profile: what the monitor needs to know of a model's training data, logged with
-the model (an MLflow artifact of its training run).
+"""The reference profile: what the monitor needs to know of a model and its data, logged with the
+model (an MLflow artifact of its training run).
 
-Per numeric feature the reference's quantile bin edges and counts, per categorical feature the
-category counts, the score distribution (bins plus a sample for the KS test), the base rate.
-Missing values have a bin of their own everywhere: a feature that starts arriving empty is drift
-too. The `train` DAG profiles every challenger right after training (`log_reference_profile`).
+From the training rows: per numeric feature the quantile bin edges and counts, per categorical
+feature the category counts, and the same counts per event day (drift thresholds resample whole
+days). From the held-out evaluation rows, which the model never fit: the score distribution (bins
+plus a sample for the KS test), the calibration of scores to observed rates (the performance
+estimate without labels reads it), the base rate, and each feature's share of the model's
+attributions. Live scores are out-of-sample, so their reference must be too. Missing values have a
+bin of their own everywhere: a feature that starts arriving empty is drift too. The `train` DAG
+profiles every challenger right after training (`log_reference_profile`).
 """
 
 from __future__ import annotations
@@ -88,6 +92,48 @@ def build_profile(
     return profile
 
 
+def reference_profile(model, usecase: UseCase, train_df: pd.DataFrame, eval_df: pd.DataFrame, seed: int = 0) -> dict:
+    """The reference profile of a fitted model from its own data (validated frames, the contract's
+    shape): feature bins and counts from the training rows (all of them: serving sees cancelled
+    records too), with counts per event day so drift thresholds can resample whole days; the score
+    distribution, calibration and base rate from the held-out evaluation rows (out-of-sample scores,
+    as live scores are); each feature's share of the model's attributions on those rows."""
+    from include.monitoring.noise import calibration_map, contribution_shares
+
+    X_train = usecase.build_features(train_df)
+    X_eval, y_eval, _ = labelled(usecase, eval_df)
+    scores = model.predict_proba(X_eval)[:, 1]
+    profile = build_profile(X_train, scores, y_eval.to_numpy(), usecase.categorical, seed=seed)
+    days = event_days(usecase, train_df)
+    profile["daily_counts"] = daily_counts(X_train, days, profile)
+    profile["shares"] = contribution_shares(model.get_booster(), X_eval)
+    profile["calibration"] = calibration_map(scores, y_eval.to_numpy())
+    profile["eval_rows"] = len(X_eval)
+    return profile
+
+
+def event_days(usecase: UseCase, df: pd.DataFrame) -> np.ndarray:
+    """Each row's event day in the use case's timezone, as ISO strings."""
+    when = df[usecase.contract.event_time].dt.tz_convert(usecase.calendar.timezone)
+    return when.dt.strftime("%Y-%m-%d").to_numpy()
+
+
+def daily_counts(features: pd.DataFrame, days: np.ndarray, profile: dict) -> dict[str, dict[str, list[float]]]:
+    """Per day, each feature's counts in the profile's bins: {day: {feature: counts}}."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for day in np.unique(days):
+        rows = features.loc[days == day]
+        out[str(day)] = {
+            name: (
+                categorical_counts(rows[name].to_numpy(dtype="float64"), ref["categories"])
+                if ref["kind"] == "categorical"
+                else numeric_counts(rows[name].to_numpy(dtype="float64"), ref["edges"])
+            ).tolist()
+            for name, ref in profile["features"].items()
+        }
+    return out
+
+
 def load_profile(tracking_uri: str, model_name: str, version: str) -> dict:
     """The reference profile of a registered model version (logged with its training run)."""
     import mlflow
@@ -97,9 +143,10 @@ def load_profile(tracking_uri: str, model_name: str, version: str) -> dict:
 
 
 def log_reference_profile(tracking_uri: str, usecase: UseCase, model_name: str, version: str, storage=None) -> str:
-    """Profile the training rows of `version` (read back from its run's lineage, hash-checked) with
-    the version's own scores, and log the profile to its run. Idempotent: a run that has its
-    profile keeps it. Returns the profile's URI."""
+    """Profile `version` from its own data (`reference_profile`: the training rows' features, the
+    held-out evaluation rows' scores, calibration and attributions), read back from its run's
+    lineage, hash-checked, and the version's own files; log it to its run. Idempotent: a run that
+    has its profile keeps it. Returns the profile's URI."""
     import mlflow
 
     client = connect(tracking_uri)
@@ -108,9 +155,16 @@ def log_reference_profile(tracking_uri: str, usecase: UseCase, model_name: str, 
     if any(a.path == PROFILE_ARTIFACT for a in client.list_artifacts(run_id, PROFILE_ARTIFACT.rsplit("/", 1)[0])):
         log.info("version %s already has its reference profile: %s", version, uri)
         return uri
-    train = mlflow.artifacts.load_dict(f"runs:/{run_id}/{LINEAGE_ARTIFACT}")["train"]
-    X, y, _ = labelled(usecase, read_validated(train, storage))
-    scores = load_judged_model(client, model_name, version).predict_proba(X)[:, 1]
-    client.log_dict(run_id, build_profile(X, scores, y.to_numpy(), usecase.categorical), PROFILE_ARTIFACT)
-    log.info("reference profile of version %s: %d training rows, %d features → %s", version, len(X), X.shape[1], uri)
+    lineage = mlflow.artifacts.load_dict(f"runs:/{run_id}/{LINEAGE_ARTIFACT}")
+    train, held_out = read_validated(lineage["train"], storage), read_validated(lineage["eval"], storage)
+    profile = reference_profile(load_judged_model(client, model_name, version), usecase, train, held_out)
+    client.log_dict(run_id, profile, PROFILE_ARTIFACT)
+    log.info(
+        "reference profile of version %s: %d training rows over %d days, scores of %d held-out rows → %s",
+        version,
+        profile["n"],
+        len(profile["daily_counts"]),
+        profile["eval_rows"],
+        uri,
+    )
     return uri

@@ -1,5 +1,17 @@
 """A monitoring window: which days a monitor run checks, and the report of the predictions served
-for them (drift, data quality and, once labels have landed, live performance)."""
+for them (drift, data quality and, once labels have landed, live performance).
+
+Windows are on the event clock: a prediction belongs to the window holding its record's event time
+(the contract's `event_time`, e.g. a flight's scheduled hour), not to when it was served, and days
+are the use case's (`calendar.timezone`). Two kinds:
+
+* `labelled`: the intervals of validated partitions that just landed (their labels with them), or
+  the form's dates: drift, the estimate, and live performance and calibration from the labels.
+* `served`: the periodic check of what is being served, before labels exist — the
+  LOOP_MONITOR_WINDOW_DAYS days up to the end of the day of the newest logged event. That day is
+  usually still filling: the report counts the days and rows it found, and the drift thresholds
+  are computed for exactly that size, so a partial window is judged as what it is.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +26,16 @@ from include.monitoring.drift import DriftAccumulator
 from include.serving.inference_log import FEATURE_PREFIX, join_labels, read_inference_log
 
 
-def window_report(usecase, profile: dict, start, end, storage=None) -> dict:
+def window_report(usecase, profile: dict, start, end, storage=None, labels: bool = True) -> dict:
     """Drift, data quality and (once labels have landed) performance of the predictions logged
     for events in [start, end): the inference log is read one day at a time, so memory holds one
-    day plus the window's labelled (score, label) pairs."""
-    import pandas as pd
-
+    day plus the window's labelled (score, label) pairs. `labels=False`: served traffic only, no
+    label joined even where some have landed (the periodic check)."""
     acc = DriftAccumulator(profile)
     # labels come from the validated partitions whose interval overlaps the window
     overlap = [
         r
-        for r in list_validated(usecase.name, storage)
+        for r in (list_validated(usecase.name, storage) if labels else [])
         if datetime.fromisoformat(r["interval_start"]) < end and datetime.fromisoformat(r["interval_end"]) > start
     ]
     labels = read_validated(overlap, storage) if overlap else None
@@ -36,6 +47,7 @@ def window_report(usecase, profile: dict, start, end, storage=None) -> dict:
         day += timedelta(days=1)
         if log.empty:
             continue
+        acc.days += 1
         for v, n in log["model_version"].value_counts().items():
             versions[str(v)] = versions.get(str(v), 0) + int(n)
         features = log[[FEATURE_PREFIX + f for f in usecase.features]].set_axis(list(usecase.features), axis=1)
@@ -47,13 +59,42 @@ def window_report(usecase, profile: dict, start, end, storage=None) -> dict:
     report = acc.report() | {"window": [start.isoformat(), end.isoformat()], "model_versions": versions}
     scores = np.concatenate([p[0] for p in pairs]) if pairs else np.array([])
     ys = np.concatenate([p[1] for p in pairs]) if pairs else np.array([])
-    if ys.size and 0 < ys.sum() < ys.size:
-        metrics = compute_metrics(pd.Series(ys), scores, 0.5)
-        report["performance"] = {"roc_auc": metrics["roc_auc"], "pr_auc": metrics["pr_auc"], "log_loss": metrics["log_loss"]}
-        report["calibration"] = {"mean_score": float(scores.mean()), "base_rate": float(ys.mean())}
-    else:
-        report["performance"] = {}
-    return report
+    return report | realised(scores, ys)
+
+
+def frame_report(profile: dict, features, scores: np.ndarray, labels: np.ndarray | None = None, days: int = 7) -> dict:
+    """The report of `window_report` for a window already in memory (the backtest's weeks): the
+    model's features, its scores and, if known, the labels (NaN where unknown); `days`: how many
+    event days the rows span."""
+    acc = DriftAccumulator(profile, days=days)
+    acc.update(features, scores, labels)
+    report = acc.report() | {"days": days}
+    if labels is None:
+        return report | {"performance": {}}
+    labels = np.asarray(labels, dtype="float64")
+    known = ~np.isnan(labels)
+    return report | realised(np.asarray(scores, dtype="float64")[known], labels[known])
+
+
+def realised(scores: np.ndarray, labels: np.ndarray) -> dict:
+    """Live performance and calibration of labelled predictions (empty without both classes)."""
+    import pandas as pd
+
+    if not (labels.size and 0 < labels.sum() < labels.size):
+        return {"performance": {}}
+    metrics = compute_metrics(pd.Series(labels), scores, 0.5)
+    return {
+        "performance": {"roc_auc": metrics["roc_auc"], "pr_auc": metrics["pr_auc"], "log_loss": metrics["log_loss"]},
+        "calibration": {"mean_score": float(scores.mean()), "base_rate": float(labels.mean())},
+    }
+
+
+def served_window(timezone: str, newest: datetime, days: int) -> tuple[datetime, datetime]:
+    """The periodic check's window: `days` days of the use case up to the end of the day holding
+    `newest`, the newest logged event."""
+    tz = ZoneInfo(timezone)
+    end = datetime.combine(newest.astimezone(tz).date() + timedelta(days=1), time(), tz)
+    return datetime.combine(end.date() - timedelta(days=days), time(), tz), end
 
 
 def monitoring_window(timezone: str, start: str | None, end: str | None, events: list[dict]):
@@ -73,4 +114,3 @@ def monitoring_window(timezone: str, start: str | None, end: str | None, events:
     if b <= a:
         raise ValueError(f"window end {b} is not after its start {a}")
     return a, b
-

@@ -143,7 +143,9 @@ class InferenceLog:
         """Records handed over but not written yet."""
         return self._waiting
 
-    def append(self, records: list[dict[str, Any]], features: Sequence, scores: Sequence[float], decisions: Sequence[bool]) -> None:
+    def append(
+        self, records: list[dict[str, Any]], features: Sequence, scores: Sequence[float], decisions: Sequence[bool]
+    ) -> None:
         """Hand over one request's predictions (`features`: one row per record, a list of lists or
         an array). Returns at once; beyond `max_queued` waiting records they are counted, not logged."""
         n = len(records)
@@ -340,9 +342,16 @@ def compact_day(usecase: UseCase, day: date, storage: Storage | None = None) -> 
     prefix = part_prefix(usecase.name, day)
     manifest, new = _layout(storage, prefix)
     if not new:
-        return {"event_day": day.isoformat(), "parts": len(manifest["parts"]), "compacted": manifest["compacted"], "changed": False}
+        return {
+            "event_day": day.isoformat(),
+            "parts": len(manifest["parts"]),
+            "compacted": manifest["compacted"],
+            "changed": False,
+        }
     inputs = [manifest["compacted"]] * bool(manifest["compacted"]) + new
-    table = pa.concat_tables([pq.read_table(pa.BufferReader(storage.read_bytes(prefix + n))) for n in inputs], promote_options="default")
+    table = pa.concat_tables(
+        [pq.read_table(pa.BufferReader(storage.read_bytes(prefix + n))) for n in inputs], promote_options="default"
+    )
     parts = sorted({*manifest["parts"], *new})
     name = f"{COMPACTED}{hashlib.sha256(chr(10).join(parts).encode()).hexdigest()[:16]}.parquet"
     buf = pa.BufferOutputStream()
@@ -361,6 +370,25 @@ def compact_window(usecase: UseCase, start: datetime, end: datetime, storage: St
         out.append(compact_day(usecase, day, storage))
         day += timedelta(days=1)
     return out
+
+
+def newest_event(usecase: UseCase, storage: Storage | None = None) -> datetime | None:
+    """The latest event time in the inference log (None if nothing is logged): only the newest
+    day's parts are read."""
+    from include.data.storage import read_parquet
+
+    storage = storage or get_storage()
+    keys = storage.list(f"{PREFIX}/{usecase.name}/")
+    days = sorted({k.split("/")[2][3:] for k in keys if k.count("/") >= 3 and k.split("/")[2].startswith("dt=")})
+    for day in reversed(days):
+        times = [
+            read_parquet(storage, key)[usecase.contract.event_time].max()
+            for key in day_parts(usecase, date.fromisoformat(day), storage)
+        ]
+        times = [t for t in times if t == t and t is not None]
+        if times:
+            return max(times).to_pydatetime()
+    return None
 
 
 def read_inference_log(usecase: UseCase, start: datetime, end: datetime, storage: Storage | None = None) -> pd.DataFrame:

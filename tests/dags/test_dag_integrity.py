@@ -164,6 +164,20 @@ def test_monitor_runs_on_validated_data_and_can_only_request_training_through_th
     params.validate()
 
 
+def test_monitor_also_checks_served_traffic_on_its_own_clock(dagbag):
+    """Issue 12: besides validated-data events, the monitor runs every LOOP_MONITOR_EVERY_MINUTES of
+    wall clock (the periodic check of served traffic, before labels land)."""
+    from datetime import timedelta
+
+    dag = dagbag.dags["monitor"]
+    assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
+    every = timedelta(minutes=get_settings().monitor_every_minutes)
+    assert type(dag.timetable.timetable).__name__ == "DeltaTriggerTimetable" and dag.timetable.timetable.delta == every
+    from include.airflow_glue import VALIDATED_DATA
+
+    assert VALIDATED_DATA.name in repr(dag.timetable.asset_condition)
+
+
 @pytest.mark.parametrize(
     ("conf", "field"),
     [

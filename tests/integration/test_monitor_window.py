@@ -175,3 +175,66 @@ def test_without_a_model_the_drift_mode_monitor_asks_for_the_first_training_once
     monkeypatch.setenv("LOOP_RETRAIN_ON", "data")  # new data trains by itself: the monitor leaves it alone
     get_settings.cache_clear()
     assert run_monitor(get_settings(), flights, *window, dag_id="monitor", dag_run_id="b")["action"] == "none"
+
+
+def test_the_periodic_check_reads_served_traffic_only_up_to_the_newest_event(flights, storage_root, mlflow_env):
+    """Issue 12: the scheduled check of served traffic. Its window is the LOOP_MONITOR_WINDOW_DAYS
+    days up to the end of the newest logged event's day (event clock, New York days); no label is
+    joined even where they have landed; a partial window is judged on the days and rows it has;
+    one decision per DAG run, in the same experiment as the labelled checks."""
+    import mlflow
+
+    from include.model.engines import fit
+    from include.model.params import TrainParams
+    from include.model.registry import CHAMPION, connect
+    from include.monitoring.monitor import check_served_traffic
+    from include.monitoring.profile import PROFILE_ARTIFACT, reference_profile
+
+    settings = mlflow_env
+    parts = validate_weeks(flights)  # July's labels have landed too
+    train, held_out = read_validated([parts["feb"]]), read_validated([parts["feb2"]])
+    X, y = flights.build_features(train), flights.build_target(train)
+    known = y.notna().to_numpy()
+    model = fit(X[known], y[known].astype(int), TrainParams(n_estimators=30), flights.categorical)
+    mlflow.set_experiment(settings.model_name)
+    with mlflow.start_run():
+        mlflow.log_metric("eval_roc_auc", 0.70)
+        mlflow.log_dict(reference_profile(model, flights, train, held_out), PROFILE_ARTIFACT)
+        info = mlflow.xgboost.log_model(model, name="model", model_format="ubj")
+    mv = mlflow.register_model(
+        info.model_uri,
+        settings.model_name,
+        tags={"loop.data_window": f"{WEEKS['feb'].isoformat()} … {WEEKS['feb2'].isoformat()}"},
+    )
+    connect(settings.mlflow_tracking_uri).set_registered_model_alias(settings.model_name, CHAMPION, mv.version)
+
+    run = {"dag_id": "monitor", "dag_run_id": "scheduled__1"}
+    nothing = check_served_traffic(settings, flights, **run)
+    assert nothing["action"] == "none" and nothing["reason"] == "no served flights logged yet"
+
+    july = read_validated([parts["jul"]])
+    days = july["time_hour"].dt.tz_convert(NY).dt.date
+    served = july[days < WEEKS["jul"].date() + timedelta(days=3)]  # three days of the week served so far
+    Record = request_model(flights)
+    records = [
+        Record.model_validate(r).model_dump() | {"request_id": f"jul-{i}"} for i, r in enumerate(request_bodies(flights, served))
+    ]
+    s = model.predict_proba(flights.build_features(served))[:, 1].tolist()
+    sink = InferenceLog(flights, mv.version, "blue", flush_seconds=3600)
+    sink.append(records, flights.encode_records(records), s, [x >= 0.5 for x in s])
+    sink.close()
+
+    first = check_served_traffic(settings, flights, **run)
+    report = mlflow.artifacts.load_dict(first["report_uri"])
+    end = WEEKS["jul"] + timedelta(days=3)
+    assert report["window"] == [(end - timedelta(days=7)).isoformat(), end.isoformat()]
+    assert report["n"] == len(served) and report["days"] == 3  # partial: three days, thresholds at that size
+    assert report["labels"]["labelled"] == 0 and report["performance"] == {}  # served traffic only
+    assert 0.5 < report["estimated"]["roc_auc"] < 1 and all("threshold" in f for f in report["features"].values())
+    client = connect(settings.mlflow_tracking_uri)
+    tags = client.get_run(first["mlflow_run_id"]).data.tags
+    assert tags["monitor.kind"] == "served" and tags["decision.action"] == first["action"]
+    again = check_served_traffic(settings, flights, **run)  # a retry of the same DAG run: its decision
+    later = check_served_traffic(settings, flights, dag_id="monitor", dag_run_id="scheduled__2")
+    assert again["reused"] and again["mlflow_run_id"] == first["mlflow_run_id"]
+    assert not later["reused"] and later["mlflow_run_id"] != first["mlflow_run_id"]

@@ -45,8 +45,12 @@ def test_training_logs_a_traceable_challenger(env, flights, tmp_path):
     assert log_reference_profile(env.mlflow_tracking_uri, flights, out["model_name"], out["version"]) == uri
     profile = load_profile(env.mlflow_tracking_uri, out["model_name"], out["version"])
     assert list(profile["features"]) == list(flights.features)
-    assert profile["n"] == int(run.data.params["n_train_rows"]) and 0.05 < profile["base_rate"] < 0.5
+    # features: every training row (served traffic has cancelled flights too); scores: the held-out rows
+    train_rows = sum(r["rows_validated"] for r in lineage["train"])
+    assert profile["n"] == train_rows > int(run.data.params["n_train_rows"]) and 0.05 < profile["base_rate"] < 0.5
+    assert profile["eval_rows"] == int(run.data.params["n_eval_rows"]) == sum(profile["score"]["counts"])
     assert sum(profile["features"]["temp"]["counts"]) == profile["n"]
+    assert abs(sum(profile["shares"].values()) - 1) < 1e-9 and len(profile["daily_counts"]) >= 5 * 7
     assert [r["partition"] for r in lineage["eval"]] == list(validated)[5:]
     for r in lineage["train"] + lineage["eval"]:
         assert r["validated_sha256"] == validated[r["partition"]]["validated_sha256"]

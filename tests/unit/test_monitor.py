@@ -138,10 +138,12 @@ def test_the_drift_plot_shows_psi_bars_auc_over_time_and_the_worst_histograms(fl
         axes = {ax.get_title().split(" ")[0]: ax for ax in fig.axes if ax.get_title()}
         assert axes["Drift"].get_title().startswith("Drift of 2013-07-01")
         assert len(axes["Drift"].patches) == len(report["features"])  # one PSI bar per feature
+        assert len(axes["What"].patches) == len(report["features"])  # next to it, the feature's share of the model
         [line, ref] = axes["ROC"].get_lines()
         assert list(line.get_ydata()) == [0.71, 0.69, 0.64] and list(ref.get_ydata()) == [0.72, 0.72]
         counted = {k: v for k, v in report["features"].items() if k not in flights.drift_exempt}
-        worst = max(counted, key=lambda k: counted[k]["psi"])
+        # histograms for the drift that weighs most: PSI over its noise threshold, times the share
+        worst = max(counted, key=lambda k: counted[k]["psi"] / counted[k]["threshold"] * max(counted[k]["share"], 1e-3))
         assert f"{worst}:" in axes and "month:" not in axes  # exempt features get no histogram
     finally:
         plt.close(fig)

@@ -1,4 +1,8 @@
-"""The retrain policy: drift or decay → one request; every guard suppresses with a reason."""
+"""The retrain policy: drift or decay → one request; every guard suppresses with a reason.
+
+The guards and the older `count` rule first (a fixed PSI on enough features), then the default
+`attribution` rule: drift beyond each feature's own noise threshold weighed by the model's
+attributions, the performance estimated from scores, decay judged with its confidence interval."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import pytest
 from include.monitoring.policy import Decision, History, PolicyConfig, admit, decide, training_guard
 
 NOW = datetime(2013, 7, 15, 12, tzinfo=UTC)
-CONFIG = PolicyConfig()
+CONFIG = PolicyConfig.todays_rule()
 REFERENCE = {"roc_auc": 0.71}
 
 
@@ -87,6 +91,7 @@ def test_a_cause_answered_by_a_new_training_may_be_requested_again():
 def test_thresholds_come_from_settings(monkeypatch):
     from include.settings import get_settings
 
+    monkeypatch.setenv("LOOP_DRIFT_RULE", "count")
     monkeypatch.setenv("LOOP_DRIFT_MIN_FEATURES", "1")
     monkeypatch.setenv("LOOP_RETRAIN_COOLDOWN_HOURS", "6")
     get_settings.cache_clear()
@@ -108,7 +113,7 @@ def test_a_request_sharing_a_cause_with_an_unanswered_one_is_suppressed_but_a_ne
 def test_an_exempt_feature_never_counts_as_drift():
     seasonal = {"month": 17.0, "temp": 2.0, "dewp": 1.5, "dep_hour": 0.0}
     assert decide(report(seasonal), REFERENCE, History(now=NOW), CONFIG).action == "retrain"
-    exempt = PolicyConfig(exempt=("month",))
+    exempt = PolicyConfig.todays_rule(exempt=("month",))
     d = decide(report(seasonal), REFERENCE, History(now=NOW), exempt)
     assert d.action == "none" and "month" not in d.evidence["drifted_features"]
 
@@ -162,3 +167,78 @@ def test_the_monitor_and_admission_share_one_guard():
     assert training_guard(history, CONFIG) in decide(report(SUMMER), REFERENCE, history, CONFIG).reason
     assert training_guard(history, CONFIG) in admit("manual", history, CONFIG).reason
     assert training_guard(History(now=NOW, last_training_at=NOW - timedelta(hours=25)), CONFIG) is None
+
+
+# The attribution rule (the default). A feature's entry holds its PSI, its noise threshold at the
+# window's size and its share of the model's attributions, as `DriftAccumulator.report` writes them.
+DEFAULT = PolicyConfig()
+SHARES = {"dep_hour": 0.40, "carrier": 0.20, "temp": 0.12, "visib": 0.10, "seats": 0.02, "engines": 0.01, "month": 0.15}
+
+
+def attributed(psis: dict[str, float], threshold: float = 0.1, estimated: float | None = None, **labels) -> dict:
+    features = {n: {"psi": psis.get(n, 0.01), "threshold": threshold, "share": s} for n, s in SHARES.items()}
+    out = {"features": features, "prediction": {"psi": 0.01}, "labels": {"labelled": 0} | labels, "performance": {}}
+    if estimated is not None:
+        out["estimated"] = {"roc_auc": estimated}
+    return out
+
+
+def test_the_default_rule_is_attribution_and_settings_choose_it():
+    from include.settings import get_settings
+
+    assert DEFAULT.rule == "attribution" and PolicyConfig.from_settings(get_settings()).rule == "attribution"
+
+
+def test_drift_confined_to_features_the_model_barely_uses_does_not_ask_for_retraining():
+    d = decide(attributed({"seats": 4.0, "engines": 3.0}), REFERENCE, History(now=NOW), DEFAULT)
+    assert d.action == "none" and d.cause == "", d
+    assert d.evidence["drifted_features"] == {"seats": 4.0, "engines": 3.0} and d.evidence["drifted_share"] == 0.03
+    # the older rule counts features, not what they carry: three of them fire it
+    assert decide(attributed({"seats": 4.0, "engines": 3.0, "temp": 0.3}), REFERENCE, History(now=NOW), CONFIG).cause == "drift"
+
+
+def test_drift_on_features_carrying_enough_of_the_model_asks_for_one_retrain():
+    d = decide(attributed({"dep_hour": 0.3, "temp": 0.5}), REFERENCE, History(now=NOW), DEFAULT)
+    assert d.action == "retrain" and d.cause == "drift", d
+    assert "52% of the model's attributions" in d.reason and d.reason.index("dep_hour") < d.reason.index("temp")
+
+
+def test_psi_under_a_features_own_noise_threshold_is_not_drift_however_large():
+    d = decide(attributed({"dep_hour": 0.3, "temp": 0.5}, threshold=0.6), REFERENCE, History(now=NOW), DEFAULT)
+    assert d.action == "none" and d.evidence["drifted_features"] == {}
+
+
+def test_an_exempt_feature_carries_no_drift_share():
+    exempt = PolicyConfig(exempt=("month",))
+    assert decide(attributed({"month": 9.0, "temp": 2.0, "visib": 1.0}), REFERENCE, History(now=NOW), DEFAULT).cause == "drift"
+    d = decide(attributed({"month": 9.0, "temp": 2.0, "visib": 1.0}), REFERENCE, History(now=NOW), exempt)
+    assert d.action == "none" and "month" not in d.evidence["drifted_features"]
+
+
+def test_an_estimated_drop_asks_for_retraining_before_labels_land():
+    drop = decide(attributed({}, estimated=0.66), REFERENCE, History(now=NOW), DEFAULT)
+    near = decide(attributed({}, estimated=0.69), REFERENCE, History(now=NOW), DEFAULT)
+    assert drop.action == "retrain" and drop.cause == "estimated-decay:roc_auc" and "0.660" in drop.reason
+    assert near.action == "none" and near.evidence["roc_auc_estimated"] == 0.69
+
+
+def labelled_window(auc: float, labelled: int, positives: int) -> dict:
+    return attributed({}, labelled=labelled, positives=positives) | {"performance": {"roc_auc": auc}}
+
+
+def test_decay_is_judged_with_the_windows_confidence_interval():
+    # A large drop on a small window (800 labelled, as the demo's windows) is decay; the older
+    # rule needed 2,000 labels and stayed silent.
+    small_large_drop = decide(labelled_window(0.58, 800, 170), REFERENCE, History(now=NOW), DEFAULT)
+    assert small_large_drop.action == "retrain" and small_large_drop.cause == "decay:roc_auc", small_large_drop
+    assert decide(labelled_window(0.58, 800, 170), REFERENCE, History(now=NOW), CONFIG).action == "none"
+    # A modest drop: noise on 800 labels, decay on 50,000.
+    small = decide(labelled_window(0.66, 800, 170), REFERENCE, History(now=NOW), DEFAULT)
+    large = decide(labelled_window(0.66, 50_000, 10_000), REFERENCE, History(now=NOW), DEFAULT)
+    assert small.action == "none" and small.evidence["roc_auc_live_se"] > 0.02
+    assert large.action == "retrain" and large.cause == "decay:roc_auc" and "± 0.00" in large.reason
+
+
+def test_decay_needs_a_floor_of_labels_and_both_classes():
+    assert decide(labelled_window(0.40, 150, 30), REFERENCE, History(now=NOW), DEFAULT).action == "none"
+    assert decide(labelled_window(0.40, 800, 0), REFERENCE, History(now=NOW), DEFAULT).action == "none"
