@@ -191,7 +191,7 @@ class Settings(BaseSettings):
         "estimated from scores (CBPE), decay with a confidence interval; `count`: the older fixed-PSI feature count.",
     )
     drift_attribution_share: float = Field(
-        0.35, gt=0, le=1, description="attribution: share of the model's attributions on features beyond their noise threshold that is drift."
+        0.15, gt=0, le=1, description="attribution: share of the model's attributions on features beyond their noise threshold that is drift."
     )
     estimate_margin: float = Field(
         0.03, ge=0, description="attribution: drop of the ROC AUC estimated without labels (CBPE) below the evaluation number that asks for retraining."

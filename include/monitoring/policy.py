@@ -35,7 +35,7 @@ class PolicyConfig:
     their own noise threshold, by their share of the model's attributions — the performance
     estimated from the scores (CBPE), and realised decay judged with the window's confidence
     interval. `count`: the rule before (a fixed PSI on enough features, decay on enough labels)."""
-    drift_share: float = 0.35
+    drift_share: float = 0.15
     """attribution: drift when the features beyond their noise threshold carry at least this share
     of the model's attributions (mean |SHAP| on held-out rows)."""
     estimate_margin: float = 0.03

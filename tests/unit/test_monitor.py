@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -162,3 +162,18 @@ def test_a_retrain_request_names_one_train_run_per_decision():
     others = {retrain_run_id(start, end, "4"), retrain_run_id(start, "2013-12-06T00:00:00-05:00", "3"), retrain_run_id(start, end, None)}
     assert len(others | {run_id}) == 4 and "monitor__bootstrap__" in retrain_run_id(start, end, None)
     assert all(re.fullmatch(r"[A-Za-z0-9_.~:+-]+", r) for r in others | {run_id})  # Airflow's allowed_run_id_pattern
+
+
+def test_the_served_window_ends_with_the_day_of_the_newest_event_in_the_use_cases_timezone():
+    from zoneinfo import ZoneInfo
+
+    from include.monitoring.windows import served_window
+
+    ny = ZoneInfo("America/New_York")
+    # 02:30 UTC on 10 July is 22:30 on 9 July in New York: the window ends at midnight after the 9th
+    start, end = served_window("America/New_York", datetime(2013, 7, 10, 2, 30, tzinfo=UTC), 7)
+    assert (start, end) == (datetime(2013, 7, 3, tzinfo=ny), datetime(2013, 7, 10, tzinfo=ny))
+    # across the autumn clock change the window is still whole local days (one of them 25 h long)
+    start, end = served_window("America/New_York", datetime(2013, 11, 5, 12, tzinfo=UTC), 3)
+    assert (start, end) == (datetime(2013, 11, 3, tzinfo=ny), datetime(2013, 11, 6, tzinfo=ny))
+    assert end.astimezone(UTC) - start.astimezone(UTC) == timedelta(days=3, hours=1)
