@@ -39,7 +39,15 @@ def _edges(values: np.ndarray, bins: int) -> list[float]:
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         return []
-    return np.unique(np.quantile(finite, np.linspace(0, 1, bins + 1)[1:-1])).tolist()
+    edges = np.unique(np.quantile(finite, np.linspace(0, 1, bins + 1)[1:-1]))
+    # A cut point on a value the data holds (quantiles of discrete or rounded values land on them)
+    # moves halfway to the next value: the same value a bit off in its last digits (a JSON round
+    # trip, another library's float parsing) must not change bins.
+    distinct = np.unique(finite)
+    above = distinct[np.minimum(np.searchsorted(distinct, edges, side="right"), distinct.size - 1)]
+    on_value = np.isin(edges, distinct) & (above > edges)
+    edges = np.unique(np.where(on_value, (edges + above) / 2, edges))
+    return edges[edges < distinct[-1]].tolist()  # a cut on the maximum would leave a top bin of noise
 
 
 def numeric_counts(values: np.ndarray, edges: list[float]) -> np.ndarray:

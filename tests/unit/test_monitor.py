@@ -177,3 +177,16 @@ def test_the_served_window_ends_with_the_day_of_the_newest_event_in_the_use_case
     start, end = served_window("America/New_York", datetime(2013, 11, 5, 12, tzinfo=UTC), 3)
     assert (start, end) == (datetime(2013, 11, 3, tzinfo=ny), datetime(2013, 11, 6, tzinfo=ny))
     assert end.astimezone(UTC) - start.astimezone(UTC) == timedelta(days=3, hours=1)
+
+
+def test_a_value_off_in_its_last_digits_stays_in_its_bin():
+    """Quantile cut points of a discrete feature fall on values it holds; wind speeds that come back
+    from a JSON round trip a few ulps off must not cross them (they did: PSI 0.07 on identical data)."""
+    from include.monitoring.profile import _edges
+
+    rng = np.random.default_rng(7)
+    values = rng.choice(np.array([0.0, 3.45234, 4.60312, 5.7539, 6.90468, 8.05546, 9.20624, 10.357, 11.5078]), 5000)
+    edges = _edges(values, 10)
+    assert not np.isin(edges, values).any()
+    nudged = values * (1 + rng.choice([-1, 1], values.size) * 4e-16)
+    assert psi(numeric_counts(values, edges), numeric_counts(nudged, edges)) == 0
