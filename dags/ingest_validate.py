@@ -7,10 +7,10 @@ from your upstream system in production) and is validated by the Great Expectati
 generated from the use case's contract (`include/data/gate.py`):
 
 * a few bad rows → quarantined with a reason per row; the rest is published;
-* a bad batch (schema, types, row count, freshness, unit change, duplicate, too many bad rows)
-  → quarantined whole, the task fails naming the partition and the failed expectations, and
-  nothing downstream runs. Fix the input, then re-validate it from the `revalidate` form
-  (or clear the task).
+* a bad batch (schema, types, row count, freshness, unit change, duplicate, too many bad rows,
+  a column far from the last validated intervals) → quarantined whole, the task fails naming
+  the partition and the failed expectations, and nothing downstream runs. Fix the input, then
+  re-validate it from the `revalidate` form (or clear the task).
 
 A passing partition emits the validated-data Asset event that schedules `train`.
 """

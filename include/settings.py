@@ -99,6 +99,15 @@ class Settings(BaseSettings):
     max_landing_bytes: int = Field(
         1 << 30, ge=1, description="Landing files larger than this are refused unread: the gate holds a partition in memory (deliver smaller intervals, or raise it)."
     )
+    gate_history_partitions: int = Field(
+        8,
+        ge=0,
+        le=52,
+        description="Each batch is also held to this many latest validated partitions before it, column by column (missing share, quantiles, values seen, category shares); 0: off.",
+    )
+    gate_history_min_partitions: int = Field(
+        3, ge=1, description="Fewer validated partitions than this before a batch (the first intervals) and the history checks are left out, saying so."
+    )
 
     # Training and the champion gate
     train_window_weeks: int = Field(8, ge=2, le=104, description="Default rolling window of validated partitions for training (the form can override it).")

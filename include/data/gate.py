@@ -11,6 +11,13 @@ Policy (each expectation carries its level in `meta["level"]`):
   batch identical to another partition, or too many bad rows sends the whole batch to quarantine
   with the GX result and a readable report, and the task fails naming the partition and the
   failed expectations.
+* ``batch`` expectations from recent history (`include.data.history`) hold the batch, column by
+  column, to the last LOOP_GATE_HISTORY_PARTITIONS validated partitions before it: missing
+  share, quartiles, values seen before, category shares. They catch a unit change inside the
+  fixed bounds and a column that empties; the report says what moved, how far, and against which
+  partitions. With fewer than LOOP_GATE_HISTORY_MIN_PARTITIONS before it they are absent, and the
+  log, the record and the report say so. A passing batch's record keeps the small profile of its
+  rows that later batches are held to.
 
 Before a row is decoded, size is checked, so a huge file cannot exhaust the worker's memory: a
 landing file over LOOP_MAX_LANDING_BYTES is refused unread (`LandingRefused`; it stays where it
@@ -28,6 +35,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from include.alerting.alerts import send_alert
+from include.data.history import load_history, profile
 from include.data.partitions import Partition, list_validated, quarantined_batches, read_json, sha256, write_json
 from include.data.storage import (
     MalformedPartitionError,
@@ -40,7 +48,7 @@ from include.data.storage import (
     parse_parquet,
     write_parquet,
 )
-from include.data.suite import BATCH, Failure, assess, build_suite, row_count_bounds, run_suite
+from include.data.suite import BATCH, Failure, assess, build_suite, result_json, row_count_bounds, run_suite
 from include.outcomes import FailNow
 from include.settings import get_settings
 from include.usecases import UseCase
@@ -65,13 +73,16 @@ class RevalidationRefused(FailNow, ValueError):
     """`revalidate` was asked for a partition never quarantined, or for the input that was."""
 
 
-def _report(partition: Partition, landing_uri: str, status: str, failures: list[Failure], bad_rows: dict, n_rows: int) -> str:
+def _report(
+    partition: Partition, landing_uri: str, status: str, failures: list[Failure], bad_rows: dict, n_rows: int, history: str = ""
+) -> str:
     lines = [
         f"# Validation of {partition.usecase} {partition.id}: {status}",
         "",
         f"- input: `{landing_uri}`",
         f"- interval: {partition.start.isoformat()} – {partition.end.isoformat()}",
         f"- rows: {n_rows}, rows failing row checks: {len(bad_rows)}",
+        *([f"- {history}"] if history else []),
         "",
     ]
     if failures:
@@ -126,7 +137,8 @@ def validate_partition(
     `LandingRefused` for a file too large to read.
     """
     storage = storage or get_storage()
-    max_bytes = get_settings().max_landing_bytes
+    settings = get_settings()
+    max_bytes = settings.max_landing_bytes
     landing_uri = storage.uri(partition.landing_key)
     try:
         data = storage.read_bytes(partition.landing_key, max_bytes=max_bytes)
@@ -158,6 +170,8 @@ def validate_partition(
         "landing_sha256": content_sha,
     }
 
+    history_note = ""
+
     def quarantine_batch(failures: list[Failure], gx_json: dict | None, bad_rows: dict, n_rows: int):
         storage.write_bytes(f"{qprefix}/data.parquet", data)
         if replaced and current["status"] == "passed":
@@ -175,7 +189,7 @@ def validate_partition(
             },
         )
         report_uri = storage.write_bytes(
-            f"{qprefix}/report.md", _report(partition, landing_uri, "QUARANTINED", failures, bad_rows, n_rows).encode()
+            f"{qprefix}/report.md", _report(partition, landing_uri, "QUARANTINED", failures, bad_rows, n_rows, history_note).encode()
         )
         summary = "; ".join(str(f) for f in failures[:8]) + (f"; and {len(failures) - 8} more" if len(failures) > 8 else "")
         send_alert(
@@ -194,20 +208,31 @@ def validate_partition(
     if undecoded:
         quarantine_batch(undecoded, None, {}, 0)
 
-    twins = [
-        r["partition"]
-        for r in list_validated(partition.usecase, storage)
-        if r["landing_sha256"] == content_sha and r["partition"] != partition.id
-    ]
+    validated = list_validated(partition.usecase, storage)
+    twins = [r["partition"] for r in validated if r["landing_sha256"] == content_sha and r["partition"] != partition.id]
     duplicate = [Failure("unique_batch", None, BATCH, f"identical to already validated partition(s) {twins}")] if twins else []
 
     df = df.reset_index(drop=True)
-    suite = build_suite(usecase.contract, partition)
+    history, history_note = load_history(
+        validated,
+        partition,
+        usecase.contract,
+        n=settings.gate_history_partitions,
+        min_partitions=settings.gate_history_min_partitions,
+        storage=storage,
+    )
+    record["history"] = {"partitions": list(history.partitions) if history else [], "note": history_note}
+    suite = build_suite(usecase.contract, partition, history)
     log.info(
-        "validating %s (%d rows) against suite %s (%d expectations)", landing_uri, len(df), suite.name, len(suite.expectations)
+        "validating %s (%d rows) against suite %s (%d expectations; %s)",
+        landing_uri,
+        len(df),
+        suite.name,
+        len(suite.expectations),
+        history_note,
     )
     gx_result = run_suite(df, suite)
-    gx_json = gx_result.to_json_dict()
+    gx_json = result_json(gx_result)
     failures, bad_rows = assess(df, gx_result, max_bad_row_share)
     failures = duplicate + failures
     if failures:
@@ -221,7 +246,8 @@ def validate_partition(
         rows["_quarantine_reason"] = pd.Series({i: "; ".join(bad_rows[i]) for i in bad_index})
         write_parquet(storage, f"{qprefix}/rows.parquet", rows)
         storage.write_bytes(
-            f"{qprefix}/report.md", _report(partition, landing_uri, "PASSED, rows quarantined", [], bad_rows, len(df)).encode()
+            f"{qprefix}/report.md",
+            _report(partition, landing_uri, "PASSED, rows quarantined", [], bad_rows, len(df), history_note).encode(),
         )
     good = df.drop(index=bad_index).reset_index(drop=True)
     validated_key = _publish(storage, partition, content_sha, good)
@@ -238,6 +264,7 @@ def validate_partition(
         "rows_validated": len(good),
         "rows_quarantined": len(bad_index),
         "quarantine_uri": storage.uri(f"{qprefix}/rows.parquet") if bad_index else None,
+        "profile": profile(good, usecase.contract),  # what the history checks of later batches read
         **({"supersedes": replaced} if replaced else {}),
     }
     # validation.json is written last: its presence is what marks the partition validated, and

@@ -1,10 +1,12 @@
-"""The expectation suite of a landing partition, generated from the use case's contract, and the
-reading of its result: which failures judge the whole batch, which flag single rows.
+"""The expectation suite of a landing partition, generated from the use case's contract and the
+recent history of validated partitions, and the reading of its result: which failures judge the
+whole batch, which flag single rows.
 
 Each expectation carries its level in `meta["level"]`: ``row`` expectations (nulls, ranges,
 allowed sets, key uniqueness, rows inside the interval) flag single rows; ``batch`` expectations
-(schema, types, row count for the interval, freshness, column means, no column wholly null) judge
-the partition as a whole. What happens to a failing batch or row is the gate's business (`include.data.gate`).
+(schema, types, row count for the interval, freshness, column means, no column wholly null, and
+the history checks of `include.data.history`, marked by `meta["history"]`) judge the partition as
+a whole. What happens to a failing batch or row is the gate's business (`include.data.gate`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from include.data.history import History, describe, history_expectations
 from include.data.partitions import Partition
 from include.usecases import Contract, Kind
 
@@ -58,8 +61,9 @@ def row_count_bounds(contract: Contract, partition: Partition) -> tuple[int, int
     return int(lo * partition.days), int(hi * partition.days) + 1
 
 
-def build_suite(contract: Contract, partition: Partition) -> gx.ExpectationSuite:
-    """The expectation suite for one partition of `contract` (bounds depend on the interval)."""
+def build_suite(contract: Contract, partition: Partition, history: History | None = None) -> gx.ExpectationSuite:
+    """The expectation suite for one partition of `contract` (bounds depend on the interval), with
+    the history checks `history` sets when there is one."""
     gx = import_gx()
     import great_expectations.expectations as gxe
 
@@ -85,11 +89,15 @@ def build_suite(contract: Contract, partition: Partition) -> gx.ExpectationSuite
         if len(contract.key) > 1
         else gxe.ExpectColumnValuesToBeUnique(column=contract.key[0], meta=row),
     ]
+    recent = history_expectations(contract, history) if history is not None else []
+    # The history's missing-share check of a column also refuses it wholly null (strict_min): it
+    # takes the place of the fixed check, one expectation fewer for GX to run per column.
+    held = {e.column for e in recent if e.meta["history"]["check"] == "missing share"}
     for col in contract.columns:
         exps.append(gxe.ExpectColumnValuesToBeOfType(column=col.name, type_=GX_TYPES[col.kind], meta=batch))
         if not col.nullable:
             exps.append(gxe.ExpectColumnValuesToNotBeNull(column=col.name, meta=row))
-        else:  # sparse is fine; wholly null is a column the upstream stopped filling
+        elif col.name not in held:  # sparse is fine; wholly null is a column the upstream stopped filling
             exps.append(
                 gxe.ExpectColumnProportionOfNonNullValuesToBeBetween(column=col.name, min_value=0, strict_min=True, meta=batch)
             )
@@ -100,7 +108,7 @@ def build_suite(contract: Contract, partition: Partition) -> gx.ExpectationSuite
         if col.mean_between is not None:
             lo_mean, hi_mean = col.mean_between
             exps.append(gxe.ExpectColumnMeanToBeBetween(column=col.name, min_value=lo_mean, max_value=hi_mean, meta=batch))
-    return gx.ExpectationSuite(name=f"{partition.usecase}.landing", expectations=exps)
+    return gx.ExpectationSuite(name=f"{partition.usecase}.landing", expectations=exps + recent)
 
 
 def run_suite(df: pd.DataFrame, suite: gx.ExpectationSuite):
@@ -117,6 +125,20 @@ def run_suite(df: pd.DataFrame, suite: gx.ExpectationSuite):
     suite = context.suites.add(suite)
     batch = batch_def.get_batch(batch_parameters={"dataframe": df})
     return batch.validate(suite, result_format={"result_format": "COMPLETE"})
+
+
+ROW_LISTS = ("unexpected_list", "unexpected_index_list", "partial_unexpected_index_list", "unexpected_index_query")
+
+
+def result_json(gx_result) -> dict:
+    """The GX result as stored with the partition: row lists only where they flag rows (a batch-level
+    check such as "values seen before" would otherwise store thousands of indices per batch)."""
+    out = gx_result.to_json_dict()
+    for r in out.get("results", []):
+        if r["expectation_config"].get("meta", {}).get("level") != ROW:
+            for key in ROW_LISTS:
+                (r.get("result") or {}).pop(key, None)
+    return out
 
 
 def _exception(result) -> str | None:
@@ -146,6 +168,8 @@ def _describe(result) -> str:
     error = _exception(result)
     if error:
         return f"could not be evaluated: {error}"
+    if "history" in cfg.meta:
+        return describe(cfg.meta["history"], cfg.kwargs, res)
     if "observed_value" in res:
         observed = _plain(res["observed_value"])
         bounds = {k: _plain(v) for k, v in cfg.kwargs.items() if k in ("min_value", "max_value", "strict_min", "type_")}

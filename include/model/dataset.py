@@ -27,7 +27,9 @@ def select_partitions(
     """Split validated partitions into (train, eval) by time.
 
     The window ends with the newest partition starting on or before `as_of` (default: newest of
-    all) and reaches back `window_weeks` from that partition's end.
+    all) and reaches back `window_weeks` from that partition's end; a partition is in it when its
+    midpoint is (partitions are cut in local time, so across a DST change their UTC bounds move by
+    an hour against a window counted back in UTC, which must not drop or add a partition).
     """
     recs = sorted(records, key=lambda r: r["interval_start"])
     if as_of:
@@ -35,7 +37,7 @@ def select_partitions(
         recs = [r for r in recs if datetime.fromisoformat(r["interval_start"]).date() <= cutoff]
     if recs:
         window_start = datetime.fromisoformat(recs[-1]["interval_end"]) - timedelta(weeks=window_weeks)
-        recs = [r for r in recs if datetime.fromisoformat(r["interval_start"]) >= window_start]
+        recs = [r for r in recs if _midpoint(r) >= window_start]
     needed = max(min_partitions, eval_partitions + 1)
     if len(recs) < needed:
         raise NotEnoughData(
@@ -43,6 +45,11 @@ def select_partitions(
             f"{f' up to {as_of}' if as_of else ''}; training needs at least {needed}"
         )
     return recs[:-eval_partitions], recs[-eval_partitions:]
+
+
+def _midpoint(record: dict) -> datetime:
+    start, end = (datetime.fromisoformat(record[k]) for k in ("interval_start", "interval_end"))
+    return start + (end - start) / 2
 
 
 def labelled(usecase: UseCase, df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame]:

@@ -38,6 +38,9 @@ class Column:
     allowed: tuple[str, ...] | None = None
     mean_between: tuple[float, float] | None = None
     """Batch-level bounds on the column mean: catches unit changes that stay inside the range."""
+    history_check: bool = True
+    """Hold each batch to the column's recent history (`include.data.history`); False for a column
+    that moves with the calendar (a month, a day of the month), whose past says nothing of the next interval."""
 
 
 @dataclass(frozen=True)

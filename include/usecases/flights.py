@@ -33,9 +33,9 @@ WEATHER_COLUMNS = ("temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust
 
 CONTRACT = Contract(
     columns=(
-        Column("year", "int", min=2000, max=2100),
-        Column("month", "int", min=1, max=12),
-        Column("day", "int", min=1, max=31),
+        Column("year", "int", min=2000, max=2100, history_check=False),
+        Column("month", "int", min=1, max=12, history_check=False),
+        Column("day", "int", min=1, max=31, history_check=False),
         Column("dep_time", "float", nullable=True, min=1, max=2400),
         Column("sched_dep_time", "int", min=1, max=2359),
         Column("dep_delay", "float", nullable=True, min=-120, max=2000),

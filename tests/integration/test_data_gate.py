@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -318,3 +319,227 @@ def test_a_backfill_is_validated_like_any_other_and_leaves_the_training_window_a
     assert rec["status"] == "passed" and rec["rows_quarantined"] == 0
     assert [r["partition"] for r in list_validated("flights")] == [week(i).id for i in range(4)]
     assert select_partitions(list_validated("flights"), window_weeks=3, eval_partitions=1, min_partitions=2) == window
+
+
+# --- The history checks (include/data/history.py) on a replay of 2013 ---------------------------
+
+YEAR_WEEKS = 52  # the calendar's 53rd interval (31 Dec – 7 Jan) holds one day of data: not a full week
+WINTER, SUMMER = datetime(2013, 12, 10, tzinfo=NY), datetime(2013, 7, 16, tzinfo=NY)
+
+
+def interval(start: datetime) -> Partition:
+    return Partition("flights", start, start + timedelta(weeks=1))
+
+
+@pytest.fixture(scope="module")
+def year_2013(tmp_path_factory, flights):
+    """Every full week of 2013 landed and put through the gate in order, the history growing as
+    each passes (the default LOOP_GATE_HISTORY_PARTITIONS and _MIN_PARTITIONS). Yields the storage
+    root and each week's outcome: its record, or the failures that quarantined it."""
+    from include.settings import get_settings
+
+    root = tmp_path_factory.mktemp("year")
+    outcomes = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOOP_STORAGE_URI", str(root))
+        get_settings.cache_clear()
+        for start, end in flights.calendar.intervals()[:YEAR_WEEKS]:
+            p = Partition("flights", start, end)
+            land_partition(flights, p, replay=True)
+            try:
+                outcomes[p.id] = validate_partition(flights, p, max_bad_row_share=0.01)
+            except BatchQuarantined as exc:
+                outcomes[p.id] = str(exc)
+    get_settings.cache_clear()
+    yield root, outcomes
+
+
+def test_a_year_of_real_weeks_passes_the_gate_with_its_history_checks(year_2013):
+    _, outcomes = year_2013
+    quarantined = {pid: out for pid, out in outcomes.items() if isinstance(out, str)}
+    assert len(outcomes) == YEAR_WEEKS and quarantined == {}, "\n".join(quarantined.values())
+    records = list(outcomes.values())
+    for i, rec in enumerate(records):
+        if i < 3:  # the first weeks: too little history, and the record says so
+            assert rec["history"]["partitions"] == [] and "history checks absent" in rec["history"]["note"]
+        else:
+            assert rec["history"]["partitions"] == [r["partition"] for r in records[max(0, i - 8) : i]]
+            assert rec["history"]["note"].startswith("history checks against the last")
+
+
+def test_history_expectations_are_batch_level_in_the_same_suite_and_name_their_history(year_2013, flights):
+    from include.data.history import checked_columns, load_history
+
+    root, outcomes = year_2013
+    p = interval(SUMMER)
+    history, _ = load_history(list(outcomes.values()), p, flights.contract, n=8, min_partitions=3, storage=None)
+    suite = build_suite(flights.contract, p, history)
+    recent = [e for e in suite.expectations if "history" in e.meta]
+    assert {e.meta["level"] for e in recent} == {BATCH}
+    assert {e.meta["history"]["check"] for e in recent} == {
+        "missing share",
+        "quantiles",
+        "values seen",
+        "category shares",
+        "distinct values",
+    }
+    assert {e.column for e in recent} == {c.name for c in checked_columns(flights.contract)}
+    assert not {"year", "month", "day", "time_hour"} & {e.column for e in recent}  # calendar columns opt out
+    assert all(e.meta["history"]["against"].startswith("the last 8 validated partitions") for e in recent)
+    fixed = build_suite(flights.contract, p)
+    assert len(suite.expectations) > len(fixed.expectations) and "history" not in str([e.meta for e in fixed.expectations])
+
+
+def test_partitions_validated_before_profiles_existed_are_profiled_from_their_rows(year_2013, flights):
+    from include.data.history import load_history
+
+    root, outcomes = year_2013
+    p = interval(SUMMER)
+    old = [{k: v for k, v in r.items() if k != "profile"} for r in outcomes.values()]  # as recorded before this change
+    with_profiles, _ = load_history(list(outcomes.values()), p, flights.contract, n=4, min_partitions=3, storage=None)
+    profiled, _ = load_history(old, p, flights.contract, n=4, min_partitions=3, storage=get_storage(str(root)))
+    assert profiled == with_profiles
+
+
+def hhmm_to_minutes(x):
+    return x // 100 * 60 + x % 100
+
+
+def scale(factor):
+    return lambda x: x * factor
+
+
+F_TO_C = lambda x: (x - 32) * 5 / 9  # noqa: E731
+F_TO_K = lambda x: (x - 32) * 5 / 9 + 273.15  # noqa: E731
+# The unit changes a column of the flights contract can meet (`year`, `month`, `day` move with the
+# calendar and are left out of the history; `hour`, `minute` and `flight` have no unit; `engines`
+# and `seats` are counts: they meet the generic factors below).
+REALISTIC = {
+    **{c: [("HHMM → minutes after midnight", hhmm_to_minutes)] for c in ("dep_time", "sched_dep_time", "arr_time", "sched_arr_time")},
+    **{c: [("minutes → hours", scale(1 / 60)), ("minutes → seconds", scale(60))] for c in ("dep_delay", "arr_delay", "air_time")},
+    "distance": [("miles → km", scale(1.609344)), ("miles → nautical miles", scale(0.868976))],
+    **{c: [("°F → °C", F_TO_C), ("°F → K", F_TO_K)] for c in ("temp", "dewp")},
+    "humid": [("% → fraction", scale(1 / 100))],
+    "wind_dir": [("degrees → radians", scale(np.pi / 180))],
+    **{
+        c: [("mph → km/h", scale(1.609344)), ("mph → m/s", scale(0.44704)), ("mph → knots", scale(0.868976))]
+        for c in ("wind_speed", "wind_gust")
+    },
+    "precip": [("inches → mm", scale(25.4)), ("inches → cm", scale(2.54))],
+    "pressure": [("hPa → inHg", scale(0.02953)), ("hPa → kPa", scale(0.1))],
+    "visib": [("miles → km", scale(1.609344)), ("miles → m", scale(1609.344))],
+    "plane_year": [("year → two digits", lambda x: x % 100)],
+}
+QUANTITIES = (
+    *("dep_delay", "arr_delay", "air_time", "distance", "temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust"),
+    *("precip", "pressure", "visib", "plane_year", "engines", "seats"),
+)
+GENERIC = {"×1.609344": 1.609344, "÷1.609344": 1 / 1.609344, "×0.453592": 0.453592, "×2.54": 2.54, "÷60": 1 / 60, "×0.3048": 0.3048}
+
+
+def caught_columns(record: dict, n_rows: int, max_bad_row_share: float = 0.01) -> dict[str, list[str]]:
+    """Per column, what in a quarantine record alone quarantines the batch for it: a batch failure
+    naming the column, or row checks of the column failing more than the allowed share of rows."""
+    caught: dict[str, list[str]] = {}
+    for failure in record["failures"]:
+        m = re.match(r"^(\w+)\[([^\]]+)\]", failure)
+        if m:
+            caught.setdefault(m.group(2), []).append(failure)
+    for r in record["gx_result"]["results"]:
+        cfg = r["expectation_config"]
+        column, bad = cfg["kwargs"].get("column"), (r.get("result") or {}).get("unexpected_count") or 0
+        if cfg["meta"].get("level") == ROW and column and bad > max_bad_row_share * n_rows:
+            caught.setdefault(column, []).append(f"{cfg['type']}[{column}]: {bad} rows")
+    return caught
+
+
+def quarantine_record(flights, p: Partition, df: pd.DataFrame) -> dict:
+    """Deliver `df` for `p` (replacing the previous delivery) and return its quarantine record."""
+    storage = get_storage()
+    if storage.exists(p.landing_key):
+        (storage.root / p.landing_key).unlink()  # upstream replaces its delivery
+    storage.write_bytes(p.landing_key, parquet_bytes(df), create_only=True)
+    with pytest.raises(BatchQuarantined) as err:
+        validate_partition(flights, p, max_bad_row_share=0.01)
+    assert p.id in str(err.value)
+    return json.loads(storage.read_bytes(f"{p.quarantine_prefix(sha256(storage.read_bytes(p.landing_key)))}/validation.json"))
+
+
+@pytest.fixture
+def week_with_history(year_2013, storage_root, request):
+    """A storage root holding the 8 validated weeks before `request.param` (copied from the
+    replay), and that week's partition."""
+    import shutil
+
+    root, outcomes = year_2013
+    p = interval(request.param)
+    before = [pid for pid, rec in outcomes.items() if datetime.fromisoformat(rec["interval_start"]) < p.start][-8:]
+    for pid in before:
+        shutil.copytree(root / "validated" / "flights" / pid, storage_root / "validated" / "flights" / pid)
+    return p
+
+
+# Generic factors no check can tell from a season, in both weeks: `humid` is computed (no value
+# grid) and its quartiles span 25-92 % in two months, so only a factor of ten or more shows (the
+# realistic % → fraction does); a ×1.6 `air_time` looks like a week of longer routes.
+NOT_SEPARABLE = {"air_time ×1.609344", "humid ÷1.609344", "humid ×0.453592", "humid ×0.3048"}
+
+
+@pytest.mark.parametrize("week_with_history", [WINTER, SUMMER], ids=["winter", "summer"], indirect=True)
+def test_a_unit_change_in_any_numeric_column_is_quarantined_naming_the_column(flights, week_with_history):
+    """Each run changes the unit of many columns at once (the checks are per column, and a column
+    counts as caught only by a failure that alone quarantines the batch): the realistic changes of
+    each column, then the generic factors on every quantity column."""
+    p, clean = week_with_history, flights.load_interval(week_with_history.start, week_with_history.end)
+    runs = [{c: convs[k] for c, convs in REALISTIC.items() if k < len(convs)} for k in range(3)]
+    runs += [{c: (name, scale(f)) for c in QUANTITIES} for name, f in GENERIC.items()]
+    missed, unchanged, caught_by = [], [], {}
+    for run in runs:
+        df = clean.copy()
+        for column, (_, convert) in run.items():
+            df[column] = convert(df[column])
+        record = quarantine_record(flights, p, df)
+        caught = caught_columns(record, len(df))
+        for column, (name, _) in run.items():
+            if df[column].equals(clean[column]):
+                unchanged.append(f"{column} {name}")
+            elif column not in caught:
+                missed.append(f"{column} {name}")
+            else:
+                caught_by[f"{column} {name}"] = sorted({f.split("[")[0] for f in caught[column]})
+        if run is runs[0]:  # the report says what moved, by how much, against which history
+            report = get_storage().read_bytes(f"{p.quarantine_prefix(sha256(parquet_bytes(df)))}/report.md").decode()
+            # °F → °C: in December the quartiles may stay inside a cold autumn's range, the grid of values does not
+            moved = r"(median|25th percentile|75th percentile) of temp -?[\d.]+ outside -?[\d.]+–[\d.]+"
+            off_grid = r"\d+% of the values of temp are among the \d+ values seen before, at least 20% expected"
+            assert re.search(rf"\[temp\]: ({moved}|{off_grid}).* vs the last 8 validated partitions \(dt=", report), report
+    print("\n".join(f"{k}: {', '.join(v)}" for k, v in sorted(caught_by.items())))
+    assert unchanged == [], unchanged
+    assert set(missed) == NOT_SEPARABLE, f"not quarantined: {missed}"
+
+
+@pytest.mark.parametrize("week_with_history", [WINTER, SUMMER], ids=["winter", "summer"], indirect=True)
+def test_a_column_that_empties_is_quarantined_naming_it(flights, week_with_history):
+    """Every nullable column at once, wholly null and then 95 % null: each is named by its
+    missing-share check against the history (95 % only where the history's share stays under 50 %)."""
+    p, clean = week_with_history, flights.load_interval(week_with_history.start, week_with_history.end)
+    history = [r["profile"] for r in list_validated("flights")]
+    nullable = [c.name for c in flights.contract.columns if c.nullable]
+    usual = {c: max(h["columns"][c]["missing"] / h["rows"] for h in history) for c in nullable}
+    keep = pd.Series(np.random.default_rng(0).random(len(clean)) >= 0.95, index=clean.index)
+    for share, kept, columns in [
+        ("100%", keep & False, nullable),
+        ("95%", keep, [c for c in nullable if usual[c] < 0.5]),
+    ]:
+        df = clean.assign(**{c: clean[c].where(kept) for c in columns})
+        record = quarantine_record(flights, p, df)
+        named = {
+            c
+            for c in columns
+            for f in record["failures"]
+            if f.startswith(f"expect_column_proportion_of_non_null_values_to_be_between[{c}]:") and "vs the last 8 validated partitions" in f
+        }
+        assert named == set(columns), f"{share} null, not named: {sorted(set(columns) - named)}"
+    assert [c for c in nullable if usual[c] >= 0.5] == ["wind_gust"]  # normally 55-97 % empty: only wholly null is news
+    report = get_storage().read_bytes(f"{p.quarantine_prefix(sha256(parquet_bytes(df)))}/report.md").decode()
+    assert "missing share of dewp 9" in report and "- history checks against the last 8 validated partitions" in report

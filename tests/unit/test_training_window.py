@@ -1,4 +1,5 @@
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -38,6 +39,18 @@ def test_a_gap_in_the_data_shrinks_the_window_instead_of_reaching_further_back()
     data = [r for r in recs(8) if r["partition"] not in ("p5", "p6")]
     train, ev = select_partitions(data, window_weeks=4, eval_partitions=1, min_partitions=2)
     assert [r["partition"] for r in train] == ["p4"] and [r["partition"] for r in ev] == ["p7"]
+
+
+@pytest.mark.parametrize("first", ["2013-02-05", "2013-09-10"])  # across the spring and the fall DST change
+def test_a_window_of_local_weeks_holds_as_many_weeks_across_a_dst_change(first):
+    tz = ZoneInfo("America/New_York")
+    starts = [datetime.combine(date.fromisoformat(first) + timedelta(weeks=i), time(), tz) for i in range(12)]
+    data = [
+        {"partition": f"p{i}", "interval_start": s.astimezone(UTC).isoformat(), "interval_end": e.astimezone(UTC).isoformat()}
+        for i, (s, e) in enumerate(zip(starts, [*starts[1:], starts[-1] + timedelta(weeks=1)], strict=True))
+    ]
+    train, ev = select_partitions(data, window_weeks=8, eval_partitions=1, min_partitions=3)
+    assert [r["partition"] for r in train] == [f"p{i}" for i in range(4, 11)] and [r["partition"] for r in ev] == ["p11"]
 
 
 def test_too_little_data_is_a_skip_reason_not_a_crash():
