@@ -7,7 +7,7 @@ export PYTHONPATH := $(CURDIR)
 
 # Local settings: .env at the project root (see .env.example) is read by the settings class itself.
 
-.PHONY: install demo up stop status test test-fast lint graph settings-docs lock clean bench rerun secrets image
+.PHONY: install demo up stop status test test-fast lint graph settings-docs lock clean bench backtest rerun secrets image
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,9 @@ bench: install  ## benchmarks against baselines measured in the same run (ratios
 	$(BIN)/python tests/bench/bench_bento.py
 	$(BIN)/python tests/bench/bench_dask.py
 	$(BIN)/python tests/bench/bench_executors.py
+
+backtest: install  ## every retrain policy replayed on the use case's history week by week, no servers: backtest/results.{json,md}, served_quality.png [ARGS="--weeks 13 --window-weeks 4"]
+	$(BIN)/python -m include.monitoring.backtest --sweep $(ARGS)
 
 lint: install
 	$(BIN)/ruff check dags include plugins tests

@@ -200,7 +200,7 @@ class Settings(BaseSettings):
         "estimated from scores (CBPE), decay with a confidence interval; `count`: the older fixed-PSI feature count.",
     )
     drift_attribution_share: float = Field(
-        0.15, gt=0, le=1, description="attribution: share of the model's attributions on features beyond their noise threshold that is drift."
+        0.2, gt=0, le=1, description="attribution: share of the model's attributions on features beyond their noise threshold that is drift."
     )
     estimate_margin: float = Field(
         0.03, ge=0, description="attribution: drop of the ROC AUC estimated without labels (CBPE) below the evaluation number that asks for retraining."
@@ -213,6 +213,9 @@ class Settings(BaseSettings):
     decay_min_labelled: int = Field(200, ge=1, description="Labelled predictions a window needs before decay is judged.")
     retrain_cooldown_hours: float = Field(24, ge=0, description="No retrain request this soon after the last training (data time).")
     retrain_max_per_day: int = Field(2, ge=1, description="Retrain requests per 24 hours, at most.")
+    max_model_age_days: float = Field(
+        42, ge=0, description="Retrain once the newest model's data ends this many days before the newest data seen, whatever drift says (0: off)."
+    )
 
     # Alerts and the alert webhook
     alert_email: str = Field("", description="Where alerts are mailed too (empty: no mail).")

@@ -60,6 +60,8 @@ def summarize(settings: Settings, ports, airflow=None, traffic=None) -> str:
                 else "vs floor"
             )
             decision = f"{decision} ({v.tags.get('gate.metric')} {v.tags.get('gate.challenger')} {against})"
+            if v.tags["gate.decision"] == "reject" and v.tags.get("gate.reason"):
+                decision += f": {v.tags['gate.reason']}"  # a better headline can still lose on a slice
         flag = "  <- champion" if champion and v.version == champion.version else ""
         lines.append(f"  v{v.version}: data {start[:10]} … {end[:10]}, gate: {decision}{_deployment(v.tags)}{flag}")
     if champion:

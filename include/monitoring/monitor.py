@@ -17,7 +17,7 @@ from include.alerting.alerts import mlflow_artifact_link, mlflow_run_link, send_
 from include.data.partitions import list_validated
 from include.model.registry import CHAMPION, alias_version, connect, experiment_id, find_runs
 from include.monitoring.plots import drift_figure
-from include.monitoring.policy import History, PolicyConfig, admit, decide
+from include.monitoring.policy import History, PolicyConfig, admit, decide, signals
 from include.monitoring.profile import PROFILE_ARTIFACT
 from include.monitoring.windows import served_window, window_report
 from include.rollout.records import read_live
@@ -156,7 +156,7 @@ def run_monitor(
         import matplotlib.pyplot as plt
 
         plt.close(fig)
-    if decision.cause:
+    if signals(decision.cause):  # a retrain for the model's age alone is maintenance, not news
         send_alert(
             settings,
             "decay" if "decay" in decision.cause else "drift",

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from include.monitoring.policy import Decision, History, PolicyConfig, admit, decide, training_guard
+from include.monitoring.policy import Decision, History, PolicyConfig, admit, decide, signals, training_guard
 
 NOW = datetime(2013, 7, 15, 12, tzinfo=UTC)
 CONFIG = PolicyConfig.todays_rule()
@@ -210,9 +210,9 @@ def test_psi_under_a_features_own_noise_threshold_is_not_drift_however_large():
 
 def test_an_exempt_feature_carries_no_drift_share():
     exempt = PolicyConfig(exempt=("month",))
-    assert decide(attributed({"month": 9.0, "engines": 2.0}), REFERENCE, History(now=NOW), DEFAULT).cause == "drift"
-    d = decide(attributed({"month": 9.0, "engines": 2.0}), REFERENCE, History(now=NOW), exempt)
-    assert d.action == "none" and "month" not in d.evidence["drifted_features"]
+    assert decide(attributed({"month": 9.0, "temp": 2.0}), REFERENCE, History(now=NOW), DEFAULT).cause == "drift"
+    d = decide(attributed({"month": 9.0, "temp": 2.0}), REFERENCE, History(now=NOW), exempt)
+    assert d.action == "none" and "month" not in d.evidence["drifted_features"] and d.evidence["drifted_share"] == 0.12
 
 
 def test_an_estimated_drop_asks_for_retraining_before_labels_land():
@@ -242,3 +242,27 @@ def test_decay_is_judged_with_the_windows_confidence_interval():
 def test_decay_needs_a_floor_of_labels_and_both_classes():
     assert decide(labelled_window(0.40, 150, 30), REFERENCE, History(now=NOW), DEFAULT).action == "none"
     assert decide(labelled_window(0.40, 800, 0), REFERENCE, History(now=NOW), DEFAULT).action == "none"
+
+
+def test_a_model_past_its_maximum_age_is_retrained_without_an_alert():
+    quiet = attributed({})
+    young = decide(quiet, REFERENCE, History(now=NOW, last_training_at=NOW - timedelta(weeks=5)), DEFAULT)
+    old = decide(quiet, REFERENCE, History(now=NOW, last_training_at=NOW - timedelta(weeks=6)), DEFAULT)
+    assert young.action == "none" and young.evidence["model_age_days"] == 35.0
+    assert old.action == "retrain" and old.cause == "age" and "ends 42.0 d ago (≥ 42.0 d)" in old.reason, old
+    assert signals(old.cause) == [], "age alone is maintenance: no alert"
+    # with a signal too, both are the cause and the signal alerts
+    both = decide(attributed({"dep_hour": 0.3}), REFERENCE, History(now=NOW, last_training_at=NOW - timedelta(weeks=7)), DEFAULT)
+    assert both.cause == "drift;age" and signals(both.cause) == ["drift"]
+    # no model yet, the older rule, or the limit switched off: age asks for nothing
+    assert decide(quiet, REFERENCE, History(now=NOW), DEFAULT).action == "none"
+    for config in (CONFIG, PolicyConfig(max_model_age=None)):
+        assert decide(quiet, REFERENCE, History(now=NOW, last_training_at=NOW - timedelta(weeks=30)), config).action == "none"
+
+
+def test_the_maximum_age_comes_from_settings_and_zero_switches_it_off(monkeypatch):
+    from include.settings import Settings
+
+    assert PolicyConfig.from_settings(Settings()).max_model_age == timedelta(days=42) == DEFAULT.max_model_age
+    monkeypatch.setenv("LOOP_MAX_MODEL_AGE_DAYS", "0")
+    assert PolicyConfig.from_settings(Settings()).max_model_age is None
