@@ -106,7 +106,9 @@ class Settings(BaseSettings):
         description="Each batch is also held to this many latest validated partitions before it, column by column (missing share, quantiles, values seen, category shares); 0: off.",
     )
     gate_history_min_partitions: int = Field(
-        3, ge=1, description="Fewer validated partitions than this before a batch (the first intervals) and the history checks are left out, saying so."
+        6,
+        ge=1,
+        description="Fewer validated partitions than this before a batch (the first intervals) and the history checks are left out, saying so (fewer than 6 weeks of 2013 make false quarantines).",
     )
 
     # Training and the champion gate

@@ -128,7 +128,9 @@ def test_monitor_checks_a_window_of_the_live_model_and_requests_retraining_on_dr
 
     Record = request_model(flights)
     winter = datetime(2013, 12, 2, tzinfo=NY)
-    records = [Record.model_validate(r).model_dump() for r in interval_records(flights, winter, winter + timedelta(days=3))]
+    # a whole week: three days of December drift on weather the June model gives 18 % of its
+    # attributions, under the 20 % that asks (noise thresholds are wider for fewer days); a week, 24 %
+    records = [Record.model_validate(r).model_dump() for r in interval_records(flights, winter, winter + timedelta(days=7))]
     frame = pd.DataFrame.from_records(records)
     frame["time_hour"] = pd.to_datetime(frame["time_hour"], utc=True)
     scores = model.predict_proba(flights.build_features(frame))[:, 1].tolist()
@@ -140,7 +142,7 @@ def test_monitor_checks_a_window_of_the_live_model_and_requests_retraining_on_dr
 
     monitor = dags.get_dag("monitor")
     before = len(DagRun.find(dag_id="train"))
-    drifted = monitor.test(run_conf={"window_start": "2013-12-02", "window_end": "2013-12-05"})
+    drifted = monitor.test(run_conf={"window_start": "2013-12-02", "window_end": "2013-12-09"})
     assert states(drifted) == {"check": "success", "needs_retraining": "success", "request_retrain": "success"}, states(drifted)
     [requested] = [r for r in DagRun.find(dag_id="train")][before:]
     assert requested.conf["report_uri"].startswith("runs:/") and "drifted" in requested.conf["reason"]

@@ -360,11 +360,23 @@ def test_a_year_of_real_weeks_passes_the_gate_with_its_history_checks(year_2013)
     assert len(outcomes) == YEAR_WEEKS and quarantined == {}, "\n".join(quarantined.values())
     records = list(outcomes.values())
     for i, rec in enumerate(records):
-        if i < 3:  # the first weeks: too little history, and the record says so
+        if i < 6:  # the first weeks: too little history, and the record says so
             assert rec["history"]["partitions"] == [] and "history checks absent" in rec["history"]["note"]
         else:
             assert rec["history"]["partitions"] == [r["partition"] for r in records[max(0, i - 8) : i]]
             assert rec["history"]["note"].startswith("history checks against the last")
+
+
+def test_a_gate_started_in_spring_quarantines_nothing_while_its_history_grows(storage_root, flights):
+    """The year's replay starts in January's calm; a deployment may start anywhere. From the end of
+    April, through the spring's quickest change (a short history there once quarantined a late-May
+    week on its dew point), every week passes, held to 6, 7, then 8 partitions."""
+    held = []
+    for start, end in flights.calendar.intervals()[16:31]:  # 23 April … 6 August
+        p = Partition("flights", start, end)
+        land_partition(flights, p, replay=True)
+        held.append(len(validate_partition(flights, p, max_bad_row_share=0.01)["history"]["partitions"]))
+    assert held == [0] * 6 + [6, 7] + [8] * 7
 
 
 def test_history_expectations_are_batch_level_in_the_same_suite_and_name_their_history(year_2013, flights):
