@@ -4,7 +4,8 @@ No servers: no MLflow, no Airflow, no GX. The replay calls what the DAGs call, o
 case's `load_interval` returns (already in the contract's shape: the data gate is not replayed):
 `dataset.select_partitions` and `labelled` for the training window, `engines.fit` for the model,
 `profile.reference_profile` for its reference, `windows.frame_report` for what the monitor sees,
-`policy.decide` for the decision, `metrics.compute_metrics` for the score.
+`policy.decide` for the decision. The week's score (`metrics.compute_metrics` of its labelled
+rows) and CBPE's estimate are the report's own.
 
 The timeline. The calendar's intervals (the use case's partitions) are grouped into weeks counted
 from the calendar's start, numbered from 1: with a weekly calendar a week is one partition (the
@@ -67,7 +68,6 @@ from include.model.dataset import NotEnoughData, labelled, select_partitions
 from include.model.engines import fit
 from include.model.metrics import compute_metrics
 from include.model.params import TrainParams
-from include.monitoring.noise import estimated_performance
 from include.monitoring.policy import History, PolicyConfig, decide, signals
 from include.monitoring.profile import reference_profile
 from include.monitoring.windows import frame_report
@@ -284,17 +284,16 @@ class Replay:
             X = self.usecase.build_features(df)
             scores = trained.model.predict_proba(X)[:, 1]
             labels = self.usecase.build_target(df).to_numpy(dtype="float64")
-            known = ~np.isnan(labels)
             days = int(df[self.usecase.contract.event_time].dt.tz_convert(self.usecase.calendar.timezone).dt.date.nunique())
-            score = compute_metrics(labels[known], scores[known], self.threshold) if known.any() else {}
-            estimate = estimated_performance(scores, trained.profile["calibration"])
+            # the week's score and CBPE's estimate are the report's own: what the policy decides on
+            report = frame_report(trained.profile, X, scores, labels, days)
             self._served[key] = Served(
                 rows=len(df),
-                labelled=int(known.sum()),
-                roc_auc=_number(score.get("roc_auc")),
-                log_loss=_number(score.get("log_loss")),
-                estimated_roc_auc=_number(estimate.get("roc_auc")),
-                report=frame_report(trained.profile, X, scores, labels, days),
+                labelled=int((~np.isnan(labels)).sum()),
+                roc_auc=_number(report["performance"].get("roc_auc")),
+                log_loss=_number(report["performance"].get("log_loss")),
+                estimated_roc_auc=_number(report.get("estimated", {}).get("roc_auc")),
+                report=report,
             )
         return self._served[key]
 
