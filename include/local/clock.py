@@ -44,8 +44,25 @@ def loop_status(client: AirflowAPI, expected: int) -> tuple[str, int, int]:
         for dag in ("train", "deploy", "monitor")
         for e in client.get(f"dags/{dag}/assets/queuedEvents").get("queued_events", [])
     ]
-    active = sum(n[dag]["running"] + n[dag]["queued"] for dag in n if dag != "ingest_validate") + len(queued)
-    return line, done, active
+    return line, done, outstanding(runs, len(queued))
+
+
+def is_periodic(dag_id: str, run: dict) -> bool:
+    """The monitor's periodic check of served traffic: it runs on the wall clock for as long as the
+    stack does, so it is never work outstanding. A retraining it asks for is a `train` run, which is."""
+    return dag_id == "monitor" and run["run_type"] == "scheduled"
+
+
+def outstanding(runs: dict[str, list[dict]], queued_events: int) -> int:
+    """Runs of the loop still to finish besides ingestion (queued or running, periodic checks aside),
+    plus asset events waiting to start a run."""
+    return queued_events + sum(
+        r["state"] in ("running", "queued")
+        for dag, rs in runs.items()
+        if dag != "ingest_validate"
+        for r in rs
+        if not is_periodic(dag, r)
+    )
 
 
 class Progress:
@@ -92,7 +109,7 @@ class DataClock:
         """A scheduled `monitor` run (the periodic check of served traffic) started after `began`
         has finished."""
         return any(
-            r["run_type"] == "scheduled"
+            is_periodic("monitor", r)
             and r["state"] in ("success", "failed")
             and r.get("start_date")
             and datetime.fromisoformat(r["start_date"].replace("Z", "+00:00")) >= began
