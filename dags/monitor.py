@@ -70,18 +70,18 @@ every = timedelta(minutes=get_settings().monitor_every_minutes)
 def monitor():
     @task
     def check(params=None, triggering_asset_events=None, dag_run=None, ti=None) -> dict:
-        from include.monitoring.monitor import check_served_traffic, run_monitor
+        from include.monitoring.monitor import MonitorWindow, check_served_traffic, run_monitor
         from include.monitoring.windows import monitoring_window
         from include.usecases import get_usecase
 
         usecase, settings = get_usecase(), get_settings()
         events = [e.extra for evs in (triggering_asset_events or {}).values() for e in evs]
         active = ti.get_dr_count(dag_id="train", states=["queued", "running"]) > 0
-        run = {"dag_id": dag_run.dag_id, "dag_run_id": dag_run.run_id, "training_active": active}
+        run = {"dag_id": dag_run.dag_id, "dag_run_id": dag_run.run_id}
         if not (events or params["window_start"] or params["window_end"]):
-            return check_served_traffic(settings, usecase, **run)  # the periodic check: served traffic, no labels
+            return check_served_traffic(settings, usecase, **run, training_active=active)  # the periodic check: no labels
         start, end = monitoring_window(usecase.calendar.timezone, params["window_start"], params["window_end"], events)
-        return run_monitor(settings, usecase, start, end, **run)
+        return run_monitor(settings, usecase, MonitorWindow(start, end, **run), training_active=active)
 
     @task.short_circuit
     def needs_retraining(result: dict) -> bool:

@@ -51,7 +51,8 @@ from include.settings import get_settings
 def revalidate():
     @task(outlets=[VALIDATED_DATA])
     def validate_again(params=None, outlet_events=None) -> dict:
-        from include.data.gate import revalidate_quarantined, validated_ref
+        from include.data.gate import validated_ref
+        from include.data.revalidate import revalidate_quarantined
         from include.usecases import get_usecase
 
         print(f"re-validating {params['partition']}: {params['reason'] or '(no reason given)'}")

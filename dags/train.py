@@ -26,7 +26,7 @@ import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
 from include.airflow_glue import CHAMPION_MODEL, VALIDATED_DATA, airflow_outcome, form_params, task_defaults
-from include.model.params import TrainParams
+from include.model.params import TrainParams, form_defaults
 from include.settings import get_settings
 from include.usecases import get_calendar
 
@@ -44,7 +44,7 @@ WEEKLY = CronTriggerTimetable("0 6 * * 1", timezone="UTC")  # scheduled retraini
     tags=["loop", "model", "mlflow"],
     doc_md=__doc__,
     # One definition of the knobs: the form is generated from TrainParams (bounds included).
-    params=form_params(TrainParams, {"window_weeks": settings.train_window_weeks, "eval_partitions": settings.eval_partitions})
+    params=form_params(TrainParams, form_defaults(settings))
     | {
         "force": Param(
             False,

@@ -280,6 +280,12 @@ def variable(name: str) -> str:
     return alias.choices[0] if isinstance(alias, AliasChoices) else f"LOOP_{name.upper()}"
 
 
+def default(name: str):
+    """The documented default of field `name`: the one declaration the configs built from the
+    settings (the retrain policy, the champion gate, the training form) take theirs from."""
+    return Settings.model_fields[name].default
+
+
 _SIGNS = {"Ge": ">=", "Gt": ">", "Le": "<=", "Lt": "<"}
 
 

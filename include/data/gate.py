@@ -32,11 +32,12 @@ replaced and out-of-order deliveries follow the policy in `include.data.partitio
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from include.alerting.alerts import send_alert
 from include.data.history import load_history, profile
-from include.data.partitions import Partition, list_validated, quarantined_batches, read_json, sha256, write_json
+from include.data.partitions import Partition, list_validated, read_json, sha256, write_json
 from include.data.storage import (
     MalformedPartitionError,
     ObjectExistsError,
@@ -67,10 +68,6 @@ class BatchQuarantined(FailNow):
 
 class LandingRefused(FailNow):
     """The landing file is larger than the gate may read (LOOP_MAX_LANDING_BYTES); it was left unread."""
-
-
-class RevalidationRefused(FailNow, ValueError):
-    """`revalidate` was asked for a partition never quarantined, or for the input that was."""
 
 
 def _report(
@@ -114,7 +111,7 @@ def _decode(data: bytes, uri: str, max_rows: int, max_bytes: int) -> tuple[pd.Da
         return None, [Failure("readable_parquet", None, BATCH, str(exc))]
 
 
-def _publish(storage: Storage, partition: Partition, content_sha: str, good: pd.DataFrame) -> str:
+def _write_validated(storage: Storage, partition: Partition, content_sha: str, good: pd.DataFrame) -> str:
     """Write the rows that passed where no other input's rows are (validated files are written
     once); returns their key."""
     data = parquet_bytes(good)
@@ -128,6 +125,65 @@ def _publish(storage: Storage, partition: Partition, content_sha: str, good: pd.
     raise ObjectExistsError(f"{storage.uri(key)} holds other rows for input {content_sha[:12]}: inspect it before re-validating")
 
 
+@dataclass(frozen=True)
+class _Delivery:
+    """The input in a landing partition, read for the gate, beside the partition's record before it."""
+
+    partition: Partition
+    uri: str
+    data: bytes
+    sha: str
+    current: dict | None
+    """The partition's validation record, if any: the outcome of the input delivered before."""
+
+    @property
+    def passed_before(self) -> bool:
+        """This very input passed already (a repeated delivery): nothing to do."""
+        return bool(self.current) and self.current["status"] == "passed" and self.current["landing_sha256"] == self.sha
+
+    @property
+    def replaced(self) -> str | None:
+        """The hash of the earlier, different input this one replaces (a re-delivery), or None."""
+        return self.current["landing_sha256"] if self.current and self.current["landing_sha256"] != self.sha else None
+
+    @property
+    def quarantine_prefix(self) -> str:
+        return self.partition.quarantine_prefix(self.sha)
+
+    def record(self) -> dict:
+        """What the validation record of this input starts with, whatever the outcome."""
+        return {
+            "partition": self.partition.id,
+            "usecase": self.partition.usecase,
+            "interval_start": self.partition.start.isoformat(),
+            "interval_end": self.partition.end.isoformat(),
+            "landing_uri": self.uri,
+            "landing_sha256": self.sha,
+        }
+
+
+@dataclass(frozen=True)
+class _Findings:
+    """What the gate found in a batch: batch failures, flagged rows (index → reasons), the GX result
+    and the history the batch was held to. A batch never decoded has its failures only."""
+
+    failures: list[Failure]
+    rows: pd.DataFrame | None = None
+    bad_rows: dict = field(default_factory=dict)
+    gx_json: dict | None = None
+    suite: str = ""
+    history: dict | None = None
+    """{"partitions", "note"}; None when the batch never reached the suite."""
+
+    @property
+    def n_rows(self) -> int:
+        return 0 if self.rows is None else len(self.rows)
+
+    @property
+    def history_note(self) -> str:
+        return self.history["note"] if self.history else ""
+
+
 def validate_partition(
     usecase: UseCase, partition: Partition, *, max_bad_row_share: float, storage: Storage | None = None
 ) -> dict:
@@ -137,9 +193,29 @@ def validate_partition(
     `LandingRefused` for a file too large to read.
     """
     storage = storage or get_storage()
-    settings = get_settings()
-    max_bytes = settings.max_landing_bytes
-    landing_uri = storage.uri(partition.landing_key)
+    max_bytes = get_settings().max_landing_bytes
+    delivery = _receive(storage, partition, max_bytes)
+    if delivery.passed_before:
+        log.info("partition %s already passed with this input (sha256 %s): nothing to do", partition.id, delivery.sha[:12])
+        return delivery.current
+    df, undecoded = _decode(delivery.data, delivery.uri, row_count_bounds(usecase.contract, partition)[1], max_bytes)
+    if undecoded:
+        raise _quarantine(storage, delivery, _Findings(undecoded))
+    found = _check(usecase, delivery, df, max_bad_row_share, storage)
+    if found.failures:
+        raise _quarantine(storage, delivery, found)
+    good, published = _publish_batch(storage, delivery, found)
+    record = _passed_record(usecase, delivery, found, good, published)
+    # validation.json is written last: its presence is what marks the partition validated, and
+    # replacing it is what moves the partition from one input's rows to another's.
+    write_json(storage, partition.validation_key, record)
+    log.info("partition %s passed: %d rows validated, %d quarantined", partition.id, len(good), len(found.bad_rows))
+    return record
+
+
+def _receive(storage: Storage, partition: Partition, max_bytes: int) -> _Delivery:
+    """The partition's landing input, read whole (the gate validates in memory, so a file over
+    `max_bytes` is refused unread), with the record of what it held before."""
     try:
         data = storage.read_bytes(partition.landing_key, max_bytes=max_bytes)
     except ObjectTooLargeError as exc:
@@ -147,71 +223,23 @@ def validate_partition(
             f"partition {partition.id} refused: {exc} (LOOP_MAX_LANDING_BYTES). The gate validates a partition in memory: "
             "have upstream deliver smaller intervals, or raise the limit if the workers have the memory; then clear this task."
         ) from None
-    content_sha = sha256(data)
     current = read_json(storage, partition.validation_key) if storage.exists(partition.validation_key) else None
-    if current and current["status"] == "passed" and current["landing_sha256"] == content_sha:
-        log.info("partition %s already passed with this input (sha256 %s): nothing to do", partition.id, content_sha[:12])
-        return current
-    replaced = current["landing_sha256"] if current and current["landing_sha256"] != content_sha else None
-    if replaced:
+    delivery = _Delivery(partition, storage.uri(partition.landing_key), data, sha256(data), current)
+    if delivery.replaced:
         log.warning(
             "partition %s was re-delivered (sha256 %s, was %s): validating the new input",
             partition.id,
-            content_sha[:12],
-            replaced[:12],
+            delivery.sha[:12],
+            delivery.replaced[:12],
         )
-    qprefix = partition.quarantine_prefix(content_sha)
-    record = {
-        "partition": partition.id,
-        "usecase": partition.usecase,
-        "interval_start": partition.start.isoformat(),
-        "interval_end": partition.end.isoformat(),
-        "landing_uri": landing_uri,
-        "landing_sha256": content_sha,
-    }
+    return delivery
 
-    history_note = ""
 
-    def quarantine_batch(failures: list[Failure], gx_json: dict | None, bad_rows: dict, n_rows: int):
-        storage.write_bytes(f"{qprefix}/data.parquet", data)
-        if replaced and current["status"] == "passed":
-            # Upstream replaced a delivery that had passed: withdraw it from training (the
-            # record and its data stay, marked superseded).
-            write_json(storage, partition.validation_key, current | {"status": "superseded", "superseded_by": content_sha})
-        result_uri = write_json(
-            storage,
-            f"{qprefix}/validation.json",
-            {
-                **record,
-                "status": "quarantined",
-                "failures": [str(f) for f in failures],
-                "gx_result": gx_json,
-            },
-        )
-        report_uri = storage.write_bytes(
-            f"{qprefix}/report.md", _report(partition, landing_uri, "QUARANTINED", failures, bad_rows, n_rows, history_note).encode()
-        )
-        summary = "; ".join(str(f) for f in failures[:8]) + (f"; and {len(failures) - 8} more" if len(failures) > 8 else "")
-        send_alert(
-            get_settings(),
-            "quarantined",
-            f"partition {partition.id} quarantined: {summary}",
-            {"partition": partition.id, "landing_uri": landing_uri, "gx_result": result_uri},
-            links={"report": report_uri},
-        )
-        raise BatchQuarantined(
-            f"partition {partition.id} ({landing_uri}) quarantined: {summary}. "
-            f"Report: {report_uri}; GX result: {result_uri}. Fix the input upstream, then re-validate it with the `revalidate` DAG (or clear this task)."
-        )
-
-    df, undecoded = _decode(data, landing_uri, row_count_bounds(usecase.contract, partition)[1], max_bytes)
-    if undecoded:
-        quarantine_batch(undecoded, None, {}, 0)
-
+def _check(usecase: UseCase, delivery: _Delivery, df: pd.DataFrame, max_bad_row_share: float, storage: Storage) -> _Findings:
+    """Run the GX suite on the decoded batch, with the history checks of the partitions validated
+    before it; a batch identical to another validated partition fails too."""
+    settings, partition = get_settings(), delivery.partition
     validated = list_validated(partition.usecase, storage)
-    twins = [r["partition"] for r in validated if r["landing_sha256"] == content_sha and r["partition"] != partition.id]
-    duplicate = [Failure("unique_batch", None, BATCH, f"identical to already validated partition(s) {twins}")] if twins else []
-
     df = df.reset_index(drop=True)
     history, history_note = load_history(
         validated,
@@ -221,11 +249,10 @@ def validate_partition(
         min_partitions=settings.gate_history_min_partitions,
         storage=storage,
     )
-    record["history"] = {"partitions": list(history.partitions) if history else [], "note": history_note}
     suite = build_suite(usecase.contract, partition, history)
     log.info(
         "validating %s (%d rows) against suite %s (%d expectations; %s)",
-        landing_uri,
+        delivery.uri,
         len(df),
         suite.name,
         len(suite.expectations),
@@ -234,44 +261,107 @@ def validate_partition(
     gx_result = run_suite(df, suite)
     gx_json = result_json(gx_result)
     failures, bad_rows = assess(df, gx_result, max_bad_row_share)
-    failures = duplicate + failures
-    if failures:
-        quarantine_batch(failures, gx_json, bad_rows, len(df))
+    return _Findings(
+        failures=_duplicates(validated, delivery) + failures,
+        rows=df,
+        bad_rows=bad_rows,
+        gx_json=gx_json,
+        suite=suite.name,
+        history={"partitions": list(history.partitions) if history else [], "note": history_note},
+    )
 
+
+def _duplicates(validated: list[dict], delivery: _Delivery) -> list[Failure]:
+    """The batch failure of an input identical to another validated partition's (a delivery to the
+    wrong interval), or none."""
+    twins = [r["partition"] for r in validated if r["landing_sha256"] == delivery.sha and r["partition"] != delivery.partition.id]
+    return [Failure("unique_batch", None, BATCH, f"identical to already validated partition(s) {twins}")] if twins else []
+
+
+def _quarantine(storage: Storage, delivery: _Delivery, found: _Findings) -> BatchQuarantined:
+    """Quarantine the whole batch: a copy of the input with its GX result and report, keyed by its
+    hash; withdraw the passed input it replaces; alert. Returns the error the caller raises, which
+    names the partition, the failures and where the evidence is."""
+    partition, qprefix = delivery.partition, delivery.quarantine_prefix
+    storage.write_bytes(f"{qprefix}/data.parquet", delivery.data)
+    _withdraw_replaced(storage, delivery)
+    record = delivery.record() | ({"history": found.history} if found.history is not None else {})
+    result_uri = write_json(
+        storage,
+        f"{qprefix}/validation.json",
+        {**record, "status": "quarantined", "failures": [str(f) for f in found.failures], "gx_result": found.gx_json},
+    )
+    report = _report(partition, delivery.uri, "QUARANTINED", found.failures, found.bad_rows, found.n_rows, found.history_note)
+    report_uri = storage.write_bytes(f"{qprefix}/report.md", report.encode())
+    failures = found.failures
+    summary = "; ".join(str(f) for f in failures[:8]) + (f"; and {len(failures) - 8} more" if len(failures) > 8 else "")
+    send_alert(
+        get_settings(),
+        "quarantined",
+        f"partition {partition.id} quarantined: {summary}",
+        {"partition": partition.id, "landing_uri": delivery.uri, "gx_result": result_uri},
+        links={"report": report_uri},
+    )
+    return BatchQuarantined(
+        f"partition {partition.id} ({delivery.uri}) quarantined: {summary}. "
+        f"Report: {report_uri}; GX result: {result_uri}. Fix the input upstream, then re-validate it with the `revalidate` DAG (or clear this task)."
+    )
+
+
+def _withdraw_replaced(storage: Storage, delivery: _Delivery) -> None:
+    """Upstream replaced a delivery that had passed with one that fails: withdraw the old one from
+    training (its record and data stay, marked superseded)."""
+    if delivery.replaced and delivery.current["status"] == "passed":
+        superseded = delivery.current | {"status": "superseded", "superseded_by": delivery.sha}
+        write_json(storage, delivery.partition.validation_key, superseded)
+
+
+def _publish_batch(storage: Storage, delivery: _Delivery, found: _Findings) -> tuple[pd.DataFrame, dict]:
+    """Write a passing batch out: its flagged rows to quarantine with their reasons, the rest to the
+    validated zone beside its GX result. Returns the rows published and where everything went."""
+    bad_index = sorted(found.bad_rows)
+    if bad_index:
+        _quarantine_rows(storage, delivery, found, bad_index)
+    good = found.rows.drop(index=bad_index).reset_index(drop=True)
+    key = _write_validated(storage, delivery.partition, delivery.sha, good)
+    gx_uri = write_json(storage, f"{key.rsplit('/', 1)[0]}/gx_result.json", found.gx_json)
+    return good, {
+        "validated_key": key,
+        "validated_uri": storage.uri(key),
+        "validated_sha256": sha256(storage.read_bytes(key)),
+        "gx_result_uri": gx_uri,
+        "quarantine_uri": storage.uri(f"{delivery.quarantine_prefix}/rows.parquet") if bad_index else None,
+    }
+
+
+def _quarantine_rows(storage: Storage, delivery: _Delivery, found: _Findings, bad_index: list) -> None:
+    """The rows that failed row checks, each with its reasons, and a report; the batch passes without them."""
     import pandas as pd
 
-    bad_index = sorted(bad_rows)
-    if bad_index:
-        rows = df.loc[bad_index].copy()
-        rows["_quarantine_reason"] = pd.Series({i: "; ".join(bad_rows[i]) for i in bad_index})
-        write_parquet(storage, f"{qprefix}/rows.parquet", rows)
-        storage.write_bytes(
-            f"{qprefix}/report.md",
-            _report(partition, landing_uri, "PASSED, rows quarantined", [], bad_rows, len(df), history_note).encode(),
-        )
-    good = df.drop(index=bad_index).reset_index(drop=True)
-    validated_key = _publish(storage, partition, content_sha, good)
-    gx_uri = write_json(storage, f"{validated_key.rsplit('/', 1)[0]}/gx_result.json", gx_json)
-    record |= {
+    rows = found.rows.loc[bad_index].copy()
+    rows["_quarantine_reason"] = pd.Series({i: "; ".join(found.bad_rows[i]) for i in bad_index})
+    write_parquet(storage, f"{delivery.quarantine_prefix}/rows.parquet", rows)
+    report = _report(
+        delivery.partition, delivery.uri, "PASSED, rows quarantined", [], found.bad_rows, found.n_rows, found.history_note
+    )
+    storage.write_bytes(f"{delivery.quarantine_prefix}/report.md", report.encode())
+
+
+def _passed_record(usecase: UseCase, delivery: _Delivery, found: _Findings, good: pd.DataFrame, published: dict) -> dict:
+    """The validation record of a passing batch: where its rows went, what the gate found, and the
+    small profile of its rows that the history checks of later batches read."""
+    return delivery.record() | {
+        "history": found.history,
         "status": "passed",
-        "validated_key": validated_key,
-        "validated_uri": storage.uri(validated_key),
-        "validated_sha256": sha256(storage.read_bytes(validated_key)),
-        "gx_result_uri": gx_uri,
-        "gx_statistics": gx_json.get("statistics", {}),
-        "suite": suite.name,
-        "rows_landed": len(df),
+        **published,
+        "gx_statistics": found.gx_json.get("statistics", {}),
+        "suite": found.suite,
+        "rows_landed": found.n_rows,
         "rows_validated": len(good),
-        "rows_quarantined": len(bad_index),
-        "quarantine_uri": storage.uri(f"{qprefix}/rows.parquet") if bad_index else None,
-        "profile": profile(good, usecase.contract),  # what the history checks of later batches read
-        **({"supersedes": replaced} if replaced else {}),
+        "rows_quarantined": len(found.bad_rows),
+        "profile": profile(good, usecase.contract),
+        **({"supersedes": delivery.replaced} if delivery.replaced else {}),
     }
-    # validation.json is written last: its presence is what marks the partition validated, and
-    # replacing it is what moves the partition from one input's rows to another's.
-    write_json(storage, partition.validation_key, record)
-    log.info("partition %s passed: %d rows validated, %d quarantined", partition.id, len(good), len(bad_index))
-    return record
 
 
 VALIDATED_REF_KEYS = (
@@ -288,48 +378,3 @@ VALIDATED_REF_KEYS = (
 def validated_ref(record: dict) -> dict:
     """What the validated-data Asset event carries: a reference to the partition, not its rows."""
     return {k: record[k] for k in VALIDATED_REF_KEYS}
-
-
-def revalidate_quarantined(
-    usecase: UseCase, partition_id: str, *, refetch: bool, max_bad_row_share: float, storage: Storage | None = None
-) -> dict:
-    """Put a quarantined partition through the gate again, after a fix (the `revalidate` form).
-
-    The fix is either a corrected file the upstream system delivered to the partition's landing
-    path, or, with `refetch`, a fresh pull of the interval from the use case's source. The
-    quarantined bytes stay under `quarantine/` either way. Refused, with the reason, when the
-    partition was never quarantined or its landing input is unchanged since. Returns the new
-    validation record; raises `BatchQuarantined` if the input still fails.
-    """
-    from datetime import datetime
-
-    storage = storage or get_storage()
-    quarantined = quarantined_batches(usecase.name, storage)
-    found = [r for r in quarantined if r["partition"] == partition_id]
-    if not found:
-        known = sorted({r["partition"] for r in quarantined})
-        raise RevalidationRefused(
-            f"partition {partition_id!r} of {usecase.name} was never quarantined; quarantined: {', '.join(known) or 'none'}"
-        )
-    last = found[-1]
-    partition = Partition(
-        usecase.name, datetime.fromisoformat(last["interval_start"]), datetime.fromisoformat(last["interval_end"])
-    )
-    if refetch:
-        kept = f"{partition.quarantine_prefix(last['landing_sha256'])}/data.parquet"
-        if not storage.exists(kept):
-            raise RuntimeError(f"the quarantined input {storage.uri(kept)} is missing: refusing to overwrite the landing file")
-        uri = write_parquet(storage, partition.landing_key, usecase.load_interval(partition.start, partition.end))
-        log.info("re-fetched %s from the source into %s (the quarantined input stays at %s)", partition.id, uri, kept)
-    landing_sha = sha256(storage.read_bytes(partition.landing_key))
-    if storage.exists(partition.validation_key):
-        current = read_json(storage, partition.validation_key)
-        if current.get("status") == "passed" and current["landing_sha256"] == landing_sha:
-            log.info("partition %s already passed with this input; nothing to do", partition.id)
-            return current
-    if landing_sha in {r["landing_sha256"] for r in found}:
-        raise RevalidationRefused(
-            f"the landing input of {partition.id} ({storage.uri(partition.landing_key)}) is the one that was quarantined: "
-            "deliver the fixed file there first, or re-fetch it from the source"
-        )
-    return validate_partition(usecase, partition, max_bad_row_share=max_bad_row_share, storage=storage)

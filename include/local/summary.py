@@ -7,7 +7,7 @@ from collections import Counter
 from include.data.partitions import list_validated, quarantined_batches
 from include.local.airflow_api import PASSWORDS_FILE
 from include.settings import Settings
-from include.usecases import get_usecase
+from include.usecases import get_usecase, registered_model_name
 
 
 def summarize(settings: Settings, ports, airflow=None, traffic=None) -> str:
@@ -46,7 +46,7 @@ def summarize(settings: Settings, ports, airflow=None, traffic=None) -> str:
             f"Training runs:        {len(runs)} (" + ", ".join(f"{n} {kinds.get(t, t)}" for t, n in counts.most_common()) + ")"
         )
     client = connect(settings.mlflow_tracking_uri, attempts=2)
-    name = settings.model_name or usecase.model_name
+    name = registered_model_name(settings, usecase)
     versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
     champion = alias_version(client, name, CHAMPION)
     lines.append(f"Model versions of '{name}': {len(versions)}")

@@ -18,16 +18,18 @@ from include.data.partitions import read_validated
 from include.model.dataset import LINEAGE_ARTIFACT, labelled
 from include.model.metrics import HIGHER_IS_BETTER, compute_metrics, slice_metrics
 from include.model.registry import CHAMPION, alias_version, connect, load_judged_model, naming_the_server, tag_version, timestamp
-from include.settings import get_settings
+from include.settings import default, get_settings
 
 
 @dataclass(frozen=True)
 class GateConfig:
-    metric: str = "roc_auc"
-    margin: float = 0.002
-    slice_tolerance: float = 0.03
-    min_slice_rows: int = 300
-    floor: float = 0.60
+    """The gate's knobs; each default is its setting's (LOOP_GATE_*, declared in `include/settings.py`)."""
+
+    metric: str = default("gate_metric")
+    margin: float = default("gate_margin")
+    slice_tolerance: float = default("gate_slice_tolerance")
+    min_slice_rows: int = default("gate_min_slice_rows")
+    floor: float = default("gate_floor")
 
     def __post_init__(self):
         if self.metric not in HIGHER_IS_BETTER:

@@ -51,9 +51,10 @@ BENTO_INCLUDE = [
     "include/serving/*.py",
     "include/data/__init__.py",
     "include/data/storage.py",
+    "include/data/inference_layout.py",
 ]
 """What a bento carries: the serving package and what it imports (the use cases, the settings, the
-model digest check, the storage layer for the inference log), nothing of training, monitoring,
+model digest check, the storage layer and the inference log's layout), nothing of training, monitoring,
 rollout or Airflow; a test checks this against the service's import closure."""
 SERVING_LOCK = "include/serving/requirements.txt"
 """The bento's own lock, resolved from `include/serving/requirements.in` against the project's."""

@@ -7,6 +7,8 @@ from datetime import date
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from include.settings import default
+
 PLAIN_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 """Free text of a form (a reason, a URI): any character but the control ones other than tab and
 newline (a NUL byte that PostgreSQL's JSON refuses, a bell, an ANSI escape forging a log line)."""
@@ -19,9 +21,15 @@ class TrainParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     window_weeks: int = Field(
-        8, ge=2, le=104, title="Training window (weeks)", description="Validated partitions this far back from the newest."
+        default("train_window_weeks"),
+        ge=2,
+        le=104,
+        title="Training window (weeks)",
+        description="Validated partitions this far back from the newest.",
     )
-    eval_partitions: int = Field(1, ge=1, le=8, title="Evaluation partitions", description="Newest partitions held out for evaluation.")
+    eval_partitions: int = Field(
+        default("eval_partitions"), ge=1, le=8, title="Evaluation partitions", description="Newest partitions held out for evaluation."
+    )
     as_of: date | None = Field(
         None,
         title="As of (optional)",
@@ -60,3 +68,9 @@ class TrainParams(BaseModel):
 
     def xgb_params(self) -> dict:
         return {k: getattr(self, k) for k in XGB_FIELDS}
+
+
+def form_defaults(settings) -> dict:
+    """The knobs whose default the deployment sets (LOOP_TRAIN_WINDOW_WEEKS, LOOP_EVAL_PARTITIONS):
+    what the `train` form starts from, and what the backtest trains with."""
+    return {"window_weeks": settings.train_window_weeks, "eval_partitions": settings.eval_partitions}

@@ -136,6 +136,21 @@ def find_runs(client: MlflowClient, exp_id: str, tags: dict[str, str]) -> list[R
     return client.search_runs([exp_id], filter_string=query, order_by=["attributes.start_time DESC"])
 
 
+def finished_run(
+    client: MlflowClient, exp_id: str, identity: dict[str, str], *, has_tag: str | None = None, fail_unfinished: bool = False
+) -> Run | None:
+    """The newest finished run tagged `identity` (and carrying tag `has_tag`: the mark of a run that
+    got as far as recording its outcome), or None: what a rerun reuses instead of doing the work
+    twice. With `fail_unfinished`, the unfinished runs newer than it (an interrupted attempt: a
+    killed task, a server that stopped answering) are marked FAILED, so none looks in progress."""
+    for run in find_runs(client, exp_id, identity):
+        if run.info.status == "FINISHED" and (has_tag is None or has_tag in run.data.tags):
+            return run
+        if fail_unfinished and run.info.status != "FINISHED":
+            client.set_terminated(run.info.run_id, "FAILED")
+    return None
+
+
 def version_of_run(client: MlflowClient, model_name: str, run_id: str) -> ModelVersion | None:
     versions = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
     return min(versions, key=lambda v: int(v.version)) if versions else None

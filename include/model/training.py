@@ -10,6 +10,9 @@ The run and its version carry the digest of the model's files as the artifact st
 
 Two engines train the same model (`engines.py`): XGBoost in the task's process, or `xgboost.dask`
 on the Dask cluster; the run records which (params `train.engine`, `train.workers`).
+
+The steps from a window's rows to a judged model (`training_rows`, `fit_model`, `evaluate`) are
+the backtest's too (`include/backtest/`): what it replays is what this trains.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import hashlib
 import json
 import logging
 import subprocess
+from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from typing import TYPE_CHECKING
 
@@ -34,16 +38,19 @@ from include.model.registry import (
     MODEL_FILES,
     connect,
     experiment_id,
-    find_runs,
+    finished_run,
     naming_the_server,
     version_of_run,
 )
 from include.settings import PROJECT_ROOT, Settings
-from include.usecases import UseCase
+from include.usecases import UseCase, registered_model_name
 
 if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
     from mlflow import MlflowClient
     from mlflow.entities import Run
+    from xgboost import XGBClassifier
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +114,7 @@ def train_candidate(
     registered, an interrupted one is marked FAILED and trained afresh.
     """
     storage = storage or get_storage()
-    model_name = settings.model_name or usecase.model_name
+    model_name = registered_model_name(settings, usecase)
     # Selecting first is cheap and makes "not enough data yet" a quick skip.
     train_recs, eval_recs = select_partitions(
         list_validated(usecase.name, storage),
@@ -120,12 +127,11 @@ def train_candidate(
     identity = {"airflow.dag_id": dag_id, "airflow.dag_run_id": dag_run_id}
     with naming_the_server(settings.mlflow_tracking_uri):
         exp_id = experiment_id(client, model_name)
-        for run in find_runs(client, exp_id, identity):
-            if run.info.status == "FINISHED":
-                log.info("DAG run %s already trained MLflow run %s: reusing it", dag_run_id, run.info.run_id)
-                return _register(client, model_name, run) | {"reused": True}
-            # An interrupted attempt (a killed task, a server that stopped answering): train afresh.
-            client.set_terminated(run.info.run_id, "FAILED")
+        # An interrupted attempt (a killed task, a server that stopped answering) is marked FAILED: train afresh.
+        run = finished_run(client, exp_id, identity, fail_unfinished=True)
+        if run is not None:
+            log.info("DAG run %s already trained MLflow run %s: reusing it", dag_run_id, run.info.run_id)
+            return _register(client, model_name, run) | {"reused": True}
 
         log.info(
             "training on %d partitions (%s … %s), evaluating on %s",
@@ -152,14 +158,50 @@ def train_candidate(
         return _register(client, model_name, client.get_run(run_id)) | {"reused": False}
 
 
+@dataclass(frozen=True)
+class TrainingRows:
+    """The labelled rows of a training window: the model fits `X`, `y` and is judged on the held-out
+    `X_eval`, `y_eval` (`eval_slices`: their slice columns)."""
+
+    X: pd.DataFrame
+    y: pd.Series
+    X_eval: pd.DataFrame
+    y_eval: pd.Series
+    eval_slices: pd.DataFrame
+
+
+def training_rows(usecase: UseCase, train_df: pd.DataFrame, eval_df: pd.DataFrame) -> TrainingRows:
+    """The labelled rows of a window's training and evaluation frames (rows without a label, such
+    as cancelled flights, are left out of both)."""
+    X, y, _ = labelled(usecase, train_df)
+    X_eval, y_eval, eval_slices = labelled(usecase, eval_df)
+    return TrainingRows(X, y, X_eval, y_eval, eval_slices)
+
+
+def fit_model(
+    usecase: UseCase, rows: TrainingRows, params: TrainParams, engine: str = "single", dask_address: str = ""
+) -> tuple[XGBClassifier, int]:
+    """The model fitted on the training rows by `engine` (`choose_engine`'s), and the number of
+    workers that fitted it."""
+    if engine == "dask":
+        return fit_on_dask(rows.X, rows.y, params, usecase.categorical, dask_address)
+    return fit(rows.X, rows.y, params, usecase.categorical), 1
+
+
+def evaluate(model, rows: TrainingRows, threshold: float) -> tuple[dict[str, float], np.ndarray]:
+    """The model's metrics on the held-out rows at the operating threshold, and its scores of them:
+    the evaluation the run records and the monitor takes as the model's own numbers."""
+    score = model.predict_proba(rows.X_eval)[:, 1]
+    return compute_metrics(rows.y_eval, score, threshold), score
+
+
 def _log_training_run(usecase, params, settings, storage, exp_id, tags, train_recs, eval_recs) -> str:
     """Fit the model and log it, its evaluation and its lineage as one MLflow run; its id."""
     import mlflow
 
     train_df, eval_df = read_validated(train_recs, storage), read_validated(eval_recs, storage)
-    X_train, y_train, _ = labelled(usecase, train_df)
-    X_eval, y_eval, eval_slices = labelled(usecase, eval_df)
-    engine = choose_engine(params.distributed, len(X_train), settings)
+    rows = training_rows(usecase, train_df, eval_df)
+    engine = choose_engine(params.distributed, len(rows.X), settings)
     run_name = f"{tags['airflow.dag_id']}/{tags['airflow.dag_run_id']}"
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=tags) as run:
         mlflow.log_params(
@@ -168,9 +210,9 @@ def _log_training_run(usecase, params, settings, storage, exp_id, tags, train_re
                 "tree_method": "hist",
                 "train.engine": engine,
                 "n_train_partitions": len(train_recs),
-                "n_train_rows": len(X_train),
-                "n_eval_rows": len(X_eval),
-                "n_unlabelled_dropped": len(train_df) + len(eval_df) - len(X_train) - len(X_eval),
+                "n_train_rows": len(rows.X),
+                "n_eval_rows": len(rows.X_eval),
+                "n_unlabelled_dropped": len(train_df) + len(eval_df) - len(rows.X) - len(rows.X_eval),
             }
         )
         mlflow.log_dict({"train": lineage(train_recs), "eval": lineage(eval_recs)}, LINEAGE_ARTIFACT)
@@ -181,20 +223,16 @@ def _log_training_run(usecase, params, settings, storage, exp_id, tags, train_re
             dataset = mlflow.data.from_pandas(frame.drop(columns="_partition"), source=zone, name=f"{usecase.name}-{split}")
             mlflow.log_input(dataset, context="training" if split == "train" else "evaluation")
 
-        log.info("fitting %d rows with the %s engine", len(X_train), engine)
-        if engine == "dask":
-            model, workers = fit_on_dask(X_train, y_train, params, usecase.categorical, settings.dask_address)
-        else:
-            model, workers = fit(X_train, y_train, params, usecase.categorical), 1
+        log.info("fitting %d rows with the %s engine", len(rows.X), engine)
+        model, workers = fit_model(usecase, rows, params, engine, settings.dask_address)
         mlflow.log_param("train.workers", workers)
-        score = model.predict_proba(X_eval)[:, 1]
-        metrics = compute_metrics(y_eval, score, settings.operating_threshold)
+        metrics, score = evaluate(model, rows, settings.operating_threshold)
         mlflow.log_metrics({f"eval_{k}": v for k, v in metrics.items()})
-        train_score = model.predict_proba(X_train)[:, 1]
+        train_score = model.predict_proba(rows.X)[:, 1]
         mlflow.log_metrics(
-            {f"train_{k}": v for k, v in compute_metrics(y_train, train_score, settings.operating_threshold).items()}
+            {f"train_{k}": v for k, v in compute_metrics(rows.y, train_score, settings.operating_threshold).items()}
         )
-        slices = slice_metrics(eval_slices, y_eval.to_numpy(), score, settings.operating_threshold)
+        slices = slice_metrics(rows.eval_slices, rows.y_eval.to_numpy(), score, settings.operating_threshold)
         mlflow.log_dict(slices, "evaluation/slices.json")
         mlflow.log_metrics(
             {
@@ -213,7 +251,7 @@ def _log_training_run(usecase, params, settings, storage, exp_id, tags, train_re
 
         from mlflow.models import infer_signature
 
-        example = X_eval.head(5)
+        example = rows.X_eval.head(5)
         info = mlflow.xgboost.log_model(
             model,
             name=MODEL_ARTIFACT,

@@ -11,17 +11,19 @@ One MLflow run per `train` run records its admission (experiment `<model>-admiss
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 
 from include.alerting.alerts import mlflow_artifact_link, mlflow_run_link, send_alert
+from include.data.inference_log import compact_window, newest_event
 from include.data.partitions import list_validated
-from include.model.registry import CHAMPION, alias_version, connect, experiment_id, find_runs
+from include.model.registry import CHAMPION, alias_version, connect, experiment_id, finished_run
 from include.monitoring.plots import drift_figure
-from include.monitoring.policy import History, PolicyConfig, admit, decide, signals
+from include.monitoring.policy import Decision, History, PolicyConfig, admit, decide, signals
 from include.monitoring.profile import PROFILE_ARTIFACT
 from include.monitoring.windows import served_window, window_report
 from include.rollout.records import read_live
-from include.serving.inference_log import compact_window, newest_event
+from include.usecases import registered_model_name
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,50 @@ def retrain_run_id(window_start: str, window_end: str, version: str | None) -> s
     return f"monitor__{f'v{version}' if version else 'bootstrap'}__{window_start}__{window_end}"
 
 
+@dataclass(frozen=True)
+class MonitorWindow:
+    """The window [start, end) of data time a monitor run checks, of which kind, for which DAG run.
+
+    `kind`: `labelled` (labels joined where they have landed; one decision per window and model
+    version) or `served` (the periodic check of served traffic: no labels; one decision per DAG
+    run, since the newest day of its window is still filling)."""
+
+    start: datetime
+    end: datetime
+    dag_id: str
+    dag_run_id: str
+    kind: str = "labelled"
+
+    def identity(self, version: str) -> dict[str, str]:
+        """The tags that find this check's decision for model `version`, so a rerun reuses it."""
+        tags = {
+            "monitor.window_start": self.start.isoformat(),
+            "monitor.window_end": self.end.isoformat(),
+            "monitor.model_version": version,
+            "monitor.kind": self.kind,
+        }
+        return tags | ({"airflow.dag_run_id": self.dag_run_id} if self.kind == "served" else {})
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The live version and what its training run recorded to judge it by: the reference profile
+    and the evaluation metrics."""
+
+    version: str
+    profile: dict
+    metrics: dict
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What a check found: the reference it held the window to, the window's report, the decision."""
+
+    reference: Reference
+    report: dict
+    decision: Decision
+
+
 def check_served_traffic(settings, usecase, *, dag_id: str, dag_run_id: str, training_active: bool = False, storage=None) -> dict:
     """The periodic check: `run_monitor` on the served window (`windows.served_window`: the
     LOOP_MONITOR_WINDOW_DAYS days up to the newest logged event), without labels. Nothing logged
@@ -56,118 +102,146 @@ def check_served_traffic(settings, usecase, *, dag_id: str, dag_run_id: str, tra
         }
     start, end = served_window(usecase.calendar.timezone, newest, settings.monitor_window_days)
     log.info("served traffic: newest logged event %s, checking %s … %s without labels", newest.isoformat(), start, end)
-    return run_monitor(
-        settings,
-        usecase,
-        start,
-        end,
-        dag_id=dag_id,
-        dag_run_id=dag_run_id,
-        training_active=training_active,
-        storage=storage,
-        kind="served",
-    )
+    window = MonitorWindow(start, end, dag_id, dag_run_id, kind="served")
+    return run_monitor(settings, usecase, window, training_active=training_active, storage=storage)
 
 
-def run_monitor(
-    settings,
-    usecase,
-    start,
-    end,
-    *,
-    dag_id: str,
-    dag_run_id: str,
-    training_active: bool = False,
-    storage=None,
-    kind: str = "labelled",
-) -> dict:
-    """Check the window [start, end) of the live model: drift and decay report, the policy's
-    decision, all logged to MLflow (experiment `<model>-monitoring`, one run per window and
-    version; metrics stamped with the window end, so they chart over time). Idempotent: a rerun
-    for the same window and version returns the recorded decision.
+def run_monitor(settings, usecase, window: MonitorWindow, *, training_active: bool = False, storage=None) -> dict:
+    """Check `window` of the live model: drift and decay report, the policy's decision, all logged
+    to MLflow (experiment `<model>-monitoring`, one run per window and version; metrics stamped with
+    the window end, so they chart over time); drift and decay alert. Idempotent: a rerun for the
+    same window and version returns the recorded decision.
 
     Times are data time (the window's end is "now"): in production that is the wall clock; in the
-    2013 replay it keeps the cooldown meaningful.
-
-    `kind`: `labelled` (labels joined where they have landed; one decision per window and version)
-    or `served` (the periodic check of served traffic: no labels; one decision per DAG run, since
-    the newest day of its window is still filling)."""
-    import mlflow
-    from mlflow.entities import Metric
-
+    2013 replay it keeps the cooldown meaningful."""
     client = connect(settings.mlflow_tracking_uri)
-    model_name = settings.model_name or usecase.model_name
-    live = _live_version(settings, client, model_name) or alias_version(client, model_name, CHAMPION)
+    model_name = registered_model_name(settings, usecase)
+    live = _live_model(settings, client, model_name)
     if live is None:
-        return _without_model(settings, usecase, model_name, start, end, training_active, storage)
-    version = str(live.version)
+        return _without_model(settings, usecase, model_name, window, training_active, storage)
     exp = experiment_id(client, monitoring_experiment(model_name))
-    window = {"monitor.window_start": start.isoformat(), "monitor.window_end": end.isoformat(), "monitor.model_version": version}
-    identity = window | {"monitor.kind": kind} | ({"airflow.dag_run_id": dag_run_id} if kind == "served" else {})
-    for run in find_runs(client, exp, identity):
-        if run.info.status == "FINISHED" and "decision.action" in run.data.tags:
-            return _result(run.info.run_id, run.data.tags, reused=True)
+    recorded = finished_run(client, exp, window.identity(str(live.version)), has_tag="decision.action")
+    if recorded is not None:
+        return _result(recorded.info.run_id, recorded.data.tags, reused=True)
+    history = _history(client, exp, model_name, window.end, training_active)
+    found = check_window(settings, usecase, window, _reference(client, live), history, storage)
+    run_id, tags = _record(client, exp, usecase, window, found)
+    _alert(settings, model_name, window, found, run_id, exp)
+    return _result(run_id, tags, reused=False)
 
-    profile = mlflow.artifacts.load_dict(f"runs:/{live.run_id}/{PROFILE_ARTIFACT}")
+
+def check_window(settings, usecase, window: MonitorWindow, reference: Reference, history: History, storage=None) -> Findings:
+    """Compact the window's inference log, report its drift and decay against `reference`, and
+    decide with the retrain policy. Records nothing: `_record` does."""
     # The window's inference log, one part per day from here on (idempotent, safe beside writers).
-    compacted = [d for d in compact_window(usecase, start, end, storage) if d["changed"]]
+    compacted = [d for d in compact_window(usecase, window.start, window.end, storage) if d["changed"]]
     log.info(
         "inference log: %d day(s) of the window compacted (%d parts merged)", len(compacted), sum(d["parts"] for d in compacted)
     )
-    report = window_report(usecase, profile, start, end, storage, labels=kind == "labelled")
+    labels = window.kind == "labelled"
+    report = window_report(usecase, reference.profile, window.start, window.end, storage, labels=labels)
+    decision = decide(report, reference.metrics, history, PolicyConfig.from_settings(settings, usecase.drift_exempt))
+    return Findings(reference, report, decision)
+
+
+def _reference(client, live) -> Reference:
+    """What the live version's training run recorded to judge it by (its profile, its evaluation)."""
+    import mlflow
+
+    profile = mlflow.artifacts.load_dict(f"runs:/{live.run_id}/{PROFILE_ARTIFACT}")
     model_metrics = client.get_run(live.run_id).data.metrics
-    reference = {m: model_metrics.get(f"eval_{m}") for m in ("roc_auc", "pr_auc")}
-    history = History(
-        now=end,
+    return Reference(str(live.version), profile, {m: model_metrics.get(f"eval_{m}") for m in ("roc_auc", "pr_auc")})
+
+
+def _history(client, exp, model_name, now, training_active) -> History:
+    """What the policy's guards read: the newest training, and earlier requests before `now`."""
+    return History(
+        now=now,
         last_training_at=_last_training_end(client, model_name),
         training_active=training_active,
-        requests=_earlier_requests(client, exp, before=end),
+        requests=_earlier_requests(client, exp, before=now),
     )
-    decision = decide(report, reference, history, PolicyConfig.from_settings(settings, usecase.drift_exempt))
 
-    stamp = int(end.timestamp() * 1000)
-    metrics = {f"psi.{k}": v["psi"] for k, v in report["features"].items()}
-    metrics |= {f"prediction.{k}": v for k, v in report.get("prediction", {}).items()}
-    metrics |= {f"live.{k}": v for k, v in report.get("performance", {}).items()}
-    metrics |= {f"estimated.{k}": v for k, v in report.get("estimated", {}).items()}
-    if "drifted_share" in decision.evidence:
-        metrics["drift.share"] = decision.evidence["drifted_share"]
-    metrics |= {"rows": report["n"], "labelled": report["labels"]["labelled"]}
-    if report["labels"]["base_rate"] is not None:
-        metrics["base_rate"] = report["labels"]["base_rate"]
-    tags = {
-        **window,
-        "monitor.kind": kind,
-        "airflow.dag_id": dag_id,
-        "airflow.dag_run_id": dag_run_id,
+
+def _record(client, exp, usecase, window: MonitorWindow, found: Findings) -> tuple[str, dict]:
+    """Log the check as one MLflow run: metrics stamped at the window end, the report, the decision
+    and the drift plot. Its id and tags."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    tags = _tags(window, found)
+    stamp = int(window.end.timestamp() * 1000)
+    run_name = f"v{found.reference.version} {window.start.date()}…{window.end.date()} {window.kind}"
+    with mlflow.start_run(experiment_id=exp, run_name=run_name, tags=tags) as run:
+        metrics = [Metric(k, float(v), stamp, 0) for k, v in _metrics(found).items() if v == v]
+        client.log_batch(run.info.run_id, metrics=metrics)
+        mlflow.log_dict(found.report, "monitor/report.json")
+        mlflow.log_dict(found.decision.as_dict(), "monitor/decision.json")
+        _log_drift_plot(client, exp, usecase, window, found)
+    return run.info.run_id, tags
+
+
+def _tags(window: MonitorWindow, found: Findings) -> dict[str, str]:
+    """The check's identity, the DAG run that made it and its decision (what a rerun reuses)."""
+    decision = found.decision
+    return window.identity(found.reference.version) | {
+        "airflow.dag_id": window.dag_id,
+        "airflow.dag_run_id": window.dag_run_id,
         "decision.action": decision.action,
         "decision.cause": decision.cause,
         "decision.reason": decision.reason[:4000],
     }
-    with mlflow.start_run(experiment_id=exp, run_name=f"v{version} {start.date()}…{end.date()} {kind}", tags=tags) as run:
-        client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in metrics.items() if v == v])
-        mlflow.log_dict(report, "monitor/report.json")
-        mlflow.log_dict(decision.as_dict(), "monitor/decision.json")
-        auc_history = _auc_history(client, exp, before=end)
-        if "roc_auc" in report.get("performance", {}):
-            auc_history.append((end, report["performance"]["roc_auc"], version))
-        fig = drift_figure(profile, report, usecase, auc_history=auc_history, reference_auc=reference["roc_auc"])
-        mlflow.log_figure(fig, "monitor/drift.png")
-        import matplotlib.pyplot as plt
 
-        plt.close(fig)
-    if signals(decision.cause):  # a retrain for the model's age alone is maintenance, not news
-        send_alert(
-            settings,
-            "decay" if "decay" in decision.cause else "drift",
-            f"{model_name} v{version}, {start.date()}…{end.date()}: {decision.reason} → {decision.action}",
-            {"model_version": version, "action": decision.action, "cause": decision.cause},
-            links={
-                "mlflow": mlflow_run_link(settings, run.info.run_id, exp),
-                "report": mlflow_artifact_link(settings, run.info.run_id, "monitor/drift.png"),
-            },
-        )
-    return _result(run.info.run_id, tags, reused=False)
+
+def _metrics(found: Findings) -> dict[str, float]:
+    """The report's numbers as MLflow metrics (NaN ones are left out when logged)."""
+    report, evidence = found.report, found.decision.evidence
+    metrics = {f"psi.{k}": v["psi"] for k, v in report["features"].items()}
+    metrics |= {f"prediction.{k}": v for k, v in report.get("prediction", {}).items()}
+    metrics |= {f"live.{k}": v for k, v in report.get("performance", {}).items()}
+    metrics |= {f"estimated.{k}": v for k, v in report.get("estimated", {}).items()}
+    if "drifted_share" in evidence:
+        metrics["drift.share"] = evidence["drifted_share"]
+    metrics |= {"rows": report["n"], "labelled": report["labels"]["labelled"]}
+    if report["labels"]["base_rate"] is not None:
+        metrics["base_rate"] = report["labels"]["base_rate"]
+    return metrics
+
+
+def _log_drift_plot(client, exp, usecase, window: MonitorWindow, found: Findings) -> None:
+    """The drift plot of the active run, with the live ROC AUC of the earlier labelled windows and this one's."""
+    import mlflow
+
+    auc_history = _auc_history(client, exp, before=window.end)
+    performance = found.report.get("performance", {})
+    if "roc_auc" in performance:
+        auc_history.append((window.end, performance["roc_auc"], found.reference.version))
+    reference = found.reference
+    fig = drift_figure(
+        reference.profile, found.report, usecase, auc_history=auc_history, reference_auc=reference.metrics["roc_auc"]
+    )
+    mlflow.log_figure(fig, "monitor/drift.png")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def _alert(settings, model_name, window: MonitorWindow, found: Findings, run_id: str, exp: str) -> None:
+    """Drift and decay alert, linking the check's MLflow run and its plot; a retrain for the
+    model's age alone is maintenance, not news."""
+    decision, version = found.decision, found.reference.version
+    if not signals(decision.cause):
+        return
+    send_alert(
+        settings,
+        "decay" if "decay" in decision.cause else "drift",
+        f"{model_name} v{version}, {window.start.date()}…{window.end.date()}: {decision.reason} → {decision.action}",
+        {"model_version": version, "action": decision.action, "cause": decision.cause},
+        links={
+            "mlflow": mlflow_run_link(settings, run_id, exp),
+            "report": mlflow_artifact_link(settings, run_id, "monitor/drift.png"),
+        },
+    )
 
 
 def admit_training(
@@ -192,12 +266,12 @@ def admit_training(
     import mlflow
 
     client = connect(settings.mlflow_tracking_uri)
-    model_name = settings.model_name or usecase.model_name
+    model_name = registered_model_name(settings, usecase)
     exp = experiment_id(client, admission_experiment(model_name))
     identity = {"airflow.dag_id": dag_id, "airflow.dag_run_id": dag_run_id}
-    for run in find_runs(client, exp, identity):
-        if run.info.status == "FINISHED" and "decision.action" in run.data.tags:
-            return _admission(run.info.run_id, run.data.tags, reused=True)
+    recorded = finished_run(client, exp, identity, has_tag="decision.action")
+    if recorded is not None:
+        return _admission(recorded.info.run_id, recorded.data.tags, reused=True)
 
     last = _last_training_end(client, model_name)
     # With no validated data, no new data since the last training (and with neither, no guard applies).
@@ -237,10 +311,10 @@ def _result(run_id: str, tags: dict, reused: bool) -> dict:
     }
 
 
-def _without_model(settings, usecase, model_name, start, end, training_active, storage) -> dict:
+def _without_model(settings, usecase, model_name, window: MonitorWindow, training_active, storage) -> dict:
     """No version serves or is champion. With `LOOP_RETRAIN_ON=drift`, new data never trains by
     itself, so the monitor asks for the first model once enough partitions are validated."""
-    run_id = retrain_run_id(start.isoformat(), end.isoformat(), None)
+    run_id = retrain_run_id(window.start.isoformat(), window.end.isoformat(), None)
     none = {"action": "none", "cause": "", "retrain_conf": {}, "retrain_run_id": run_id, "report_uri": None}
     if settings.retrain_on != "drift":
         return none | {"reason": f"no deployed or champion version of {model_name} to monitor"}
@@ -253,10 +327,13 @@ def _without_model(settings, usecase, model_name, start, end, training_active, s
     return none | {"action": "retrain", "cause": "bootstrap", "reason": why, "retrain_conf": {"reason": f"monitor: {why}"}}
 
 
-def _live_version(settings, client, model_name):
-    """The version serving all traffic, as the rollout recorded it in the registry."""
+def _live_model(settings, client, model_name):
+    """The version serving all traffic, as the rollout recorded it in the registry; before the
+    first rollout, the champion; else None."""
     live = read_live(settings, model_name)
-    return client.get_model_version(model_name, live["model_version"]) if live else None
+    if live:
+        return client.get_model_version(model_name, live["model_version"])
+    return alias_version(client, model_name, CHAMPION)
 
 
 def _last_training_end(client, model_name):

@@ -26,42 +26,74 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from include.monitoring.noise import auc_standard_error
+from include.settings import default
+
+SETTINGS = {
+    "rule": "drift_rule",
+    "drift_share": "drift_attribution_share",
+    "estimate_margin": "estimate_margin",
+    "decay_z": "decay_z",
+    "feature_psi": "drift_feature_psi",
+    "min_drifted_features": "drift_min_features",
+    "prediction_psi": "drift_prediction_psi",
+    "decay_margin": "decay_margin",
+    "min_labelled": "decay_min_labelled",
+    "max_model_age": "max_model_age_days",
+    "cooldown": "retrain_cooldown_hours",
+    "max_per_day": "retrain_max_per_day",
+}
+"""The setting each knob of `PolicyConfig` is read from; the setting declares its default."""
+_UNITS = {
+    "max_model_age": lambda days: timedelta(days=days) if days else None,
+    "cooldown": lambda hours: timedelta(hours=hours),
+}
+
+
+def _knobs(value_of) -> dict:
+    """The policy's knobs from `value_of(setting name)`, in the policy's units."""
+    return {knob: _UNITS.get(knob, lambda v: v)(value_of(name)) for knob, name in SETTINGS.items()}
+
+
+_DEFAULTS = _knobs(default)
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    rule: Literal["attribution", "count"] = "attribution"
+    """The retrain policy's knobs. Each default is its setting's (`SETTINGS`): declared once, in
+    `include/settings.py`, so `PolicyConfig()` and `from_settings` of an unset environment agree."""
+
+    rule: Literal["attribution", "count"] = _DEFAULTS["rule"]
     """`attribution` (the default): drift weighed by what it does to this model — features beyond
     their own noise threshold, by their share of the model's attributions — the performance
     estimated from the scores (CBPE), and realised decay judged with the window's confidence
     interval. `count`: the rule before (a fixed PSI on enough features, decay on enough labels)."""
-    drift_share: float = 0.2
+    drift_share: float = _DEFAULTS["drift_share"]
     """attribution: drift when the features beyond their noise threshold carry at least this share
-    of the model's attributions (mean |SHAP| on held-out rows). 0.2 from the backtest of 2013
-    (README, "The retrain policy on a year of history")."""
-    estimate_margin: float = 0.03
+    of the model's attributions (mean |SHAP| on held-out rows); the default is chosen from the
+    backtest's sweep (README, "The retrain policy on a year of history")."""
+    estimate_margin: float = _DEFAULTS["estimate_margin"]
     """attribution: the ROC AUC estimated without labels is below the model's evaluation number by
     more than this."""
-    decay_z: float = 1.645
+    decay_z: float = _DEFAULTS["decay_z"]
     """attribution: decay when the live ROC AUC's upper confidence bound (this many standard errors,
     Hanley–McNeil) is still below the evaluation number minus `decay_margin`."""
-    feature_psi: float = 0.25
+    feature_psi: float = _DEFAULTS["feature_psi"]
     """count: a feature drifts when its PSI is above this (0.1 slight, 0.25 significant, by convention)."""
-    min_drifted_features: int = 3
+    min_drifted_features: int = _DEFAULTS["min_drifted_features"]
     """count: drift needs at least this many drifted features (one noisy feature is not enough)."""
-    prediction_psi: float = 0.2
+    prediction_psi: float = _DEFAULTS["prediction_psi"]
     """count: prediction drift, the PSI of the score distribution against the reference."""
-    decay_margin: float = 0.03
+    decay_margin: float = _DEFAULTS["decay_margin"]
     """Decay: the live metric is below the model's own evaluation number by more than this."""
-    min_labelled: int = 200
+    min_labelled: int = _DEFAULTS["min_labelled"]
     """Decay is judged only on windows with at least this many labelled predictions."""
-    max_model_age: timedelta | None = timedelta(weeks=6)
+    max_model_age: timedelta | None = _DEFAULTS["max_model_age"]
     """Retrain (cause `age`) once the newest model's data ends this long before the newest data
-    seen, whatever the signals say: on 2013 a model's served ROC AUC falls with its age (0.680 at
-    one week, 0.666 at four, 0.655 from five on) faster than any one week's drift shows. None: off."""
-    cooldown: timedelta = timedelta(hours=24)
+    seen, whatever the signals say: a model's served quality falls with its age faster than any one
+    week's drift shows (README, "The retrain policy on a year of history"). None: off."""
+    cooldown: timedelta = _DEFAULTS["cooldown"]
     """No retrain request this soon after the last training finished."""
-    max_per_day: int = 2
+    max_per_day: int = _DEFAULTS["max_per_day"]
     """Retrain requests per 24 hours, at most."""
     exempt: tuple[str, ...] = ()
     """Features whose shift is expected (the use case's `drift_exempt`): never counted as drift."""
@@ -75,21 +107,8 @@ class PolicyConfig:
 
     @classmethod
     def from_settings(cls, settings, exempt: tuple[str, ...] = ()) -> PolicyConfig:
-        return cls(
-            exempt=exempt,
-            rule=settings.drift_rule,
-            drift_share=settings.drift_attribution_share,
-            estimate_margin=settings.estimate_margin,
-            decay_z=settings.decay_z,
-            feature_psi=settings.drift_feature_psi,
-            min_drifted_features=settings.drift_min_features,
-            prediction_psi=settings.drift_prediction_psi,
-            decay_margin=settings.decay_margin,
-            min_labelled=settings.decay_min_labelled,
-            cooldown=timedelta(hours=settings.retrain_cooldown_hours),
-            max_per_day=settings.retrain_max_per_day,
-            max_model_age=timedelta(days=settings.max_model_age_days) if settings.max_model_age_days else None,
-        )
+        """The policy the settings configure (the monitor's, and the backtest's `default`)."""
+        return cls(exempt=exempt, **_knobs(lambda name: getattr(settings, name)))
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,11 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from include.data.inference_layout import FEATURE_PREFIX
+from include.data.inference_log import join_labels, read_inference_log
 from include.data.partitions import list_validated, read_validated
 from include.model.metrics import compute_metrics
 from include.monitoring.drift import DriftAccumulator
-from include.serving.inference_log import FEATURE_PREFIX, join_labels, read_inference_log
 
 
 def window_report(usecase, profile: dict, start, end, storage=None, labels: bool = True) -> dict:

@@ -38,6 +38,7 @@ from include.rollout.infra import infra_validate
 from include.rollout.records import now, record_live, reject, tag
 from include.rollout.slots import SLOTS, DeployError, InfraValidationFailed, Serving, other
 from include.settings import Settings
+from include.usecases import registered_model_name
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ RESTORE_BAKE_SECONDS = 10
 
 def resolve(settings: Settings, usecase, version: str | None = None) -> dict:
     """The model version to roll out: `version` if given, else the current `champion`."""
-    model_name = settings.model_name or usecase.model_name
+    model_name = registered_model_name(settings, usecase)
     client = connect(settings.mlflow_tracking_uri)
     if version:
         mv = client.get_model_version(model_name, str(version))

@@ -25,7 +25,7 @@ from include.rollout.processes import Stack, port_in_use, wait_http
 from include.rollout.proxy import SLOTS, Proxy
 from include.rollout.records import read_live
 from include.settings import Settings
-from include.usecases import load_usecase
+from include.usecases import registered_model_name
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Serving:
     def __post_init__(self):
         self.proxy = Proxy(self.settings)
         self.stack = Stack(self.settings.state_dir)
-        self.model_name = self.settings.model_name or load_usecase(self.settings.usecase).model_name
+        self.model_name = registered_model_name(self.settings)
 
     # State -------------------------------------------------------------------------------------
 

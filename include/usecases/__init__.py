@@ -23,6 +23,8 @@ from zoneinfo import ZoneInfo
 if TYPE_CHECKING:
     import pandas as pd
 
+    from include.settings import Settings
+
 Kind = Literal["int", "float", "str", "datetime"]
 
 
@@ -284,17 +286,42 @@ def load_usecase(name: str) -> UseCase:
     return usecase
 
 
+def registered_model_name(settings: Settings, usecase: UseCase | None = None) -> str:
+    """The registered model the loop trains, serves and monitors: LOOP_MODEL_NAME where set, else
+    the use case's own (`usecase`, or the one LOOP_USECASE names, loaded only when needed)."""
+    return settings.model_name or (usecase or load_usecase(settings.usecase)).model_name
+
+
 def get_calendar(name: str | None = None) -> Calendar:
     """The calendar the loop runs on: the use case's, with LOOP_START_DATE, LOOP_END_DATE and
     LOOP_TIMEZONE applied where set. Cheap (DAG files call it while parsing)."""
     from include.settings import get_settings
 
     settings = get_settings()
-    calendar = load_usecase(name or settings.usecase).calendar
-    overrides = {"start": settings.start_date, "end": settings.end_date, "timezone": settings.timezone}
+    return override_calendar(
+        load_usecase(name or settings.usecase).calendar,
+        start=settings.start_date,
+        end=settings.end_date,
+        timezone=settings.timezone,
+        names=("LOOP_START_DATE", "LOOP_END_DATE"),
+    )
+
+
+def override_calendar(
+    calendar: Calendar,
+    *,
+    start: date | None = None,
+    end: date | None = None,
+    timezone: str | None = None,
+    names: tuple[str, str] = ("the start", "the end"),
+) -> Calendar:
+    """`calendar` with the start, end and timezone that are given (None: its own). A calendar that
+    would end before it starts raises ValueError, naming its dates as the caller's user sets them
+    (`names`: the start's and the end's, e.g. their variables or options)."""
+    overrides = {"start": start, "end": end, "timezone": timezone}
     calendar = replace(calendar, **{k: v for k, v in overrides.items() if v is not None})
     if calendar.end < calendar.start:
-        raise ValueError(f"LOOP_END_DATE {calendar.end} is before LOOP_START_DATE {calendar.start} (set, or the use case's)")
+        raise ValueError(f"{names[1]} {calendar.end} is before {names[0]} {calendar.start} (set, or the use case's)")
     return calendar
 
 

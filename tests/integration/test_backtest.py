@@ -11,11 +11,13 @@ import json
 import numpy as np
 import pytest
 
+from include.backtest.run import run_backtest
+from include.backtest.summary import SWEEP_AGES, SWEEP_SHARES
+from include.backtest.timeline import fixed_schedule
 from include.model.dataset import labelled
 from include.model.engines import fit
 from include.model.metrics import compute_metrics
 from include.model.params import TrainParams
-from include.monitoring.backtest import SWEEP_AGES, SWEEP_SHARES, fixed_schedule, run_backtest
 from include.usecases import get_usecase
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -241,7 +241,7 @@ def test_a_passed_partition_replaced_by_a_broken_delivery_is_withdrawn(storage_r
 
 
 def test_a_quarantined_partition_is_revalidated_only_after_a_fix_and_keeps_the_evidence(storage_root, flights):
-    from include.data.gate import revalidate_quarantined
+    from include.data.revalidate import revalidate_quarantined
 
     p, storage = week(1), get_storage()
     plant_fault(flights, p, "truncated")

@@ -86,7 +86,7 @@ def test_the_monitor_logs_each_window_to_mlflow_and_requests_one_retrain(flights
     from xgboost import XGBClassifier
 
     from include.model.registry import CHAMPION, connect
-    from include.monitoring.monitor import monitoring_experiment, run_monitor
+    from include.monitoring.monitor import MonitorWindow, monitoring_experiment, run_monitor
     from include.monitoring.profile import PROFILE_ARTIFACT
 
     settings = mlflow_env
@@ -124,14 +124,15 @@ def test_the_monitor_logs_each_window_to_mlflow_and_requests_one_retrain(flights
     sink.close()
 
     jul, mid = WEEKS["jul"], WEEKS["jul"] + timedelta(days=3)
-    calm = run_monitor(settings, flights, WEEKS["feb"], WEEKS["feb2"] + timedelta(weeks=1), dag_id="monitor", dag_run_id="t1")
-    first = run_monitor(settings, flights, jul, mid, dag_id="monitor", dag_run_id="t2")
-    again = run_monitor(settings, flights, jul, mid, dag_id="monitor", dag_run_id="t2")
-    second = run_monitor(settings, flights, mid, jul + timedelta(weeks=1), dag_id="monitor", dag_run_id="t3")
+    calm = run_monitor(settings, flights, MonitorWindow(WEEKS["feb"], WEEKS["feb2"] + timedelta(weeks=1), "monitor", "t1"))
+    first = run_monitor(settings, flights, MonitorWindow(jul, mid, "monitor", "t2"))
+    again = run_monitor(settings, flights, MonitorWindow(jul, mid, "monitor", "t2"))
+    second = run_monitor(settings, flights, MonitorWindow(mid, jul + timedelta(weeks=1), "monitor", "t3"))
     assert calm["action"] == "none", calm
     # the monitor leaves the days it checked as one part each (compaction, recorded by a manifest)
+    from include.data.inference_layout import part_prefix
+    from include.data.inference_log import MANIFEST, day_parts
     from include.data.storage import get_storage
-    from include.serving.inference_log import MANIFEST, day_parts, part_prefix
 
     checked = jul.astimezone(UTC).date()
     assert get_storage().exists(part_prefix(flights.name, checked) + MANIFEST)
@@ -146,7 +147,7 @@ def test_the_monitor_logs_each_window_to_mlflow_and_requests_one_retrain(flights
     mlflow.register_model(
         info.model_uri, settings.model_name, tags={"loop.data_window": f"{WEEKS['feb'].isoformat()} … {answered}"}
     )
-    third = run_monitor(settings, flights, jul + timedelta(days=1), jul + timedelta(days=4), dag_id="monitor", dag_run_id="t4")
+    third = run_monitor(settings, flights, MonitorWindow(jul + timedelta(days=1), jul + timedelta(days=4), "monitor", "t4"))
     assert third["action"] == "suppressed" and "cooldown" in third["reason"] and third["cause"] == "drift", third
 
     exp = client.get_experiment_by_name(monitoring_experiment(settings.model_name))
@@ -164,21 +165,21 @@ def test_the_monitor_logs_each_window_to_mlflow_and_requests_one_retrain(flights
 def test_without_a_model_the_drift_mode_monitor_asks_for_the_first_training_once_data_suffices(
     flights, storage_root, mlflow_env, monkeypatch
 ):
-    from include.monitoring.monitor import run_monitor
+    from include.monitoring.monitor import MonitorWindow, run_monitor
     from include.settings import get_settings
 
     validate_weeks(flights)  # three validated partitions
     monkeypatch.setenv("LOOP_RETRAIN_ON", "drift")
-    window = (WEEKS["jul"], WEEKS["jul"] + timedelta(weeks=1))
+    window = MonitorWindow(WEEKS["jul"], WEEKS["jul"] + timedelta(weeks=1), dag_id="monitor", dag_run_id="b")
     for need, active, action in ((4, False, "none"), (3, True, "suppressed"), (3, False, "retrain")):
         monkeypatch.setenv("LOOP_MIN_TRAIN_PARTITIONS", str(need))
         get_settings.cache_clear()
-        result = run_monitor(get_settings(), flights, *window, dag_id="monitor", dag_run_id="b", training_active=active)
+        result = run_monitor(get_settings(), flights, window, training_active=active)
         assert result["action"] == action, result
     assert result["cause"] == "bootstrap" and result["retrain_conf"]["reason"].startswith("monitor: no model")
     monkeypatch.setenv("LOOP_RETRAIN_ON", "data")  # new data trains by itself: the monitor leaves it alone
     get_settings.cache_clear()
-    assert run_monitor(get_settings(), flights, *window, dag_id="monitor", dag_run_id="b")["action"] == "none"
+    assert run_monitor(get_settings(), flights, window)["action"] == "none"
 
 
 def test_the_periodic_check_reads_served_traffic_only_up_to_the_newest_event(flights, storage_root, mlflow_env):

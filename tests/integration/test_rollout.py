@@ -348,7 +348,8 @@ def test_malformed_requests_never_get_a_5xx(env, records, serving_v2, data):
 
 
 def test_every_prediction_is_logged_and_joins_its_label(env, flights, records):
-    from include.serving.inference_log import FEATURE_PREFIX, join_labels, read_inference_log
+    from include.data.inference_layout import FEATURE_PREFIX
+    from include.data.inference_log import join_labels, read_inference_log
 
     url = f"http://127.0.0.1:{env.serving_port}"
     sent: dict[str, str] = {}

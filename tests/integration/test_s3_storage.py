@@ -38,8 +38,9 @@ def test_the_data_gate_runs_unchanged_on_s3(s3, flights):
 
 
 def test_the_inference_log_goes_to_s3_too(s3, flights):
+    from include.data.inference_log import read_inference_log
     from include.local.traffic import interval_records
-    from include.serving.inference_log import InferenceLog, read_inference_log
+    from include.serving.inference_log import InferenceLog
 
     start = datetime(2013, 3, 4, tzinfo=ZoneInfo("UTC"))
     records = interval_records(flights, start, start + timedelta(hours=12))[:20]

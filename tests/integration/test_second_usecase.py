@@ -16,7 +16,7 @@ from include.local.traffic import interval_records, replay
 from include.model.gate import run_champion_gate
 from include.model.params import TrainParams
 from include.model.training import train_candidate
-from include.monitoring.monitor import run_monitor
+from include.monitoring.monitor import MonitorWindow, run_monitor
 from include.monitoring.profile import log_reference_profile
 from include.rollout.infra import golden_records
 from include.rollout.rollout import plan_rollout, rollout_version
@@ -104,7 +104,7 @@ def test_payments_run_the_loop_through_the_same_machinery(payments):
     validate_partition(usecase, Partition(usecase.name, start, end), max_bad_row_share=settings.max_bad_row_share)
 
     # ...and the monitor checks that window of the live model, with its labels
-    result = run_monitor(settings, usecase, start, end, dag_id="monitor", dag_run_id="payments_m1")
+    result = run_monitor(settings, usecase, MonitorWindow(start, end, dag_id="monitor", dag_run_id="payments_m1"))
     assert result["model_version"] == out["version"] and result["action"] in ("none", "retrain", "suppressed")
     import mlflow
 

@@ -24,10 +24,10 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from include.data.inference_log import read_inference_log
 from include.data.storage import LocalStorage
 from include.local.stack import free_port
 from include.rollout.processes import Stack, descendants, wait_http
-from include.serving.inference_log import read_inference_log
 from include.serving.schema import request_bodies
 from include.settings import PROJECT_ROOT
 from tests.support.serving import poll

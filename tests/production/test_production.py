@@ -15,7 +15,7 @@ from include.model.registry import CHAMPION, LIVE, alias_version, connect
 from include.rollout.infra import golden_records
 from include.rollout.records import read_live
 from include.settings import get_settings
-from include.usecases import get_calendar, get_usecase
+from include.usecases import get_calendar, get_usecase, registered_model_name
 from tests.production.native import NativeProduction, psql, wait_for
 
 pytestmark = [pytest.mark.production, pytest.mark.slow]
@@ -85,7 +85,7 @@ def test_the_model_registry_and_artifacts(prod):
         settings = get_settings()
         assert requests.get(f"{settings.mlflow_tracking_uri}/api/2.0/mlflow/experiments/search", timeout=10).status_code == 401
         mlc = connect(settings.mlflow_tracking_uri)
-        champion = alias_version(mlc, settings.model_name or get_usecase().model_name, CHAMPION)
+        champion = alias_version(mlc, registered_model_name(settings), CHAMPION)
         assert champion is not None and champion.tags["gate.decision"] == "promote"
         live = alias_version(mlc, champion.name, LIVE)
         assert live is not None and live.version == champion.version
@@ -100,7 +100,7 @@ def test_the_served_version_answers_through_traefik_and_logs_to_the_bucket(prod)
     native, client, _ = prod
     with native.as_current():
         settings, usecase = get_settings(), get_usecase()
-        live = read_live(settings, settings.model_name or usecase.model_name)
+        live = read_live(settings, registered_model_name(settings, usecase))
         assert live is not None
         records = golden_records(settings, usecase, 20)
         for record in records:
@@ -126,7 +126,7 @@ def test_a_restarted_serving_host_brings_the_live_version_back_from_the_registry
     native, _, _ = prod
     with native.as_current("serving-host"):
         settings = get_settings()
-        live = read_live(settings, settings.model_name or get_usecase().model_name)
+        live = read_live(settings, registered_model_name(settings))
         [record] = golden_records(settings, get_usecase(), 1)
         entry = f"http://127.0.0.1:{settings.serving_port}/predict"
         native.kill("serving-host")
@@ -151,7 +151,7 @@ def test_losing_a_worker_mid_training_retries_on_the_other_and_registers_one_ver
     native, client, _ = prod
     with native.as_current():
         settings = get_settings()
-        model_name = settings.model_name or get_usecase().model_name
+        model_name = registered_model_name(settings)
         r = client.trigger("train", {"reason": "production test: worker loss", "n_estimators": 400, "force": True})
         assert r.status_code == 200, r.text
         run_id = r.json()["dag_run_id"]

@@ -1,4 +1,4 @@
-"""The backtest's timeline and schedules (`include/monitoring/backtest.py`): pure functions, no data."""
+"""The backtest's timeline and schedules (`include/backtest/`): pure functions, no data."""
 
 from __future__ import annotations
 
@@ -6,20 +6,20 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from include.model.dataset import select_partitions
-from include.model.params import TrainParams
-from include.monitoring.backtest import (
+from include.backtest.policies import Policy
+from include.backtest.replay import fit_digest
+from include.backtest.report import json_ready
+from include.backtest.summary import summarize
+from include.backtest.timeline import (
     NoWeekToServe,
-    Policy,
-    _clean,
     first_model_week,
-    fit_digest,
     fixed_schedule,
     matching_interval,
     partition_records,
     replay_weeks,
-    summarize,
 )
+from include.model.dataset import select_partitions
+from include.model.params import TrainParams
 from include.monitoring.policy import PolicyConfig
 from include.usecases import Calendar
 
@@ -113,7 +113,7 @@ def test_summary_means_skip_weeks_without_a_score_and_count_alerts_and_cbpe_hits
 
 def test_results_are_json_ready():
     value = {"a": (1, float("nan")), "b": datetime(2013, 1, 1, tzinfo=UTC), 3: date(2013, 1, 2)}
-    assert _clean(value) == {"a": [1, None], "b": "2013-01-01T00:00:00+00:00", "3": "2013-01-02"}
+    assert json_ready(value) == {"a": [1, None], "b": "2013-01-01T00:00:00+00:00", "3": "2013-01-02"}
 
 
 def test_the_fit_cache_key_changes_with_every_input_of_the_fit_and_only_with_them():

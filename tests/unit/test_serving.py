@@ -1,4 +1,4 @@
-"""Pure parts of serving: the request schema, the hot-path features, routing, the inference log."""
+"""Pure parts of serving: the request schema, the hot-path features, routing."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from include.data.storage import get_storage
 from include.local.traffic import request_bodies
 from include.rollout.proxy import routing_config
-from include.serving.inference_log import FEATURE_PREFIX, InferenceLog, join_labels, read_inference_log
 from include.serving.schema import request_model
 
 
@@ -132,27 +130,6 @@ def test_routing_sends_traffic_only_to_weighted_slots():
         routing_config({"blue": 0}, {})
     with pytest.raises(ValueError, match="unknown slots"):
         routing_config({"red": 100}, {"red": "http://c:3"})
-
-
-def test_inference_log_writes_partitions_by_event_day_and_joins_labels(flights, week, Record, storage_root):
-    df = week.iloc[[0, 1, 2, -1]].reset_index(drop=True)
-    records = [Record.model_validate(r).model_dump() | {"request_id": f"r{i}"} for i, r in enumerate(as_requests(flights, df))]
-    sink = InferenceLog(flights, "7", "blue", flush_seconds=3600)
-    sink.append(records, flights.encode_records(records), [0.1, 0.2, 0.3, 0.9], [False, False, False, True])
-    assert sink.flush() == 4
-    sink.close()
-    keys = get_storage().list("inference/flights/")
-    days = {k.split("/")[2] for k in keys}
-    assert days == {f"dt={df['time_hour'].min().date()}", f"dt={df['time_hour'].max().date()}"}
-    log = read_inference_log(flights, datetime(2013, 2, 4, tzinfo=UTC), datetime(2013, 2, 11, tzinfo=UTC))
-    assert sorted(log["request_id"]) == ["r0", "r1", "r2", "r3"]
-    assert (log["model_version"] == "7").all() and (log["slot"] == "blue").all()
-    assert list(log.filter(like=FEATURE_PREFIX).columns) == [FEATURE_PREFIX + f for f in flights.features]
-    joined = join_labels(flights, log, week)
-    expected = flights.build_target(week.set_index(list(flights.contract.key))).reindex(
-        pd.MultiIndex.from_frame(joined[list(flights.contract.key)])
-    )
-    np.testing.assert_array_equal(joined["label"].to_numpy(), expected.to_numpy())
 
 
 TRAEFIK_METRICS = """
