@@ -29,14 +29,19 @@ stop:  ## stop the services `make demo` started
 status:
 	$(BIN)/python -m include.local.stack status
 
-test: install  ## lint and the layer contracts, then every test: DAG integrity, unit, integration (real MLflow, GX, dag.test), e2e
+# Test processes (pytest-xdist): most of a layer's time is spent waiting on its services, so more
+# workers than cores pay; each module runs on one worker, so its services start once, and the
+# modules start in the order tests/conftest.py sorts them (the longest layers first).
+TEST_WORKERS ?= 4
+
+test: install  ## lint and the layer contracts, then every test: DAG integrity, unit, integration (real MLflow, GX, dag.test), e2e, production
 	$(BIN)/ruff check dags include plugins tests
 	$(BIN)/lint-imports --no-logo
 	$(BIN)/python tests/tools/import_graph.py
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test-fast: install  ## the tests that need no server
-	$(BIN)/python -m pytest -m "not integration and not e2e and not production and not faults"
+	$(BIN)/python -m pytest -n 2 --dist loadscope -m "not integration and not e2e and not production and not faults"
 
 bench: install  ## benchmarks against baselines measured in the same run (ratios, not timed tests)
 	$(BIN)/python tests/bench/bench_serving.py
@@ -46,7 +51,7 @@ bench: install  ## benchmarks against baselines measured in the same run (ratios
 	$(BIN)/python tests/bench/bench_executors.py
 
 backtest: install  ## every retrain policy replayed on the use case's history week by week, no servers: backtest/results.{json,md}, served_quality.png [ARGS="--weeks 13 --window-weeks 4"]
-	$(BIN)/python -m include.monitoring.backtest --sweep $(ARGS)
+	$(BIN)/python -m include.backtest --sweep $(ARGS)
 
 lint: install
 	$(BIN)/ruff check dags include plugins tests

@@ -7,6 +7,7 @@ test module imports it.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -32,6 +33,20 @@ os.environ.update(
 )
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 (_STATE / "airflow").mkdir(parents=True, exist_ok=True)
+
+
+def _own_port_slice() -> None:
+    """Under pytest-xdist, each worker draws loopback ports from a slice of its own."""
+    from include.local import stack
+
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker:
+        size = len(stack.FREE_PORTS) // count
+        start = stack.FREE_PORTS.start + int(worker.removeprefix("gw")) * size
+        stack.FREE_PORTS = range(start, start + size)
+
+
+_own_port_slice()
 
 
 @pytest.fixture
@@ -145,9 +160,8 @@ def mlflow_server(mlflow_store):
     assert not stack.running()
 
 
-@pytest.fixture(scope="module")
-def validated_weeks(tmp_path_factory, flights):
-    """Six validated weeks of May–June 2013 in a storage root shared by one module's tests."""
+def _build_validated_weeks(root: Path, flights) -> None:
+    """Land and validate (GX) six weeks of May–June 2013 under storage root `root`."""
     from datetime import datetime, timedelta
     from zoneinfo import ZoneInfo
 
@@ -156,7 +170,6 @@ def validated_weeks(tmp_path_factory, flights):
     from include.settings import get_settings
 
     ny = ZoneInfo("America/New_York")
-    root = tmp_path_factory.mktemp("zones")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LOOP_STORAGE_URI", str(root))
         get_settings.cache_clear()
@@ -165,5 +178,47 @@ def validated_weeks(tmp_path_factory, flights):
             p = Partition("flights", start, start + timedelta(weeks=1))
             land_partition(flights, p, replay=True)
             validate_partition(flights, p, max_bad_row_share=0.01)
-        yield root
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def validated_store(tmp_path_factory, flights):
+    """The six validated weeks, landed and validated with GX once per test run: the first xdist
+    worker that needs them builds them under a lock in the run's shared temporary directory, the
+    others wait and read the same store. Nobody writes to it: modules get copies."""
+    import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: gw0/, gw1/ … share their parent
+    store, done = shared / "validated-weeks", shared / "validated-weeks.done"
+    with open(shared / "validated-weeks.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(store, ignore_errors=True)  # a build interrupted before `done`
+            _build_validated_weeks(store, flights)
+            done.touch()
+    return store
+
+
+@pytest.fixture(scope="module")
+def validated_weeks(tmp_path_factory, validated_store):
+    """Six validated weeks of May–June 2013 in a storage root shared by one module's tests: a copy
+    of the run's validated store, so what one module lands or quarantines no other module sees."""
+    root = tmp_path_factory.mktemp("zones")
+    shutil.copytree(validated_store, root, dirs_exist_ok=True)
+    return root
+
+
+# Under pytest-xdist (`make test`: --dist loadscope), each module's tests run on one worker (a module
+# that starts services starts them once), and the longest layers start first, each on a worker of
+# its own. (xdist's loadgroup would spread unit tests finer, but its groups do not reach pytest 9:
+# it renames `item._nodeid`, which pytest 9 no longer reads.)
+_LAYERS = ("production", "e2e", "faults", "integration", "model", "dags", "unit")
+
+
+def pytest_collection_modifyitems(config, items):
+    def layer(item) -> int:
+        name = Path(item.fspath).relative_to(ROOT / "tests").parts[0]
+        return _LAYERS.index(name) if name in _LAYERS else len(_LAYERS)
+
+    items.sort(key=layer)  # stable: the order within a layer is kept

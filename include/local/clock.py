@@ -8,16 +8,16 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 import requests
 
 from include.local.airflow_api import AirflowAPI
 from include.settings import Settings
 
-INTERVAL_SECONDS = 25  # once a model serves: wall-clock seconds of traffic per data interval
+INTERVAL_SECONDS = 15  # once a model serves: wall-clock seconds of traffic per data interval, before its check
 TRAFFIC_RATE = 20  # requests/s of background traffic once a model serves: the canary watches it
-SERVED_CHECK_WAIT = 180  # s the clock waits, per interval, for the periodic check of its served traffic
+SERVED_CHECK_WAIT = 180  # s the clock waits, per interval, for the check of its served traffic
 
 
 def say(msg: str) -> None:
@@ -84,8 +84,9 @@ class DataClock:
     arrives an interval at a time, after an interval of predictions. So once enough partitions are
     in for a first model, ingestion pauses until that model serves; then it advances one interval
     per INTERVAL_SECONDS while the clients send that interval's records (by pausing and unpausing
-    `ingest_validate`, as an operator would), and once the monitor's periodic check has seen that
-    traffic, before its labels land."""
+    `ingest_validate`, as an operator would), and once the monitor's check of served traffic
+    (triggered by the clock, as the periodic clock or an alert would) has seen that traffic, before
+    its labels land."""
 
     def __init__(self, client: AirflowAPI, settings: Settings, expected: int):
         self.client, self.settings, self.expected = client, settings, expected
@@ -105,16 +106,15 @@ class DataClock:
             time.sleep(poll)
         return True
 
-    def _served_check_since(self, began: datetime) -> bool:
-        """A scheduled `monitor` run (the periodic check of served traffic) started after `began`
-        has finished."""
-        return any(
-            is_periodic("monitor", r)
-            and r["state"] in ("success", "failed")
-            and r.get("start_date")
-            and datetime.fromisoformat(r["start_date"].replace("Z", "+00:00")) >= began
-            for r in self.client.runs("monitor")
-        )
+    def _check_served_traffic(self) -> bool:
+        """Trigger the monitor's check of served traffic (a run with no dates, as its periodic clock
+        starts) and wait until it has finished: each interval's traffic is checked once, at once,
+        instead of whenever the periodic clock next ticks."""
+        r = self.client.trigger("monitor", {})
+        r.raise_for_status()
+        run_id = r.json()["dag_run_id"]
+        finished = lambda: self.client.get(f"dags/monitor/dagRuns/{run_id}")["state"] in ("success", "failed")  # noqa: E731
+        return self._wait(finished, time.monotonic() + SERVED_CHECK_WAIT, poll=1)
 
     def run(self, timeout: float) -> bool:
         from include.data.partitions import list_validated
@@ -136,11 +136,10 @@ class DataClock:
             return False
         while (before := done()) < self.expected:
             say(f"data clock: the clients send the current interval's {usecase.wording.records} for {INTERVAL_SECONDS} s")
-            began = datetime.now(UTC)
             time.sleep(INTERVAL_SECONDS)
-            # The periodic check sees this interval's served traffic before its labels land.
-            if not self._wait(lambda: self._served_check_since(began), time.monotonic() + SERVED_CHECK_WAIT):  # noqa: B023
-                say(f"data clock: no scheduled check of served traffic finished within {SERVED_CHECK_WAIT} s; moving on")
+            # The check of served traffic sees this interval's predictions before their labels land.
+            if not self._check_served_traffic():
+                say(f"data clock: the check of served traffic did not finish within {SERVED_CHECK_WAIT} s; moving on")
             # Unpaused until the next interval has landed. The scheduler may already have created
             # the run after it; that one waits (a paused DAG's new runs do not start) for the next tick.
             self._ingest(paused=False)

@@ -30,12 +30,15 @@ from include.usecases import Calendar, UseCase
 DAG_IDS = ("ingest_validate", "train", "deploy", "rollback", "monitor", "revalidate")
 # The demo's retraining follows the monitor: new data trains the first model only, then drift or
 # decay asks for retraining, at most once per two weeks of data time (the rest is "suppressed").
-# The periodic check of served traffic runs every 30 s of wall clock: at least once per replayed week.
+# The data clock triggers the check of each replayed week's served traffic itself; the periodic
+# check also runs on its own clock, every 10 minutes, for as long as the services do. Canary steps
+# bake 15 s: 30 requests at the first step's 10% of the clients' 20 requests/s.
 DEMO_POLICY = {
     "LOOP_RETRAIN_ON": "drift",
     "LOOP_RETRAIN_COOLDOWN_HOURS": "336",
     "LOOP_INGEST_MAX_ACTIVE_RUNS": "1",
-    "LOOP_MONITOR_EVERY_MINUTES": "0.5",
+    "LOOP_MONITOR_EVERY_MINUTES": "10",
+    "LOOP_CANARY_BAKE_SECONDS": "15",
 }
 
 

@@ -27,6 +27,9 @@ BIN = Path(sys.executable).parent
 
 
 _HANDED_OUT: set[int] = set()
+FREE_PORTS = range(20000, 32000)
+"""Where `free_port` draws from. Processes that pick ports at the same time (parallel test workers)
+each take a slice of their own: a port handed out but not yet bound looks free to the others."""
 
 
 def free_port() -> int:
@@ -34,7 +37,7 @@ def free_port() -> int:
     (32768+): a port from that range can be handed to an outgoing connection (or a TCP
     self-connect) before the service binds it, which then looks like someone else's listener."""
     for _ in range(500):
-        port = random.randint(20000, 32000)
+        port = random.choice(FREE_PORTS)
         if port in _HANDED_OUT:
             continue
         with socket.socket() as s:
@@ -44,7 +47,7 @@ def free_port() -> int:
                 continue
         _HANDED_OUT.add(port)
         return port
-    raise RuntimeError("no free loopback port between 20000 and 32000")
+    raise RuntimeError(f"no free loopback port between {FREE_PORTS.start} and {FREE_PORTS.stop - 1}")
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,9 @@ def airflow_env(settings: Settings, ports: Ports) -> dict[str, str]:
         # A task whose process died (a killed scheduler takes the LocalExecutor's with it) is
         # retried after this long without a heartbeat, not Airflow's default 5 minutes.
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+        # A restarted scheduler resets the tasks a dead one had queued or running (orphans) only once
+        # the dead one's job misses its health check (30 s), at this check, not Airflow's default 300 s.
+        "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "15",
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports.mlflow}",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         # The loop's models are XGBoost's native files: a pickled one is refused, never run.
