@@ -4,6 +4,7 @@ calls the demo, `make rerun` and the end-to-end tests need."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import requests
@@ -33,11 +34,18 @@ class AirflowAPI:
         r.raise_for_status()
         self.session.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
 
-    def request(self, method: str, path: str, **kwargs) -> requests.Response:
-        r = self.session.request(method, f"{self.base}/api/v2/{path}", timeout=20, **kwargs)
-        if r.status_code == 401:  # token expired
-            self.login()
+    def request(self, method: str, path: str, retries: int = 3, **kwargs) -> requests.Response:
+        """One call; an expired token is renewed. A server error is retried (`retries` times, 1, 2, 4 s
+        apart) for idempotent methods: the embedded runtime's SQLite answers 500 when a write waits
+        for its lock longer than 5 s, and nothing was written."""
+        for attempt in range(retries + 1):
             r = self.session.request(method, f"{self.base}/api/v2/{path}", timeout=20, **kwargs)
+            if r.status_code == 401:  # token expired
+                self.login()
+                r = self.session.request(method, f"{self.base}/api/v2/{path}", timeout=20, **kwargs)
+            if r.status_code < 500 or method == "POST" or attempt == retries:
+                return r
+            time.sleep(2**attempt)
         return r
 
     def get(self, path: str, **params) -> dict:
@@ -48,5 +56,15 @@ class AirflowAPI:
     def runs(self, dag_id: str) -> list[dict]:
         return self.get(f"dags/{dag_id}/dagRuns", limit=500, order_by="run_after")["dag_runs"]
 
-    def trigger(self, dag_id: str, conf: dict) -> requests.Response:
-        return self.request("POST", f"dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
+    def trigger(self, dag_id: str, conf: dict, run_id: str | None = None) -> requests.Response:
+        """A new run of `dag_id`. With `run_id` the call is idempotent, so a server error is retried:
+        a run that exists already answers 409."""
+        body = {"logical_date": None, "conf": conf} | ({"dag_run_id": run_id} if run_id else {})
+        if run_id is None:
+            return self.request("POST", f"dags/{dag_id}/dagRuns", json=body)
+        for attempt in range(4):
+            r = self.request("POST", f"dags/{dag_id}/dagRuns", json=body)
+            if r.status_code < 500 or attempt == 3:
+                return r
+            time.sleep(2**attempt)
+        return r
