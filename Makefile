@@ -29,16 +29,16 @@ stop:  ## stop the services `make demo` started
 status:
 	$(BIN)/python -m include.local.stack status
 
-# Test processes (pytest-xdist): most of a layer's time is spent waiting on its services, so more
-# workers than cores pay; each module runs on one worker, so its services start once, and the
-# modules start in the order tests/conftest.py sorts them (the longest layers first).
+# Test processes (pytest-xdist): each test module runs on one worker, so its services start once.
+# Modules with the most tests start first (xdist's order): starting the production and e2e stacks
+# first, beside everything else, made the machine's two cores the bottleneck of their set-ups.
 TEST_WORKERS ?= 4
 
 test: install  ## lint and the layer contracts, then every test: DAG integrity, unit, integration (real MLflow, GX, dag.test), e2e, production
 	$(BIN)/ruff check dags include plugins tests
 	$(BIN)/lint-imports --no-logo
 	$(BIN)/python tests/tools/import_graph.py
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 test-fast: install  ## the tests that need no server
 	$(BIN)/python -m pytest -n 2 --dist loadscope -m "not integration and not e2e and not production and not faults"

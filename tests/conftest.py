@@ -209,10 +209,11 @@ def validated_weeks(tmp_path_factory, validated_store):
     return root
 
 
-# Under pytest-xdist (`make test`: --dist loadscope), each module's tests run on one worker (a module
-# that starts services starts them once), and the longest layers start first, each on a worker of
-# its own. (xdist's loadgroup would spread unit tests finer, but its groups do not reach pytest 9:
-# it renames `item._nodeid`, which pytest 9 no longer reads.)
+# Under pytest-xdist (`make test`: --dist loadscope), each module's tests run on one worker, so a
+# module that starts services starts them once. xdist starts the modules with the most tests first;
+# among modules of equal size, the longer layers go first. (xdist's loadgroup would spread unit
+# tests finer, but its groups do not reach pytest 9: it renames `item._nodeid`, which pytest 9 no
+# longer reads.)
 _LAYERS = ("production", "e2e", "faults", "integration", "model", "dags", "unit")
 
 

@@ -29,7 +29,9 @@ from include.settings import get_settings
 from include.usecases import get_calendar, get_usecase
 from tests.support.sockets import listening_sockets
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# The set-up replays five weeks through the whole stack: beside the other test processes of `make test`
+# it can take longer than the suite's 900 s per test.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 WEBHOOK_TOKEN = secrets.token_urlsafe(24)

@@ -18,7 +18,9 @@ from include.settings import get_settings
 from include.usecases import get_calendar, get_usecase, registered_model_name
 from tests.production.native import NativeProduction, psql, wait_for
 
-pytestmark = [pytest.mark.production, pytest.mark.slow]
+# The set-up replays five weeks through the whole stack: beside the other test processes of `make test`
+# it can take longer than the suite's 900 s per test.
+pytestmark = [pytest.mark.production, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 BAD_INTERVAL = 2  # 2013-06-18: a renamed column, quarantined
 
