@@ -29,16 +29,18 @@ stop:  ## stop the services `make demo` started
 status:
 	$(BIN)/python -m include.local.stack status
 
-# Test processes (pytest-xdist): each test module runs on one worker, so its services start once.
-# Modules with the most tests start first (xdist's order): starting the production and e2e stacks
-# first, beside everything else, made the machine's two cores the bottleneck of their set-ups.
-TEST_WORKERS ?= 4
+# Test processes: 1 runs the suite serially (what CI runs). TEST_WORKERS=4 runs it on pytest-xdist,
+# each test module on one worker so its services start once: about 25 minutes instead of 50 on two
+# cores, but the cores are then saturated and load-sensitive fault tests (a slot back within 30 s)
+# can miss their promise, so it is not the default yet.
+TEST_WORKERS ?= 1
+PYTEST_PARALLEL = $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadscope)
 
 test: install  ## lint and the layer contracts, then every test: DAG integrity, unit, integration (real MLflow, GX, dag.test), e2e, production
 	$(BIN)/ruff check dags include plugins tests
 	$(BIN)/lint-imports --no-logo
 	$(BIN)/python tests/tools/import_graph.py
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 test-fast: install  ## the tests that need no server
 	$(BIN)/python -m pytest -n 2 --dist loadscope -m "not integration and not e2e and not production and not faults"
