@@ -34,16 +34,18 @@ class AirflowAPI:
         r.raise_for_status()
         self.session.headers["Authorization"] = f"Bearer {r.json()['access_token']}"
 
-    def request(self, method: str, path: str, retries: int = 3, **kwargs) -> requests.Response:
+    def request(self, method: str, path: str, retries: int = 3, safe: bool | None = None, **kwargs) -> requests.Response:
         """One call; an expired token is renewed. A server error is retried (`retries` times, 1, 2, 4 s
-        apart) for idempotent methods: the embedded runtime's SQLite answers 500 when a write waits
-        for its lock longer than 5 s, and nothing was written."""
+        apart) when the call is `safe` to repeat (default: every method but POST): the embedded
+        runtime's SQLite answers 500 when a write waits for its lock longer than 5 s, and nothing
+        was written."""
+        safe = method != "POST" if safe is None else safe
         for attempt in range(retries + 1):
             r = self.session.request(method, f"{self.base}/api/v2/{path}", timeout=20, **kwargs)
             if r.status_code == 401:  # token expired
                 self.login()
                 r = self.session.request(method, f"{self.base}/api/v2/{path}", timeout=20, **kwargs)
-            if r.status_code < 500 or method == "POST" or attempt == retries:
+            if r.status_code < 500 or not safe or attempt == retries:
                 return r
             time.sleep(2**attempt)
         return r
@@ -60,11 +62,4 @@ class AirflowAPI:
         """A new run of `dag_id`. With `run_id` the call is idempotent, so a server error is retried:
         a run that exists already answers 409."""
         body = {"logical_date": None, "conf": conf} | ({"dag_run_id": run_id} if run_id else {})
-        if run_id is None:
-            return self.request("POST", f"dags/{dag_id}/dagRuns", json=body)
-        for attempt in range(4):
-            r = self.request("POST", f"dags/{dag_id}/dagRuns", json=body)
-            if r.status_code < 500 or attempt == 3:
-                return r
-            time.sleep(2**attempt)
-        return r
+        return self.request("POST", f"dags/{dag_id}/dagRuns", safe=run_id is not None, json=body)
