@@ -209,7 +209,7 @@ def validated_weeks(tmp_path_factory, validated_store):
     return root
 
 
-# Under pytest-xdist (`make test`: --dist loadscope), each module's tests run on one worker, so a
+# Under pytest-xdist (`make test TEST_WORKERS=4`: --dist loadscope), each module's tests run on one worker, so a
 # module that starts services starts them once. xdist starts the modules with the most tests first;
 # among modules of equal size, the longer layers go first. (xdist's loadgroup would spread unit
 # tests finer, but its groups do not reach pytest 9: it renames `item._nodeid`, which pytest 9 no

@@ -118,7 +118,7 @@ def wait_until_idle(
     client: AirflowAPI, expected: int, timeout: float, poll: float = 15, progress: Progress | None = None
 ) -> bool:
     """Print progress until every ingest interval has run and nothing is left to do on two polls in a
-    row, `poll` s apart. The monitor's periodic check does not count: on the demo's 30-second clock
+    row, `poll` s apart. The monitor's periodic check does not count: on a 30-second clock (the demo's once)
     a run of it was nearly always under way, and the demo never ended."""
     progress, idle_polls, deadline = progress or Progress(client, expected), 0, time.monotonic() + timeout
     while time.monotonic() < deadline:
