@@ -175,13 +175,22 @@ def _lives(proc) -> bool:
 
 
 def _group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs. A zombie does not: a service another process
+    started (the serving host starts the guard and the slots) stays a zombie until that parent reaps
+    it, and its group answers signals meanwhile; counting it made every stop wait its full timeout."""
+    import psutil
+
     with contextlib.suppress(ChildProcessError):  # reap our own child, or it lingers as a zombie
         os.waitpid(pgid, os.WNOHANG)
     try:
         os.killpg(pgid, 0)
-        return True
     except ProcessLookupError:
         return False
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                return True
+    return False
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> float:

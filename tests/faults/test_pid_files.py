@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from include.rollout.processes import Stack, start_time
+from include.rollout.processes import Stack, _group_alive, start_time
 
 
 @pytest.fixture
@@ -74,6 +74,39 @@ def test_stopping_a_service_leaves_the_services_it_started_running(tmp_path):
     assert stack.stop_one("parent", timeout=5)
     assert stack.running() == {"child": child}, "the child service keeps running"
     assert stack.stop() == ["child"]
+
+
+def test_a_service_another_process_started_is_dead_once_it_is_a_zombie(tmp_path):
+    """The serving host starts the guard and the slots; a stop from elsewhere sees them exit as
+    zombies their parent has not reaped yet. A zombie does not run: the stop must not wait for it
+    (it used to wait its full timeout, 20 s per stop, for the guard and again for the slots)."""
+    import os
+    import signal
+
+    import psutil
+
+    stack = Stack(tmp_path)
+    launcher = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]);"
+        "from pathlib import Path; from include.rollout.processes import Stack;"
+        "Stack(Path(sys.argv[2])).start('child', [sys.executable, '-c', 'import time; time.sleep(120)'], {});"
+        "time.sleep(120)"  # never reaps its child
+    )
+    from include.settings import PROJECT_ROOT
+
+    stack.start("parent", [sys.executable, "-c", launcher, str(PROJECT_ROOT), str(tmp_path)], {})
+    deadline = time.monotonic() + 30
+    while "child" not in stack.running():
+        assert time.monotonic() < deadline, "the parent never started its child service"
+        time.sleep(0.1)
+    child = stack.running()["child"]
+    assert _group_alive(child), "a running service's group is alive"
+    os.kill(child, signal.SIGKILL)
+    while psutil.Process(child).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the killed child never became a zombie"
+        time.sleep(0.05)
+    assert not _group_alive(child), "a group of zombies runs nothing"
+    assert sorted(stack.stop()) == ["child", "parent"] and stack.running() == {}
 
 
 def test_stopping_the_stack_asks_every_service_at_once(tmp_path):
