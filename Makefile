@@ -29,12 +29,11 @@ stop:  ## stop the services `make demo` started
 status:
 	$(BIN)/python -m include.local.stack status
 
-# Test processes: 1 runs the suite serially (what CI runs). TEST_WORKERS=4 runs it on pytest-xdist,
-# each test module on one worker so its services start once: about 25 minutes instead of 50 on two
-# cores, but the cores are then saturated and load-sensitive fault tests (a slot back within 30 s)
-# can miss their promise, so it is not the default yet.
-TEST_WORKERS ?= 1
-PYTEST_PARALLEL = $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadscope)
+# Test processes: three pytest-xdist workers, each test module on one of them so its services start
+# once, the longest modules first (tests/conftest.py): about 17 minutes on two cores, which the
+# suite then keeps busy. TEST_WORKERS=1 runs it serially (about 30 minutes).
+TEST_WORKERS ?= 3
+PYTEST_PARALLEL = $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
 test: install  ## lint and the layer contracts, then every test: DAG integrity, unit, integration (real MLflow, GX, dag.test), e2e, production
 	$(BIN)/ruff check dags include plugins tests

@@ -209,17 +209,31 @@ def validated_weeks(tmp_path_factory, validated_store):
     return root
 
 
-# Under pytest-xdist (`make test TEST_WORKERS=4`: --dist loadscope), each module's tests run on one worker, so a
-# module that starts services starts them once. xdist starts the modules with the most tests first;
-# among modules of equal size, the longer layers go first. (xdist's loadgroup would spread unit
-# tests finer, but its groups do not reach pytest 9: it renames `item._nodeid`, which pytest 9 no
-# longer reads.)
+# Under pytest-xdist (`make test`: --dist loadscope --no-loadscope-reorder), each module's tests run on
+# one worker, so a module that starts services starts them once, and the modules are handed out in
+# the order below: the longest first (wall time alone on two cores, measured 2026-12), so the
+# production and e2e stacks do not start last and become the tail of the run; then by layer.
+# (xdist's loadgroup would spread unit tests finer, but its groups do not reach pytest 9: it renames
+# `item._nodeid`, which pytest 9 no longer reads.)
+_LONGEST = (
+    "production/test_production.py",  # 420 s
+    "e2e/test_loop.py",  # 310 s
+    "integration/test_rollout.py",  # 316 s
+    "faults/test_mlflow_faults.py",  # 253 s
+    "integration/test_data_gate.py",  # 253 s
+    "faults/test_serving_faults.py",  # 137 s
+    "integration/test_dag_runs.py",  # 106 s
+    "integration/test_monitor_window.py",  # 71 s
+    "integration/test_serving_input.py",  # 62 s
+    "integration/test_backtest.py",  # 59 s
+)
 _LAYERS = ("production", "e2e", "faults", "integration", "model", "dags", "unit")
 
 
 def pytest_collection_modifyitems(config, items):
-    def layer(item) -> int:
-        name = Path(item.fspath).relative_to(ROOT / "tests").parts[0]
-        return _LAYERS.index(name) if name in _LAYERS else len(_LAYERS)
+    def order(item) -> tuple[int, int]:
+        path = Path(item.fspath).relative_to(ROOT / "tests")
+        first = _LONGEST.index(path.as_posix()) if path.as_posix() in _LONGEST else len(_LONGEST)
+        return first, _LAYERS.index(path.parts[0]) if path.parts[0] in _LAYERS else len(_LAYERS)
 
-    items.sort(key=layer)  # stable: the order within a layer is kept
+    items.sort(key=order)  # stable: the order within a module is kept
