@@ -53,24 +53,30 @@ def test_our_own_process_is_found_and_stopped(tmp_path):
     assert proc.wait(10) is not None and stack.running() == {}
 
 
-def test_stopping_a_service_leaves_the_services_it_started_running(tmp_path):
-    """The serving guard starts Traefik and slots as services of the same stack: stopping the
-    guard must not take them down with it."""
-    stack = Stack(tmp_path)
+def start_parent_and_child(stack: Stack, tmp_path: Path) -> int:
+    """A service `parent` that starts a service `child` of the same stack, as the serving host
+    starts the guard and the slots, then sleeps without reaping it; returns the child's pid."""
+    from include.settings import PROJECT_ROOT
+
     launcher = (
         "import sys, time; sys.path.insert(0, sys.argv[1]);"
         "from pathlib import Path; from include.rollout.processes import Stack;"
         "Stack(Path(sys.argv[2])).start('child', [sys.executable, '-c', 'import time; time.sleep(120)'], {});"
         "time.sleep(120)"
     )
-    from include.settings import PROJECT_ROOT
-
     stack.start("parent", [sys.executable, "-c", launcher, str(PROJECT_ROOT), str(tmp_path)], {})
     deadline = time.monotonic() + 30
     while "child" not in stack.running():
         assert time.monotonic() < deadline, "the parent never started its child service"
         time.sleep(0.1)
-    child = stack.running()["child"]
+    return stack.running()["child"]
+
+
+def test_stopping_a_service_leaves_the_services_it_started_running(tmp_path):
+    """The serving guard starts Traefik and slots as services of the same stack: stopping the
+    guard must not take them down with it."""
+    stack = Stack(tmp_path)
+    child = start_parent_and_child(stack, tmp_path)
     assert stack.stop_one("parent", timeout=5)
     assert stack.running() == {"child": child}, "the child service keeps running"
     assert stack.stop() == ["child"]
@@ -86,20 +92,8 @@ def test_a_service_another_process_started_is_dead_once_it_is_a_zombie(tmp_path)
     import psutil
 
     stack = Stack(tmp_path)
-    launcher = (
-        "import sys, time; sys.path.insert(0, sys.argv[1]);"
-        "from pathlib import Path; from include.rollout.processes import Stack;"
-        "Stack(Path(sys.argv[2])).start('child', [sys.executable, '-c', 'import time; time.sleep(120)'], {});"
-        "time.sleep(120)"  # never reaps its child
-    )
-    from include.settings import PROJECT_ROOT
-
-    stack.start("parent", [sys.executable, "-c", launcher, str(PROJECT_ROOT), str(tmp_path)], {})
+    child = start_parent_and_child(stack, tmp_path)  # the parent never reaps it
     deadline = time.monotonic() + 30
-    while "child" not in stack.running():
-        assert time.monotonic() < deadline, "the parent never started its child service"
-        time.sleep(0.1)
-    child = stack.running()["child"]
     assert _group_alive(child), "a running service's group is alive"
     os.kill(child, signal.SIGKILL)
     while psutil.Process(child).status() != psutil.STATUS_ZOMBIE:
