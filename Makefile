@@ -29,10 +29,12 @@ stop:  ## stop the services `make demo` started
 status:
 	$(BIN)/python -m include.local.stack status
 
-# Test processes: three pytest-xdist workers, each test module on one of them so its services start
-# once, the longest modules first (tests/conftest.py): about 17 minutes on two cores, which the
-# suite then keeps busy. TEST_WORKERS=1 runs it serially (about 30 minutes).
-TEST_WORKERS ?= 3
+# Test processes: 1 runs the suite serially (what CI runs), about 30 minutes on two cores.
+# TEST_WORKERS=3 runs it on three pytest-xdist workers, each test module on one of them so its
+# services start once, the longest modules first (tests/conftest.py): 17-20 minutes, with both
+# cores saturated; in one of two such runs a serving test lost one request more than its bound
+# allows (a slot killed mid-bake is noticed later under that load), so it is not the default yet.
+TEST_WORKERS ?= 1
 PYTEST_PARALLEL = $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
 test: install  ## lint and the layer contracts, then every test: DAG integrity, unit, integration (real MLflow, GX, dag.test), e2e, production
