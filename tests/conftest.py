@@ -211,21 +211,21 @@ def validated_weeks(tmp_path_factory, validated_store):
 
 # Under pytest-xdist (`make test`: --dist loadscope --no-loadscope-reorder), each module's tests run on
 # one worker, so a module that starts services starts them once, and the modules are handed out in
-# the order below: the longest first (wall time alone on two cores, measured 2026-12), so the
-# production and e2e stacks do not start last and become the tail of the run; then by layer.
-# (xdist's loadgroup would spread unit tests finer, but its groups do not reach pytest 9: it renames
-# `item._nodeid`, which pytest 9 no longer reads.)
+# the order below: the longest first (each module's wall time, set-up and teardown included, in a
+# three-worker run on two cores, 2026-12-07), so the production and e2e stacks do not start last
+# and become the tail of the run; then by layer. (xdist's loadgroup would spread unit tests finer,
+# but its groups do not reach pytest 9: it renames `item._nodeid`, which pytest 9 no longer reads.)
 _LONGEST = (
-    "production/test_production.py",  # 420 s
-    "e2e/test_loop.py",  # 310 s
-    "integration/test_rollout.py",  # 316 s
-    "faults/test_mlflow_faults.py",  # 253 s
-    "integration/test_data_gate.py",  # 253 s
+    "production/test_production.py",  # 677 s; first of the two, its set-up starts more services
+    "e2e/test_loop.py",  # 689 s
+    "integration/test_rollout.py",  # 502 s
+    "faults/test_mlflow_faults.py",  # 233 s
+    "integration/test_data_gate.py",  # 221 s
+    "integration/test_dag_runs.py",  # 138 s
     "faults/test_serving_faults.py",  # 137 s
-    "integration/test_dag_runs.py",  # 106 s
-    "integration/test_monitor_window.py",  # 71 s
-    "integration/test_serving_input.py",  # 62 s
-    "integration/test_backtest.py",  # 59 s
+    "integration/test_dask_training.py",  # 64 s
+    "integration/test_serving_input.py",  # 58 s
+    "integration/test_monitor_window.py",  # 50 s
 )
 _LAYERS = ("production", "e2e", "faults", "integration", "model", "dags", "unit")
 

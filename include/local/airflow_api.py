@@ -40,11 +40,12 @@ class AirflowAPI:
         runtime's SQLite answers 500 when a write waits for its lock longer than 5 s, and nothing
         was written."""
         safe = method != "POST" if safe is None else safe
+        url = f"{self.base}/api/v2/{path}"
         for attempt in range(retries + 1):
-            r = self.session.request(method, f"{self.base}/api/v2/{path}", timeout=20, **kwargs)
+            r = self.session.request(method, url, timeout=20, **kwargs)
             if r.status_code == 401:  # token expired
                 self.login()
-                r = self.session.request(method, f"{self.base}/api/v2/{path}", timeout=20, **kwargs)
+                r = self.session.request(method, url, timeout=20, **kwargs)
             if r.status_code < 500 or not safe or attempt == retries:
                 return r
             time.sleep(2**attempt)

@@ -187,8 +187,8 @@ def _group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     for proc in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+        with contextlib.suppress(psutil.Error, ProcessLookupError):  # gone meanwhile, or not ours to read
+            if os.getpgid(proc.pid) == pgid and _lives(proc):
                 return True
     return False
 
