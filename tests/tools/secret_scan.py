@@ -59,13 +59,19 @@ def entropy(value: str) -> float:
 
 
 def looks_random(value: str) -> bool:
-    """A literal that looks generated: long enough, letters and digits mixed, high entropy; not a
-    placeholder, a variable reference or a dotted/called expression."""
+    """A literal that looks generated: long enough, letters and digits (or both cases) mixed, high
+    entropy; not a placeholder, a variable reference or a dotted/called expression."""
     if len(value) < 16 or PLACEHOLDER.match(value) or "(" in value:
         return False
-    if not (re.search(r"[A-Za-z]", value) and re.search(r"\d", value)):
+    if re.search(r"[A-Za-z]", value) and re.search(r"\d", value):
+        return entropy(value) >= 3.5
+    # No digit: a generated key can still lack one (1 in 1,700 Fernet keys does). Long, in base64's
+    # alphabet, with both cases in about equal shares (a camelCase or CONSTANT name has far fewer
+    # of one).
+    if len(value) < 32 or not re.fullmatch(r"[A-Za-z+/_=-]+", value):
         return False
-    return entropy(value) >= 3.5
+    upper, lower = sum(c.isupper() for c in value), sum(c.islower() for c in value)
+    return min(upper, lower) >= len(value) / 4 and entropy(value) >= 4.0
 
 
 def scan_text(text: str, path: str = "<text>") -> list[Finding]:

@@ -56,6 +56,12 @@ def test_a_planted_secret_is_found(scan, kind):
     assert findings[0].path == "planted.txt" and findings[0].line >= 1
 
 
+def test_a_generated_key_without_a_digit_is_found(scan):
+    """About 1 in 1,700 Fernet keys has no digit; such a key is still a secret."""
+    key = "AefZOoQwtbtXaSSGcWIFzPCuM" + "-GtpWJVHzPGVnhpwew="
+    assert scan.scan_text(f"AIRFLOW__CORE__FERNET_KEY={key}")
+
+
 @pytest.mark.parametrize(
     "line",
     [
@@ -68,6 +74,8 @@ def test_a_planted_secret_is_found(scan, kind):
         "key=f\"{prefix}/{key}\"",
         "sha256 d549057ebc2925f39f62799eab0db7b9e2c18b35b6c00595199116da3ed10e64",
         "http_config: {authorization: {credentials_file: /etc/alertmanager/loop-token}}",
+        "secret_name: thisIsAVeryLongVariableNameForSomethingElse",
+        "LOOP_SECRET_KEY=AIRFLOW__SCHEDULER__MP_FORKSERVER_PRELOAD_SETTING",
     ],
 )
 def test_references_and_placeholders_are_not_secrets(scan, line):
