@@ -11,10 +11,12 @@ export PYTHONPATH := $(CURDIR)
 
 install: $(VENV)/.installed
 
+# The libraries' bytecode is compiled here, once (50 s): where PYTHONDONTWRITEBYTECODE is set, as on
+# CI machines, every process would otherwise compile them again, twice the CPU of a test run.
 $(VENV)/.installed: requirements.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(BIN)/uv pip sync --python $(BIN)/python requirements.txt
+	$(BIN)/uv pip sync --compile-bytecode --python $(BIN)/python requirements.txt
 	@touch $@
 
 demo: install  ## the whole first half of the loop on embedded defaults; services keep running

@@ -10,7 +10,7 @@ that file over, update the hash.
 from __future__ import annotations
 
 import hashlib
-import importlib
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -285,6 +285,17 @@ def test_the_airflow_environment_is_fit_for_production(doc):
     assert {k for k in env if k.startswith("LOOP_")} <= settings, "a LOOP_ variable the settings class does not read"
 
 
+def test_celery_workers_preload_the_modules_the_embedded_runtime_preloads(doc):
+    """Both executors' workers import the tasks' heavy libraries once, before they fork: the
+    same modules, each of which exists (a misspelt one would stop every worker from starting)."""
+    from include.local.stack import TASK_PRELOAD
+
+    extra = json.loads(doc["x-airflow-common"]["environment"]["AIRFLOW__CELERY__EXTRA_CELERY_CONFIG"])
+    assert extra["imports"] == TASK_PRELOAD.split(",")
+    for name in extra["imports"]:
+        assert importlib.util.find_spec(name) is not None, f"{name} is not importable"
+
+
 # Images ---------------------------------------------------------------------------------------
 
 
@@ -327,6 +338,8 @@ def test_the_dockerfile_pins_its_base_records_the_commit_and_drops_root(services
     users = re.findall(r"^USER (\S+)", dockerfile, re.M)
     assert users and users[-1] not in ("root", "0"), "the services run as the image's own user"
     assert re.search(r"^ARG LOOP_GIT_COMMIT$", dockerfile, re.M) and "LOOP_GIT_COMMIT=$LOOP_GIT_COMMIT" in dockerfile
+    if re.search(r"^ENV .*PYTHONDONTWRITEBYTECODE=1", dockerfile, re.M):  # no process caches bytecode: the build makes it
+        assert re.search(r"uv pip sync .*--compile-bytecode", dockerfile) and "compileall -q dags include plugins" in dockerfile
     assert services["airflow-scheduler"]["build"]["args"] == {"LOOP_GIT_COMMIT": "${LOOP_GIT_COMMIT:-}"}
     ignored = set((PROJECT_ROOT / ".dockerignore").read_text().split())
     assert {".git", ".env", ".venv", ".state"} <= ignored
