@@ -273,8 +273,10 @@ def test_a_slot_dying_during_the_bake_costs_only_its_in_flight_requests(env, fli
         at_half = time.time()
         # the candidate is answering its half of the traffic when it dies
         poll(lambda: sum(o.version == "3" and o.started > at_half for o in list(load.result.outcomes)) >= 10, 30, "v3 answers at 50%")
+        pid = serving.stack.running()[f"slot-{idle}"]
+        tree = descendants(pid)  # found first: the kill itself is then instant, as an OOM kill is
         killed_at = time.time()
-        kill_tree(serving.stack.running()[f"slot-{idle}"])  # supervisor and workers, as an OOM kill would
+        kill_tree(pid, tree)  # supervisor and workers
         t.join(60)
     failed = load.result.failed
     detail = [(o.status, round(o.started - killed_at, 3), round(o.latency_ms)) for o in failed]

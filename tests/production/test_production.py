@@ -145,8 +145,9 @@ def test_a_restarted_serving_host_brings_the_live_version_back_from_the_registry
 
         assert wait_for(served, 300, "the entry to answer again after the serving host restarted") == live["model_version"]
         assert Serving(settings).slot_running(live["slot"])
-    log = (native.stack.log_dir / "serving-host.log").read_text()
-    assert f"resumed: {live['model_name']} v{live['model_version']} in slot {live['slot']}" in log
+    # the entry can answer a moment before the host logs that it resumed (it logs once `resume` returns)
+    resumed = f"resumed: {live['model_name']} v{live['model_version']} in slot {live['slot']}"
+    wait_for(lambda: resumed in (native.stack.log_dir / "serving-host.log").read_text(), 60, "the serving host to log what it resumed")
 
 
 def test_losing_a_worker_mid_training_retries_on_the_other_and_registers_one_version(prod):
