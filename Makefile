@@ -33,9 +33,9 @@ status:
 
 # Test processes: 1 runs the suite serially (what CI runs), about 30 minutes on two cores.
 # TEST_WORKERS=3 runs it on three pytest-xdist workers, each test module on one of them so its
-# services start once, the longest modules first (tests/conftest.py): 17-20 minutes, with both
-# cores saturated; in one of two such runs a serving test lost one request more than its bound
-# allows (a slot killed mid-bake is noticed later under that load), so it is not the default yet.
+# services start once, the longest modules first (tests/conftest.py): 17-23 minutes, with both
+# cores saturated. It becomes the default once its load-sensitive serving tests have held on CI
+# (two failed under that load and were fixed on 2026-12-07; the run after the fixes was green).
 TEST_WORKERS ?= 1
 PYTEST_PARALLEL = $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
