@@ -35,7 +35,7 @@ status:
 # TEST_WORKERS=3 runs it on three pytest-xdist workers, each test module on one of them so its
 # services start once, the longest modules first (tests/conftest.py): 17-23 minutes, with both
 # cores saturated. It becomes the default once its load-sensitive serving tests have held on CI
-# (two failed under that load and were fixed on 2026-12-07; the run after the fixes was green).
+# (two failed under that load and were fixed on 2026-12-07; both runs after the fixes were green).
 TEST_WORKERS ?= 1
 PYTEST_PARALLEL = $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
