@@ -20,20 +20,8 @@ from include.data.inference_log import (
     join_labels,
     read_inference_log,
 )
-from include.data.storage import LocalStorage
 from include.serving.inference_log import InferenceLog
 from tests.support.inference_log import END, START, event_days, hand_over, logged_ids, served_records
-
-
-@pytest.fixture(scope="module")
-def records(flights):
-    """A week of validated records (seven event days), each with its own request id."""
-    return served_records(flights, flights.load_interval(START, END))
-
-
-@pytest.fixture
-def storage(tmp_path):
-    return LocalStorage(tmp_path / "zones")
 
 
 def test_compaction_merges_a_days_parts_and_readers_see_each_row_once(flights, records, storage):

@@ -7,24 +7,11 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
 from include.data.inference_layout import FEATURE_PREFIX
 from include.data.inference_log import read_inference_log
-from include.data.storage import LocalStorage, get_storage
+from include.data.storage import get_storage
 from include.serving.inference_log import InferenceLog
 from tests.support.inference_log import END, START, event_days, hand_over, logged_ids, served_records
-
-
-@pytest.fixture(scope="module")
-def records(flights):
-    """A week of validated records (seven event days), each with its own request id."""
-    return served_records(flights, flights.load_interval(START, END))
-
-
-@pytest.fixture
-def storage(tmp_path):
-    return LocalStorage(tmp_path / "zones")
 
 
 class FailingOnce:
