@@ -13,7 +13,7 @@ RUN apt-get update \
 WORKDIR /opt/loop
 COPY requirements.txt .
 # PYTHONDONTWRITEBYTECODE keeps every process from caching what it compiles, so the bytecode is made
-# here, once: without it each task and server start compiles its libraries again (2x the CPU).
+# here, once: without it each task and server start compiles its libraries again (twice the import time).
 RUN pip install uv==0.13.8 && uv pip sync --system --no-cache --compile-bytecode requirements.txt
 
 # The user every service runs as (uid 50000, group 0, as in Airflow's own image). The code stays
