@@ -32,12 +32,10 @@ stop:  ## stop the services `make demo` started
 status:
 	$(BIN)/python -m include.local.stack status
 
-# Test processes: 1 runs the suite serially (what CI runs), about 30 minutes on two cores.
-# TEST_WORKERS=3 runs it on three pytest-xdist workers, each test module on one of them so its
-# services start once, the longest modules first (tests/conftest.py): 17-23 minutes, with both
-# cores saturated. It becomes the default once its load-sensitive serving tests have held on CI
-# (two failed under that load and were fixed on 2026-12-07; both runs after the fixes were green).
-TEST_WORKERS ?= 1
+# Test processes: three pytest-xdist workers by default, each test module on one of them so its
+# services start once, the longest modules first (tests/conftest.py); the two cores stay saturated
+# while the long set-ups wait on their services. TEST_WORKERS=1 runs the suite serially.
+TEST_WORKERS ?= 3
 PYTEST_PARALLEL = $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
 test: install  ## lint and the layer contracts, then every test: DAG integrity, unit, integration (real MLflow, GX, dag.test), e2e, production
