@@ -54,14 +54,10 @@ def summarize(settings: Settings, ports, airflow=None, traffic=None) -> str:
         start, _, end = v.tags.get("loop.data_window", "? … ?").partition(" … ")
         decision = v.tags.get("gate.decision", "pending")
         if decision in ("promote", "reject"):
-            against = (
-                f"vs champion v{v.tags['gate.champion_version']} {v.tags['gate.champion']}"
-                if v.tags.get("gate.champion_version")
-                else "vs floor"
-            )
-            decision = f"{decision} ({v.tags.get('gate.metric')} {v.tags.get('gate.challenger')} {against})"
-            if v.tags["gate.decision"] == "reject" and v.tags.get("gate.reason"):
-                decision += f": {v.tags['gate.reason']}"  # a better headline can still lose on a slice
+            against = f" vs champion v{v.tags['gate.champion_version']}" if v.tags.get("gate.champion_version") else ""
+            decision = f"{decision}{against}"
+            if v.tags.get("gate.reason"):
+                decision += f": {v.tags['gate.reason']}"  # the estimates with their intervals, and the slices
         flag = "  <- champion" if champion and v.version == champion.version else ""
         lines.append(f"  v{v.version}: data {start[:10]} … {end[:10]}, gate: {decision}{_deployment(v.tags)}{flag}")
     if champion:

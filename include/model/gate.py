@@ -1,24 +1,36 @@
-"""The champion gate.
+"""The champion gate: is the challenger broken, or clearly worse than the champion?
 
-`decide` is the gate itself: a pure function of the two models' metrics on the same evaluation
-slice, used by the `train` DAG and asserted on by the tests. A challenger is promoted only if
+On this loop's data a fresher model serves better (served ROC AUC falls with a model's age), and
+one held-out week cannot rank two recent models, so the fresher model wins unless there is
+evidence against it. `decide` is the gate itself, a pure function of both models' scores on the
+challenger's held-out rows. A challenger is rejected when
 
-* there is no champion yet and its metric clears the absolute floor, or
-* it beats the champion by at least the margin, and no slice with enough rows loses more than
-  the tolerance against the champion.
+* it is broken, whatever the champion does (`sanity`): its metric is below the floor or above the
+  ceiling (too good to be true: a leak), its mean score is off the observed positive rate by more
+  than the calibration ratio, or its scores are degenerate (one value);
+* it is worse than the champion beyond the non-inferiority margin, with confidence: the whole
+  two-sided interval of the paired difference lies below −margin (`include.model.stats.compare`:
+  DeLong for ROC AUC, a paired bootstrap for the other metrics);
+* a slice is worse beyond the slice margin with confidence, the confidence corrected for the
+  number of slices (Bonferroni). No row count decides which slices count: a small slice has a wide
+  interval, so only a drop far beyond the margin shows in it. A slice whose corrected interval is
+  wider than ±the slice margin cannot tell a drop of the margin from none, and the record says
+  so (`powered`): that is the slice size the statistics ask for.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 from include.alerting.alerts import mlflow_run_link, send_alert
 from include.data.partitions import read_validated
 from include.model.dataset import LINEAGE_ARTIFACT, labelled
-from include.model.metrics import HIGHER_IS_BETTER, compute_metrics, slice_metrics
+from include.model.metrics import HIGHER_IS_BETTER, metric_value
 from include.model.registry import CHAMPION, alias_version, connect, load_judged_model, naming_the_server, tag_version, timestamp
+from include.model.stats import Comparison, compare
 from include.settings import default, get_settings
+
+LABELS = {"roc_auc": "ROC AUC", "pr_auc": "PR AUC", "precision": "precision", "recall": "recall", "f1": "F1"}
 
 
 @dataclass(frozen=True)
@@ -27,18 +39,22 @@ class GateConfig:
 
     metric: str = default("gate_metric")
     margin: float = default("gate_margin")
-    slice_tolerance: float = default("gate_slice_tolerance")
-    min_slice_rows: int = default("gate_min_slice_rows")
+    slice_margin: float = default("gate_slice_margin")
+    confidence: float = default("gate_confidence")
     floor: float = default("gate_floor")
+    ceiling: float = default("gate_ceiling")
+    calibration_ratio: float = default("gate_calibration_ratio")
 
     def __post_init__(self):
         if self.metric not in HIGHER_IS_BETTER:
             raise ValueError(f"gate metric {self.metric!r} must be one of {sorted(HIGHER_IS_BETTER)}")
+        if not 0.5 <= self.confidence < 1:
+            raise ValueError(f"gate confidence {self.confidence} must be at least 0.5 and below 1")
 
     @classmethod
     def from_settings(cls) -> GateConfig:
         s = get_settings()
-        return cls(s.gate_metric, s.gate_margin, s.gate_slice_tolerance, s.gate_min_slice_rows, s.gate_floor)
+        return cls(s.gate_metric, s.gate_margin, s.gate_slice_margin, s.gate_confidence, s.gate_floor, s.gate_ceiling, s.gate_calibration_ratio)
 
 
 @dataclass
@@ -49,6 +65,11 @@ class GateDecision:
     challenger: float
     champion: float | None
     delta: float | None
+    interval: tuple[float, float] | None = None
+    confidence: float | None = None
+    method: str | None = None
+    broken: list[str] = field(default_factory=list)
+    slices: list[dict] = field(default_factory=list)
     worst_slice: str | None = None
     worst_slice_delta: float | None = None
     slice_regressions: dict[str, float] = field(default_factory=dict)
@@ -57,46 +78,95 @@ class GateDecision:
         return asdict(self)
 
 
-def decide(
-    challenger: dict[str, float],
-    champion: dict[str, float] | None,
-    config: GateConfig,
-    challenger_slices: dict[str, dict[str, float]] | None = None,
-    champion_slices: dict[str, dict[str, float]] | None = None,
-) -> GateDecision:
-    """The champion gate (see module docstring). Metrics must come from the same evaluation rows."""
-    m = config.metric
-    value = challenger.get(m, math.nan)
-    if value != value:
-        return GateDecision(False, f"challenger {m} is undefined on the evaluation slice", m, value, None, None)
-    if champion is None:
-        if value >= config.floor:
-            return GateDecision(True, f"first model: {m} {value:.4f} >= floor {config.floor:.4f}", m, value, None, None)
-        return GateDecision(False, f"first model: {m} {value:.4f} is below the floor {config.floor:.4f}", m, value, None, None)
+def sanity(y_true, scores, value: float, config: GateConfig) -> list[str]:
+    """What makes a model broken whatever the champion scores; empty when none applies."""
+    import numpy as np
 
-    base = champion[m]
-    delta = value - base
-    regressions, worst, worst_delta = {}, None, None
-    for key, ch in (challenger_slices or {}).items():
-        cp = (champion_slices or {}).get(key)
-        if cp is None or ch.get("n", 0) < config.min_slice_rows:
-            continue
-        d = ch[m] - cp[m]
-        if d != d:  # undefined on this slice (one class only)
-            continue
-        if worst_delta is None or d < worst_delta:
-            worst, worst_delta = key, d
-        if d < -config.slice_tolerance:
-            regressions[key] = d
-    decision = GateDecision(False, "", m, value, base, delta, worst, worst_delta, regressions)
-    if delta < config.margin:
-        decision.reason = f"{m} {value:.4f} vs champion {base:.4f}: gain {delta:+.4f} is under the margin {config.margin:.4f}"
-    elif regressions:
-        listed = ", ".join(f"{k} {v:+.4f}" for k, v in sorted(regressions.items(), key=lambda kv: kv[1]))
-        decision.reason = f"{m} gain {delta:+.4f}, but slices regress beyond {config.slice_tolerance:.4f}: {listed}"
+    name, y, s = LABELS[config.metric], np.asarray(y_true, dtype=float), np.asarray(scores, dtype=float)
+    found = []
+    if value != value:
+        return [f"{name} is undefined on the evaluation rows"]
+    if value < config.floor:
+        found.append(f"{name} {value:.4f} is below the floor {config.floor:.4f}")
+    if value > config.ceiling:
+        found.append(f"{name} {value:.4f} is above the ceiling {config.ceiling:.4f}: too good to be true (a leak?)")
+    distinct = len(np.unique(s))
+    if distinct < 2:
+        found.append(f"its scores are degenerate ({distinct} distinct value)")
+    observed, predicted = float(y.mean()), float(s.mean())
+    ratio = config.calibration_ratio
+    if not (observed / ratio <= predicted <= observed * ratio):
+        found.append(f"its mean score {predicted:.3f} is off the observed positive rate {observed:.3f} by more than ×{ratio:g}")
+    return found
+
+
+def _fmt(c: Comparison) -> str:
+    return f"Δ {c.delta:+.3f}, {c.confidence:.0%} CI {c.low:+.3f}…{c.high:+.3f}"
+
+
+def judge_slices(y, challenger, champion, slices, config: GateConfig, threshold: float) -> list[dict]:
+    """Each slice's paired comparison at the confidence corrected for the number of slices with
+    both classes (Bonferroni): `worse` when its interval lies wholly below −the slice margin,
+    `powered` when the interval is no wider than ±the slice margin (it could show such a drop)."""
+    import numpy as np
+
+    if slices is None or slices.empty:
+        return []
+    y, a, b = (np.asarray(v, dtype=float) for v in (y, challenger, champion))
+    masks = {}
+    for column in slices.columns:
+        values = slices[column].astype("object").to_numpy()
+        for value in sorted({v for v in values if v is not None and v == v}, key=str):
+            mask = values == value
+            if 0 < y[mask].sum() < mask.sum():  # both classes: the metric is defined
+                masks[f"{column}={value}"] = mask
+    level = 1 - (1 - config.confidence) / max(len(masks), 1)
+    out = []
+    for key, mask in masks.items():
+        c = compare(y[mask], a[mask], b[mask], config.metric, level, threshold)
+        powered = c.defined and (c.high - c.low) / 2 <= config.slice_margin
+        out.append(c.as_dict() | {"slice": key, "powered": powered, "worse": c.defined and c.high < -config.slice_margin})
+    return out
+
+
+def decide(y_true, challenger_scores, champion_scores, config: GateConfig, slices=None, threshold: float = 0.5) -> GateDecision:
+    """The champion gate (module docstring) on both models' scores of the same labelled rows, and
+    the rows' slice columns. `champion_scores` is None when there is no champion yet."""
+    m, name = config.metric, LABELS[config.metric]
+    value = metric_value(m, y_true, challenger_scores, threshold)
+    broken = sanity(y_true, challenger_scores, value, config)
+    if champion_scores is None:
+        if broken:
+            return GateDecision(False, f"first model, broken: {'; '.join(broken)}", m, value, None, None, broken=broken)
+        return GateDecision(True, f"first model: {name} {value:.4f}, within the floor {config.floor:.4f} and the ceiling {config.ceiling:.4f}", m, value, None, None)
+
+    c = compare(y_true, challenger_scores, champion_scores, m, config.confidence, threshold)
+    per_slice = judge_slices(y_true, challenger_scores, champion_scores, slices, config, threshold)
+    defined = [s for s in per_slice if s["delta"] == s["delta"]]
+    worst = min(defined, key=lambda s: s["delta"], default=None)
+    decision = GateDecision(
+        False, "", m, value, c.champion, c.delta, (c.low, c.high), c.confidence, c.method, broken, per_slice,
+        worst["slice"] if worst else None, worst["delta"] if worst else None,
+        {s["slice"]: s["delta"] for s in per_slice if s["worse"]},
+    )
+    headline = f"{name} {value:.4f} vs {c.champion:.4f} ({_fmt(c)})"
+    small = sum(not s["powered"] for s in per_slice)
+    if worst is None:
+        slice_note = "no slice holds both classes"
+    else:
+        slice_note = f"worst {worst['slice']} {worst['delta']:+.3f}, CI {worst['low']:+.3f}…{worst['high']:+.3f}; {small} of {len(per_slice)} too small to show a drop of the margin"
+    if broken:
+        decision.reason = f"broken: {'; '.join(broken)}"
+    elif not c.defined:
+        decision.reason = f"{headline}: the comparison is undefined on the evaluation rows"
+    elif c.high < -config.margin:
+        decision.reason = f"{headline}: worse than the champion beyond the margin {config.margin:.3f} with {c.confidence:.0%} confidence"
+    elif decision.slice_regressions:
+        listed = ", ".join(f"{s['slice']} {s['delta']:+.3f} (CI {s['low']:+.3f}…{s['high']:+.3f})" for s in per_slice if s["worse"])
+        decision.reason = f"{headline}; slices worse beyond the margin {config.slice_margin:.3f} with confidence (Bonferroni over {len(per_slice)}): {listed}"
     else:
         decision.promote = True
-        decision.reason = f"{m} {value:.4f} beats champion {base:.4f} by {delta:+.4f}; no slice regresses beyond tolerance"
+        decision.reason = f"{headline}; no slice worse beyond the margin with confidence ({slice_note})"
     return decision
 
 
@@ -140,19 +210,15 @@ def _run_gate(usecase, settings, model_name: str, version: str, storage) -> dict
     def score(v: str):
         model = load_judged_model(client, model_name, v)
         try:
-            s = model.predict_proba(X)[:, 1]
+            return model.predict_proba(X)[:, 1]
         except Exception as exc:
             raise RuntimeError(
                 f"{model_name} version {v} cannot score the evaluation slice of version {version} "
                 f"(feature schema changed?): {exc}. Compare them by hand and move the alias if intended."
             ) from exc
-        return compute_metrics(y, s, threshold), slice_metrics(slices, y.to_numpy(), s, threshold)
 
-    ch_metrics, ch_slices = score(version)
-    cp_metrics = cp_slices = None
-    if champion is not None:
-        cp_metrics, cp_slices = score(champion.version)
-    decision = decide(ch_metrics, cp_metrics, config, ch_slices, cp_slices)
+    champion_scores = score(champion.version) if champion is not None else None
+    decision = decide(y.to_numpy(), score(version), champion_scores, config, slices, threshold)
     verdict = "promote" if decision.promote else "reject"
 
     record = decision.as_dict() | {
@@ -162,8 +228,11 @@ def _run_gate(usecase, settings, model_name: str, version: str, storage) -> dict
     }
     client.log_dict(mv.run_id, record, "gate/decision.json")
     for k, v in {
-        f"gate_challenger_{config.metric}": ch_metrics[config.metric],
-        f"gate_champion_{config.metric}": cp_metrics[config.metric] if cp_metrics else None,
+        f"gate_challenger_{config.metric}": decision.challenger,
+        f"gate_champion_{config.metric}": decision.champion,
+        "gate_delta": decision.delta,
+        "gate_delta_low": decision.interval[0] if decision.interval else None,
+        "gate_delta_high": decision.interval[1] if decision.interval else None,
     }.items():
         if v is not None and v == v:
             client.log_metric(mv.run_id, k, v)
@@ -179,6 +248,7 @@ def _run_gate(usecase, settings, model_name: str, version: str, storage) -> dict
             "gate.challenger": f"{decision.challenger:.6f}",
             "gate.champion": "" if decision.champion is None else f"{decision.champion:.6f}",
             "gate.champion_version": champion.version if champion else "",
+            "gate.interval": "" if decision.interval is None else f"{decision.interval[0]:+.6f} {decision.interval[1]:+.6f}",
         },
     )
     # The decision itself, last: a version carries it only once everything above is recorded.

@@ -32,6 +32,22 @@ def compute_metrics(y_true, y_score, threshold: float) -> dict[str, float]:
     return out
 
 
+def metric_value(metric: str, y_true, y_score, threshold: float) -> float:
+    """One higher-is-better metric (`HIGHER_IS_BETTER`) of scores against 0/1 labels, as
+    `compute_metrics` computes it; NaN where undefined."""
+    import numpy as np
+    from sklearn import metrics
+
+    y_true, y_score = np.asarray(y_true, dtype=float), np.asarray(y_score, dtype=float)
+    if metric in ("roc_auc", "pr_auc"):
+        if len(np.unique(y_true)) != 2:
+            return math.nan
+        score = metrics.roc_auc_score if metric == "roc_auc" else metrics.average_precision_score
+        return float(score(y_true, y_score))
+    by_name = {"precision": metrics.precision_score, "recall": metrics.recall_score, "f1": metrics.f1_score}
+    return float(by_name[metric](y_true, (y_score >= threshold).astype(int), zero_division=0))
+
+
 def slice_metrics(slices: pd.DataFrame, y_true: np.ndarray, y_score: np.ndarray, threshold: float) -> dict[str, dict[str, float]]:
     """Metrics per value of each slice column, keyed `column=value`."""
     import numpy as np
