@@ -133,7 +133,7 @@ class Settings(BaseSettings):
         0.01, ge=0, description="Non-inferiority margin: a challenger is rejected only when it is worse than the champion by more than this, with the gate's confidence."
     )
     gate_slice_margin: float = Field(
-        0.03, ge=0, description="The same for each slice, the confidence corrected for the number of slices; a slice whose interval is wider than this either side is reported, not judged."
+        0.03, ge=0, description="The same for each slice, the confidence corrected for the number of slices (a small slice's wide interval needs a larger drop; the record says which slices could not show a drop of this size)."
     )
     gate_confidence: float = Field(0.95, ge=0.5, lt=1, description="Confidence of the gate's two-sided intervals (DeLong for ROC AUC, a paired bootstrap otherwise).")
     gate_floor: float = Field(0.60, description="Absolute floor of the gate metric: a challenger below it is broken, whatever the champion scores.")
