@@ -133,13 +133,13 @@ class Settings(BaseSettings):
         0.01, ge=0, description="Non-inferiority margin: a challenger is rejected only when it is worse than the champion by more than this, with the gate's confidence."
     )
     gate_slice_margin: float = Field(
-        0.03, ge=0, description="The same for each slice, the confidence corrected for the number of slices (a small slice's wide interval needs a larger drop; the record says which slices could not show a drop of this size)."
+        0.03, ge=0, description="The same for each slice, the confidence corrected for the number of slices; a slice is judged when its class counts can measure an AUC to within this (Hanley–McNeil), smaller ones are reported."
     )
     gate_confidence: float = Field(0.95, ge=0.5, lt=1, description="Confidence of the gate's two-sided intervals (DeLong for ROC AUC, a paired bootstrap otherwise).")
     gate_floor: float = Field(0.60, description="Absolute floor of the gate metric: a challenger below it is broken, whatever the champion scores.")
     gate_ceiling: float = Field(0.98, description="Absolute ceiling of the gate metric: a challenger above it on held-out rows is too good to be true (a leak) and rejected.")
     gate_calibration_ratio: float = Field(
-        2.0, gt=1, description="A challenger whose mean score is more than this many times above or below the observed positive rate is broken."
+        3.0, gt=1, description="A challenger whose mean score is more than this many times above or below the observed positive rate is broken."
     )
     operating_threshold: float = Field(0.5, ge=0, le=1, description="Score at or above which the positive class is predicted.")
 

@@ -12,10 +12,11 @@ challenger's held-out rows. A challenger is rejected when
   two-sided interval of the paired difference lies below −margin (`include.model.stats.compare`:
   DeLong for ROC AUC, a paired bootstrap for the other metrics);
 * a slice is worse beyond the slice margin with confidence, the confidence corrected for the
-  number of slices (Bonferroni). No row count decides which slices count: a small slice has a wide
-  interval, so only a drop far beyond the margin shows in it. A slice whose corrected interval is
-  wider than ±the slice margin cannot tell a drop of the margin from none, and the record says
-  so (`powered`): that is the slice size the statistics ask for.
+  number of slices (Bonferroni). No fixed row count decides which slices are judged: a slice is
+  judged when its class counts can measure an AUC to within the slice margin (the Hanley–McNeil
+  standard error at AUC 0.5, about its widest, is at most the margin); smaller slices are reported.
+  DeLong's interval is not trusted below that either: with a handful of positives its variance
+  estimate collapses.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from include.data.partitions import read_validated
 from include.model.dataset import LINEAGE_ARTIFACT, labelled
 from include.model.metrics import HIGHER_IS_BETTER, metric_value
 from include.model.registry import CHAMPION, alias_version, connect, load_judged_model, naming_the_server, tag_version, timestamp
-from include.model.stats import Comparison, compare
+from include.model.stats import Comparison, compare, hanley_mcneil_se
 from include.settings import default, get_settings
 
 LABELS = {"roc_auc": "ROC AUC", "pr_auc": "PR AUC", "precision": "precision", "recall": "recall", "f1": "F1"}
@@ -106,8 +107,9 @@ def _fmt(c: Comparison) -> str:
 
 def judge_slices(y, challenger, champion, slices, config: GateConfig, threshold: float) -> list[dict]:
     """Each slice's paired comparison at the confidence corrected for the number of slices with
-    both classes (Bonferroni): `worse` when its interval lies wholly below −the slice margin,
-    `powered` when the interval is no wider than ±the slice margin (it could show such a drop)."""
+    both classes (Bonferroni): `judged` when its class counts can measure an AUC to within the
+    slice margin (Hanley–McNeil at 0.5: the size, not the models, decides), `worse` when judged and its interval lies wholly below
+    −the slice margin."""
     import numpy as np
 
     if slices is None or slices.empty:
@@ -124,8 +126,9 @@ def judge_slices(y, challenger, champion, slices, config: GateConfig, threshold:
     out = []
     for key, mask in masks.items():
         c = compare(y[mask], a[mask], b[mask], config.metric, level, threshold)
-        powered = c.defined and (c.high - c.low) / 2 <= config.slice_margin
-        out.append(c.as_dict() | {"slice": key, "powered": powered, "worse": c.defined and c.high < -config.slice_margin})
+        positives = int(y[mask].sum())
+        judged = c.defined and hanley_mcneil_se(0.5, positives, int(mask.sum()) - positives) <= config.slice_margin
+        out.append(c.as_dict() | {"slice": key, "judged": judged, "worse": judged and c.high < -config.slice_margin})
     return out
 
 
@@ -142,19 +145,19 @@ def decide(y_true, challenger_scores, champion_scores, config: GateConfig, slice
 
     c = compare(y_true, challenger_scores, champion_scores, m, config.confidence, threshold)
     per_slice = judge_slices(y_true, challenger_scores, champion_scores, slices, config, threshold)
-    defined = [s for s in per_slice if s["delta"] == s["delta"]]
-    worst = min(defined, key=lambda s: s["delta"], default=None)
+    judged = [s for s in per_slice if s["judged"]]
+    worst = min(judged, key=lambda s: s["delta"], default=None)
     decision = GateDecision(
         False, "", m, value, c.champion, c.delta, (c.low, c.high), c.confidence, c.method, broken, per_slice,
         worst["slice"] if worst else None, worst["delta"] if worst else None,
         {s["slice"]: s["delta"] for s in per_slice if s["worse"]},
     )
     headline = f"{name} {value:.4f} vs {c.champion:.4f} ({_fmt(c)})"
-    small = sum(not s["powered"] for s in per_slice)
+    small = len(per_slice) - len(judged)
     if worst is None:
-        slice_note = "no slice holds both classes"
+        slice_note = f"no slice large enough to judge ({small} too small)"
     else:
-        slice_note = f"worst {worst['slice']} {worst['delta']:+.3f}, CI {worst['low']:+.3f}…{worst['high']:+.3f}; {small} of {len(per_slice)} too small to show a drop of the margin"
+        slice_note = f"worst {worst['slice']} {worst['delta']:+.3f}, CI {worst['low']:+.3f}…{worst['high']:+.3f}; {small} of {len(per_slice)} too small to judge"
     if broken:
         decision.reason = f"broken: {'; '.join(broken)}"
     elif not c.defined:

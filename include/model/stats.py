@@ -61,6 +61,16 @@ def delong(y_true, a, b) -> tuple[float, float, float]:
     return float(auc[0]), float(auc[1]), math.sqrt(max(float(var), 0.0))
 
 
+def hanley_mcneil_se(auc: float, positives: int, negatives: int) -> float:
+    """The standard error of one ROC AUC from its value and class counts alone (Hanley & McNeil,
+    1982): how precisely rows this few can measure an AUC, whatever the model does."""
+    if positives < 1 or negatives < 1 or auc != auc:
+        return math.nan
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc)) / (positives * negatives)
+    return math.sqrt(max(var, 0.0))
+
+
 def z_value(confidence: float) -> float:
     """The standard normal quantile of a two-sided interval at `confidence`."""
     from scipy.stats import norm
