@@ -224,7 +224,7 @@ class Settings(BaseSettings):
     retrain_cooldown_hours: float = Field(24, ge=0, description="No retrain request this soon after the last training (data time).")
     retrain_max_per_day: int = Field(2, ge=1, description="Retrain requests per 24 hours, at most.")
     max_model_age_days: float = Field(
-        42, ge=0, description="Retrain once the newest model's data ends this many days before the newest data seen, whatever drift says (0: off)."
+        42, ge=0, description="Retrain once the serving model's data ends this many days before the newest data seen, whatever drift says (0: off)."
     )
 
     # Alerts and the alert webhook

@@ -68,6 +68,7 @@ def replay_policies(replayed: Replay, policies: list[Policy], first: int, *, qui
                 history = History(
                     now=week.end,
                     last_training_at=replayed.week(serving).end,
+                    model_data_end=replayed.week(serving).end,  # every retrain serves: the gate is not replayed yet
                     requests=tuple(requests[policy.name]),
                 )
                 decision = decide(served.report, replayed.trained(serving).reference, history, policy.config)

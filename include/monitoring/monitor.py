@@ -123,7 +123,7 @@ def run_monitor(settings, usecase, window: MonitorWindow, *, training_active: bo
     recorded = finished_run(client, exp, window.identity(str(live.version)), has_tag="decision.action")
     if recorded is not None:
         return _result(recorded.info.run_id, recorded.data.tags, reused=True)
-    history = _history(client, exp, model_name, window.end, training_active)
+    history = _history(client, exp, model_name, window.end, training_active, live)
     found = check_window(settings, usecase, window, _reference(client, live), history, storage)
     run_id, tags = _record(client, exp, usecase, window, found)
     _alert(settings, model_name, window, found, run_id, exp)
@@ -153,11 +153,13 @@ def _reference(client, live) -> Reference:
     return Reference(str(live.version), profile, {m: model_metrics.get(f"eval_{m}") for m in ("roc_auc", "pr_auc")})
 
 
-def _history(client, exp, model_name, now, training_active) -> History:
-    """What the policy's guards read: the newest training, and earlier requests before `now`."""
+def _history(client, exp, model_name, now, training_active, live) -> History:
+    """What the policy's guards read: the newest training, the serving version's data end, and
+    earlier requests before `now`."""
     return History(
         now=now,
         last_training_at=_last_training_end(client, model_name),
+        model_data_end=_data_end(live),
         training_active=training_active,
         requests=_earlier_requests(client, exp, before=now),
     )
@@ -336,11 +338,15 @@ def _live_model(settings, client, model_name):
     return alias_version(client, model_name, CHAMPION)
 
 
+def _data_end(version) -> datetime | None:
+    """The end of a model version's data window (its `loop.data_window` tag)."""
+    end = version.tags.get("loop.data_window", "").partition(" … ")[2]
+    return datetime.fromisoformat(end) if end else None
+
+
 def _last_training_end(client, model_name):
     """Data time of the newest training: the end of the newest version's data window."""
-    versions = client.search_model_versions(f"name = '{model_name}'")
-    ends = [v.tags.get("loop.data_window", "").partition(" … ")[2] for v in versions]
-    ends = [datetime.fromisoformat(e) for e in ends if e]
+    ends = [e for v in client.search_model_versions(f"name = '{model_name}'") if (e := _data_end(v))]
     return max(ends) if ends else None
 
 

@@ -88,7 +88,7 @@ class PolicyConfig:
     min_labelled: int = _DEFAULTS["min_labelled"]
     """Decay is judged only on windows with at least this many labelled predictions."""
     max_model_age: timedelta | None = _DEFAULTS["max_model_age"]
-    """Retrain (cause `age`) once the newest model's data ends this long before the newest data
+    """Retrain (cause `age`) once the serving model's data ends this long before the newest data
     seen, whatever the signals say: a model's served quality falls with its age faster than any one
     week's drift shows (README, "The retrain policy on a year of history"). None: off."""
     cooldown: timedelta = _DEFAULTS["cooldown"]
@@ -117,6 +117,11 @@ class History:
 
     now: datetime
     last_training_at: datetime | None = None
+    """The end of the newest training's data window, whatever the gate made of it: the cooldown
+    counts from here."""
+    model_data_end: datetime | None = None
+    """The end of the serving model's data window: its age counts from here (a challenger the gate
+    rejected does not make the serving model any younger)."""
     training_active: bool = False
     requests: tuple[tuple[datetime, str], ...] = ()
     """Earlier retrain requests: (time, cause), newest last."""
@@ -240,12 +245,12 @@ def decide(report: dict, reference: dict, history: History, config: PolicyConfig
     """Retrain, do nothing, or suppress a request, with the reason. `reference` holds the model's
     own evaluation metrics (higher is better), e.g. {"roc_auc": 0.71}."""
     cause, why, evidence = findings(report, reference, config)
-    if config.max_model_age is not None and history.last_training_at is not None:
-        age = history.now - history.last_training_at
+    if config.max_model_age is not None and history.model_data_end is not None:
+        age = history.now - history.model_data_end
         evidence["model_age_days"] = round(age.total_seconds() / 86400, 2)
         if age >= config.max_model_age:
             cause = ";".join(c for c in (cause, AGE) if c)
-            why = "; ".join(w for w in (why, f"the newest model's data ends {_ago(age)} ago (≥ {_ago(config.max_model_age)})") if w)
+            why = "; ".join(w for w in (why, f"the serving model's data ends {_ago(age)} ago (≥ {_ago(config.max_model_age)})") if w)
     if not cause:
         return Decision("none", "", "no drift or decay beyond the thresholds", evidence)
     if held := training_guard(history, config):

@@ -147,8 +147,11 @@ def test_the_monitor_logs_each_window_to_mlflow_and_requests_one_retrain(flights
     mlflow.register_model(
         info.model_uri, settings.model_name, tags={"loop.data_window": f"{WEEKS['feb'].isoformat()} … {answered}"}
     )
+    # The new version is not serving (no gate promoted it), so the serving model is still five
+    # months old: age counts from the model that serves, the cooldown from any training.
     third = run_monitor(settings, flights, MonitorWindow(jul + timedelta(days=1), jul + timedelta(days=4), "monitor", "t4"))
-    assert third["action"] == "suppressed" and "cooldown" in third["reason"] and third["cause"] == "drift", third
+    assert third["action"] == "suppressed" and "cooldown" in third["reason"] and third["cause"] == "drift;age", third
+    assert "the serving model's data ends 144.0 d ago" in third["reason"], third
 
     exp = client.get_experiment_by_name(monitoring_experiment(settings.model_name))
     runs = client.search_runs([exp.experiment_id])

@@ -246,18 +246,28 @@ def test_decay_needs_a_floor_of_labels_and_both_classes():
 
 def test_a_model_past_its_maximum_age_is_retrained_without_an_alert():
     quiet = attributed({})
-    young = decide(quiet, REFERENCE, History(now=NOW, last_training_at=NOW - timedelta(weeks=5)), DEFAULT)
-    old = decide(quiet, REFERENCE, History(now=NOW, last_training_at=NOW - timedelta(weeks=6)), DEFAULT)
+    young = decide(quiet, REFERENCE, History(now=NOW, model_data_end=NOW - timedelta(weeks=5)), DEFAULT)
+    old = decide(quiet, REFERENCE, History(now=NOW, model_data_end=NOW - timedelta(weeks=6)), DEFAULT)
     assert young.action == "none" and young.evidence["model_age_days"] == 35.0
     assert old.action == "retrain" and old.cause == "age" and "ends 42.0 d ago (≥ 42.0 d)" in old.reason, old
     assert signals(old.cause) == [], "age alone is maintenance: no alert"
     # with a signal too, both are the cause and the signal alerts
-    both = decide(attributed({"dep_hour": 0.3}), REFERENCE, History(now=NOW, last_training_at=NOW - timedelta(weeks=7)), DEFAULT)
+    both = decide(attributed({"dep_hour": 0.3}), REFERENCE, History(now=NOW, model_data_end=NOW - timedelta(weeks=7)), DEFAULT)
     assert both.cause == "drift;age" and signals(both.cause) == ["drift"]
     # no model yet, the older rule, or the limit switched off: age asks for nothing
     assert decide(quiet, REFERENCE, History(now=NOW), DEFAULT).action == "none"
     for config in (CONFIG, PolicyConfig(max_model_age=None)):
-        assert decide(quiet, REFERENCE, History(now=NOW, last_training_at=NOW - timedelta(weeks=30)), config).action == "none"
+        assert decide(quiet, REFERENCE, History(now=NOW, model_data_end=NOW - timedelta(weeks=30)), config).action == "none"
+
+
+def test_age_counts_from_the_serving_model_not_from_a_rejected_challenger():
+    """A challenger the gate rejected a week ago trained recently, but the model serving is seven
+    weeks old: age asks for a retrain (the cooldown, which counts from any training, may hold it)."""
+    quiet = attributed({})
+    history = History(now=NOW, last_training_at=NOW - timedelta(weeks=1), model_data_end=NOW - timedelta(weeks=7))
+    decision = decide(quiet, REFERENCE, history, DEFAULT)
+    assert decision.cause == "age" and decision.evidence["model_age_days"] == 49.0, decision
+    assert "the serving model's data ends 49.0 d ago" in decision.reason
 
 
 def test_the_maximum_age_comes_from_settings_and_zero_switches_it_off(monkeypatch):
