@@ -130,7 +130,7 @@ class Settings(BaseSettings):
         "roc_auc", description="Metric the champion gate compares (higher is better)."
     )
     gate_margin: float = Field(
-        0.01, ge=0, description="Non-inferiority margin: a challenger is rejected only when it is worse than the champion by more than this, with the gate's confidence."
+        0.005, ge=0, description="Non-inferiority margin: a challenger is rejected only when it is worse than the champion by more than this, with the gate's confidence (about what a week of age costs a model on 2013)."
     )
     gate_slice_margin: float = Field(
         0.03, ge=0, description="The same for each slice, the confidence corrected for the number of slices; a slice is judged when its class counts can measure an AUC to within this (Hanley–McNeil), smaller ones are reported."
@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     gate_ceiling: float = Field(0.98, description="Absolute ceiling of the gate metric: a challenger above it on held-out rows is too good to be true (a leak) and rejected.")
     gate_calibration_ratio: float = Field(
         3.0, gt=1, description="A challenger whose mean score is more than this many times above or below the observed positive rate is broken."
+    )
+    gate_abandoned_share: float = Field(
+        0.10, gt=0, le=1, description="A challenger that never uses a feature carrying at least this share of the champion's gain is broken (a column gone constant or empty upstream)."
     )
     operating_threshold: float = Field(0.5, ge=0, le=1, description="Score at or above which the positive class is predicted.")
 

@@ -5,9 +5,12 @@ one held-out week cannot rank two recent models, so the fresher model wins unles
 evidence against it. `decide` is the gate itself, a pure function of both models' scores on the
 challenger's held-out rows. A challenger is rejected when
 
-* it is broken, whatever the champion does (`sanity`): its metric is below the floor or above the
+* it is broken, whatever the champion does (`sanity`): its metric is below the floor (unless the
+  champion falls below it on the same rows too: a hard week, not a broken model) or above the
   ceiling (too good to be true: a leak), its mean score is off the observed positive rate by more
-  than the calibration ratio, or its scores are degenerate (one value);
+  than the calibration ratio, or its scores are degenerate (one value); or, beside a champion, it
+  never uses a feature that carried a large share of the champion's gain (`abandoned`: a column
+  that went constant or empty upstream, whatever the metric says);
 * it is worse than the champion beyond the non-inferiority margin, with confidence: the whole
   two-sided interval of the paired difference lies below −margin (`include.model.stats.compare`:
   DeLong for ROC AUC, a paired bootstrap for the other metrics);
@@ -45,6 +48,7 @@ class GateConfig:
     floor: float = default("gate_floor")
     ceiling: float = default("gate_ceiling")
     calibration_ratio: float = default("gate_calibration_ratio")
+    abandoned_share: float = default("gate_abandoned_share")
 
     def __post_init__(self):
         if self.metric not in HIGHER_IS_BETTER:
@@ -55,7 +59,10 @@ class GateConfig:
     @classmethod
     def from_settings(cls) -> GateConfig:
         s = get_settings()
-        return cls(s.gate_metric, s.gate_margin, s.gate_slice_margin, s.gate_confidence, s.gate_floor, s.gate_ceiling, s.gate_calibration_ratio)
+        return cls(
+            s.gate_metric, s.gate_margin, s.gate_slice_margin, s.gate_confidence, s.gate_floor, s.gate_ceiling, s.gate_calibration_ratio,
+            s.gate_abandoned_share,
+        )
 
 
 @dataclass
@@ -79,15 +86,18 @@ class GateDecision:
         return asdict(self)
 
 
-def sanity(y_true, scores, value: float, config: GateConfig) -> list[str]:
-    """What makes a model broken whatever the champion scores; empty when none applies."""
+def sanity(y_true, scores, value: float, config: GateConfig, champion_value: float | None = None) -> list[str]:
+    """What makes a model broken whatever the champion scores; empty when none applies. Only the
+    floor looks at the champion (`champion_value`, on the same rows): rows on which the champion
+    falls below the floor too are a hard week, not a broken model, and the paired comparison judges."""
     import numpy as np
 
     name, y, s = LABELS[config.metric], np.asarray(y_true, dtype=float), np.asarray(scores, dtype=float)
     found = []
     if value != value:
         return [f"{name} is undefined on the evaluation rows"]
-    if value < config.floor:
+    hard_rows = champion_value is not None and champion_value < config.floor
+    if value < config.floor and not hard_rows:
         found.append(f"{name} {value:.4f} is below the floor {config.floor:.4f}")
     if value > config.ceiling:
         found.append(f"{name} {value:.4f} is above the ceiling {config.ceiling:.4f}: too good to be true (a leak?)")
@@ -99,6 +109,23 @@ def sanity(y_true, scores, value: float, config: GateConfig) -> list[str]:
     if not (observed / ratio <= predicted <= observed * ratio):
         found.append(f"its mean score {predicted:.3f} is off the observed positive rate {observed:.3f} by more than ×{ratio:g}")
     return found
+
+
+def gain_shares(model) -> dict[str, float]:
+    """Each feature's share of an XGBoost model's total gain (features it never splits on: absent)."""
+    gains = model.get_booster().get_score(importance_type="total_gain")
+    total = sum(gains.values())
+    return {f: g / total for f, g in gains.items()} if total else {}
+
+
+def abandoned(challenger: dict[str, float], champion: dict[str, float], config: GateConfig) -> list[str]:
+    """The features the champion leaned on (at least the abandoned share of its gain) that the
+    challenger never uses, as findings."""
+    return [
+        f"it never uses {f}, which carried {share:.0%} of the champion's gain (a column gone constant or empty upstream?)"
+        for f, share in sorted(champion.items(), key=lambda kv: -kv[1])
+        if share >= config.abandoned_share and challenger.get(f, 0.0) == 0.0
+    ]
 
 
 def _fmt(c: Comparison) -> str:
@@ -132,12 +159,18 @@ def judge_slices(y, challenger, champion, slices, config: GateConfig, threshold:
     return out
 
 
-def decide(y_true, challenger_scores, champion_scores, config: GateConfig, slices=None, threshold: float = 0.5) -> GateDecision:
+def decide(
+    y_true, challenger_scores, champion_scores, config: GateConfig, slices=None, threshold: float = 0.5, gains: tuple[dict, dict] | None = None
+) -> GateDecision:
     """The champion gate (module docstring) on both models' scores of the same labelled rows, and
-    the rows' slice columns. `champion_scores` is None when there is no champion yet."""
+    the rows' slice columns. `champion_scores` is None when there is no champion yet; `gains`, the
+    challenger's and the champion's `gain_shares`, when known."""
     m, name = config.metric, LABELS[config.metric]
     value = metric_value(m, y_true, challenger_scores, threshold)
-    broken = sanity(y_true, challenger_scores, value, config)
+    base = None if champion_scores is None else metric_value(m, y_true, champion_scores, threshold)
+    broken = sanity(y_true, challenger_scores, value, config, base)
+    if gains is not None and champion_scores is not None:
+        broken += abandoned(*gains, config)
     if champion_scores is None:
         if broken:
             return GateDecision(False, f"first model, broken: {'; '.join(broken)}", m, value, None, None, broken=broken)
@@ -213,15 +246,16 @@ def _run_gate(usecase, settings, model_name: str, version: str, storage) -> dict
     def score(v: str):
         model = load_judged_model(client, model_name, v)
         try:
-            return model.predict_proba(X)[:, 1]
+            return model.predict_proba(X)[:, 1], gain_shares(model)
         except Exception as exc:
             raise RuntimeError(
                 f"{model_name} version {v} cannot score the evaluation slice of version {version} "
                 f"(feature schema changed?): {exc}. Compare them by hand and move the alias if intended."
             ) from exc
 
-    champion_scores = score(champion.version) if champion is not None else None
-    decision = decide(y.to_numpy(), score(version), champion_scores, config, slices, threshold)
+    challenger_scores, challenger_gains = score(version)
+    champion_scores, champion_gains = score(champion.version) if champion is not None else (None, {})
+    decision = decide(y.to_numpy(), challenger_scores, champion_scores, config, slices, threshold, (challenger_gains, champion_gains))
     verdict = "promote" if decision.promote else "reject"
 
     record = decision.as_dict() | {

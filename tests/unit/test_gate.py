@@ -8,11 +8,11 @@ import pytest
 from scipy.stats import bootstrap
 from sklearn.metrics import roc_auc_score
 
-from include.model.gate import GateConfig, decide, sanity
+from include.model.gate import GateConfig, abandoned, decide, sanity
 from include.model.metrics import compute_metrics, metric_value
 from include.model.stats import compare, delong, hanley_mcneil_se
 
-CFG = GateConfig(metric="roc_auc", margin=0.01, slice_margin=0.03, confidence=0.95, floor=0.6, ceiling=0.98, calibration_ratio=3.0)
+CFG = GateConfig(metric="roc_auc", margin=0.01, slice_margin=0.03, confidence=0.95, floor=0.6, ceiling=0.98, calibration_ratio=3.0, abandoned_share=0.1)
 
 
 def rows(n=6000, seed=0, rate=0.25):
@@ -212,9 +212,37 @@ def test_a_broken_challenger_is_rejected_whatever_the_champion_does(broken, foun
         "miscalibrated": np.clip(fine * 5, 0, 1),
     }[broken]
     assert found in "; ".join(sanity(y, scores, metric_value("roc_auc", y, scores, 0.5), CFG))
-    for champion in (None, model(rng, signal, 3.0)):  # first model, or a champion it would beat
+    for champion in (None, model(rng, signal, 1.6)):  # first model, or a weak champion (over the floor) the leak would beat
         d = decide(y, scores, champion, CFG)
         assert not d.promote and found in d.reason and "broken" in d.reason
+
+
+def test_a_hard_week_below_the_floor_for_both_models_is_judged_by_the_comparison():
+    """On rows where the champion too scores under the floor (a blizzard week), the floor says
+    nothing about the challenger: the paired comparison decides."""
+    rng, y, signal = rows(6000, seed=10)
+    weak = rng.normal(size=len(y)) + 0.3 * y  # little signal this week, for every model
+    champion, fresh = sig(weak + rng.normal(size=len(y)) * 0.3), sig(weak + rng.normal(size=len(y)) * 0.25)
+    d = decide(y, fresh, champion, CFG)
+    assert d.champion < CFG.floor and d.challenger < CFG.floor and d.promote, d.reason
+    assert sanity(y, fresh, d.challenger, CFG, d.champion) == []
+    assert "below the floor" in sanity(y, fresh, d.challenger, CFG)[0]  # no champion: the floor holds
+    sound = model(rng, signal, 0.3)
+    broken = decide(y, rng.permutation(sound), sound, CFG)  # the champion clears the floor
+    assert not broken.promote and "below the floor" in broken.reason
+
+
+def test_a_challenger_that_drops_a_feature_the_champion_leaned_on_is_broken():
+    rng, y, signal = rows(6000, seed=9)
+    champion, challenger = model(rng, signal, 1.0), model(rng, signal, 0.9)  # better, by its scores
+    leaned = {"dep_hour": 0.42, "carrier": 0.2, "wind_gust": 0.05}
+    assert abandoned({"carrier": 0.6, "distance": 0.4}, leaned, CFG) == [
+        "it never uses dep_hour, which carried 42% of the champion's gain (a column gone constant or empty upstream?)"
+    ]
+    assert abandoned({"dep_hour": 0.01, "carrier": 0.99}, leaned, CFG) == []  # used, however little; wind_gust: under the share
+    d = decide(y, challenger, champion, CFG, gains=({"carrier": 1.0}, leaned))
+    assert not d.promote and d.delta > 0 and "broken: it never uses dep_hour" in d.reason
+    assert decide(y, challenger, champion, CFG, gains=(leaned, leaned)).promote
 
 
 def test_a_sound_model_passes_the_sanity_checks():
