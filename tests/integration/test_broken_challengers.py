@@ -12,8 +12,6 @@ rows carry too (a leak is in the feature code, so it inflates the challenger's e
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import mlflow
 import numpy as np
