@@ -223,6 +223,7 @@ _LONGEST = (
     "integration/test_data_gate.py",  # 221 s
     "integration/test_dag_runs.py",  # 138 s
     "faults/test_serving_faults.py",  # 137 s
+    "integration/test_broken_challengers.py",  # 90 s run alone (added 2026-12-07)
     "integration/test_dask_training.py",  # 64 s
     "integration/test_serving_input.py",  # 58 s
     "integration/test_monitor_window.py",  # 50 s
