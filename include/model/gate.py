@@ -191,18 +191,18 @@ def decide(
         slice_note = f"no slice large enough to judge ({small} too small)"
     else:
         slice_note = f"worst {worst['slice']} {worst['delta']:+.3f}, CI {worst['low']:+.3f}…{worst['high']:+.3f}; {small} of {len(per_slice)} too small to judge"
-    if broken:
-        decision.reason = f"broken: {'; '.join(broken)}"
-    elif not c.defined:
-        decision.reason = f"{headline}: the comparison is undefined on the evaluation rows"
+    if not c.defined:
+        compared = f"{headline}: the comparison is undefined on the evaluation rows"
     elif c.high < -config.margin:
-        decision.reason = f"{headline}: worse than the champion beyond the margin {config.margin:.3f} with {c.confidence:.0%} confidence"
+        compared = f"{headline}: worse than the champion beyond the margin {config.margin:.3f} with {c.confidence:.0%} confidence"
     elif decision.slice_regressions:
         listed = ", ".join(f"{s['slice']} {s['delta']:+.3f} (CI {s['low']:+.3f}…{s['high']:+.3f})" for s in per_slice if s["worse"])
-        decision.reason = f"{headline}; slices worse beyond the margin {config.slice_margin:.3f} with confidence (Bonferroni over {len(per_slice)}): {listed}"
+        compared = f"{headline}; slices worse beyond the margin {config.slice_margin:.3f} with confidence (Bonferroni over {len(per_slice)}): {listed}"
     else:
-        decision.promote = True
-        decision.reason = f"{headline}; no slice worse beyond the margin with confidence ({slice_note})"
+        compared = f"{headline}; no slice worse beyond the margin with confidence ({slice_note})"
+        decision.promote = not broken
+    # a broken challenger's reason says what broke it first, then what the comparison found
+    decision.reason = f"broken: {'; '.join(broken)} · compared: {compared}" if broken else compared
     return decision
 
 
