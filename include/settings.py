@@ -136,7 +136,7 @@ class Settings(BaseSettings):
         0.03, ge=0, description="The same for each slice, the confidence corrected for the number of slices; a slice is judged when its class counts can measure an AUC to within this (Hanley–McNeil), smaller ones are reported."
     )
     gate_confidence: float = Field(0.95, ge=0.5, lt=1, description="Confidence of the gate's two-sided intervals (DeLong for ROC AUC, a paired bootstrap otherwise).")
-    gate_floor: float = Field(0.60, description="Absolute floor of the gate metric: a challenger below it is broken, whatever the champion scores.")
+    gate_floor: float = Field(0.60, description="Absolute floor of the gate metric: a challenger below it is broken, unless the champion falls below it on the same rows too (a hard week, judged by the comparison).")
     gate_ceiling: float = Field(0.98, description="Absolute ceiling of the gate metric: a challenger above it on held-out rows is too good to be true (a leak) and rejected.")
     gate_calibration_ratio: float = Field(
         3.0, gt=1, description="A challenger whose mean score is more than this many times above or below the observed positive rate is broken."
