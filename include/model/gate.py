@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from include.alerting.alerts import mlflow_run_link, send_alert
 from include.data.partitions import read_validated
 from include.model.dataset import LINEAGE_ARTIFACT, labelled
-from include.model.metrics import HIGHER_IS_BETTER, metric_value
+from include.model.metrics import HIGHER_IS_BETTER, metric_value, slice_masks
 from include.model.registry import CHAMPION, alias_version, connect, load_judged_model, naming_the_server, tag_version, timestamp
 from include.model.stats import Comparison, compare, hanley_mcneil_se
 from include.settings import default, get_settings
@@ -142,13 +142,7 @@ def judge_slices(y, challenger, champion, slices, config: GateConfig, threshold:
     if slices is None or slices.empty:
         return []
     y, a, b = (np.asarray(v, dtype=float) for v in (y, challenger, champion))
-    masks = {}
-    for column in slices.columns:
-        values = slices[column].astype("object").to_numpy()
-        for value in sorted({v for v in values if v is not None and v == v}, key=str):
-            mask = values == value
-            if 0 < y[mask].sum() < mask.sum():  # both classes: the metric is defined
-                masks[f"{column}={value}"] = mask
+    masks = {key: mask for key, mask in slice_masks(slices).items() if 0 < y[mask].sum() < mask.sum()}  # both classes: defined
     level = 1 - (1 - config.confidence) / max(len(masks), 1)
     out = []
     for key, mask in masks.items():

@@ -20,21 +20,16 @@ def compute_metrics(y_true, y_score, threshold: float) -> dict[str, float]:
 
     y_true = np.asarray(y_true, dtype=float)
     y_score = np.asarray(y_score, dtype=float)
-    y_pred = (y_score >= threshold).astype(int)
     out = {"n": float(len(y_true)), "positive_rate": float(y_true.mean()) if len(y_true) else math.nan}
-    both_classes = len(np.unique(y_true)) == 2
-    out["roc_auc"] = float(metrics.roc_auc_score(y_true, y_score)) if both_classes else math.nan
-    out["pr_auc"] = float(metrics.average_precision_score(y_true, y_score)) if both_classes else math.nan
+    out |= {m: metric_value(m, y_true, y_score, threshold) for m in ("roc_auc", "pr_auc")}
     out["log_loss"] = float(metrics.log_loss(y_true, y_score, labels=[0, 1])) if len(y_true) else math.nan
-    out["precision"] = float(metrics.precision_score(y_true, y_pred, zero_division=0))
-    out["recall"] = float(metrics.recall_score(y_true, y_pred, zero_division=0))
-    out["f1"] = float(metrics.f1_score(y_true, y_pred, zero_division=0))
+    out |= {m: metric_value(m, y_true, y_score, threshold) for m in ("precision", "recall", "f1")}
     return out
 
 
 def metric_value(metric: str, y_true, y_score, threshold: float) -> float:
-    """One higher-is-better metric (`HIGHER_IS_BETTER`) of scores against 0/1 labels, as
-    `compute_metrics` computes it; NaN where undefined."""
+    """One higher-is-better metric (`HIGHER_IS_BETTER`) of scores against 0/1 labels (what
+    `compute_metrics` reports for it); NaN where undefined."""
     import numpy as np
     from sklearn import metrics
 
@@ -48,16 +43,20 @@ def metric_value(metric: str, y_true, y_score, threshold: float) -> float:
     return float(by_name[metric](y_true, (y_score >= threshold).astype(int), zero_division=0))
 
 
+def slice_masks(slices: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The rows of each value of each slice column (missing values left out), keyed `column=value`."""
+    out = {}
+    for column in slices.columns:
+        values = slices[column].astype("object").to_numpy()
+        for value in sorted({v for v in values if v is not None and v == v}, key=str):
+            out[f"{column}={value}"] = values == value
+    return out
+
+
 def slice_metrics(slices: pd.DataFrame, y_true: np.ndarray, y_score: np.ndarray, threshold: float) -> dict[str, dict[str, float]]:
     """Metrics per value of each slice column, keyed `column=value`."""
     import numpy as np
 
     y_true, y_score = np.asarray(y_true), np.asarray(y_score)
-    out = {}
-    for column in slices.columns:
-        values = slices[column].astype("object").to_numpy()
-        for value in sorted({v for v in values if v is not None and v == v}, key=str):
-            mask = values == value
-            out[f"{column}={value}"] = compute_metrics(y_true[mask], y_score[mask], threshold)
-    return out
+    return {key: compute_metrics(y_true[mask], y_score[mask], threshold) for key, mask in slice_masks(slices).items()}
 
