@@ -52,7 +52,9 @@ def rollback():
         from include.usecases import get_usecase
 
         # Waits while another deploy or rollback holds the slots; None: already live, skip the rest.
-        return plan_rollout(get_settings(), get_usecase(), params["version"], restore_reason=params["reason"], **rollout_claim(dag_run))
+        return plan_rollout(
+            get_settings(), get_usecase(), params["version"], restore_reason=params["reason"], **rollout_claim(dag_run)
+        )
 
     rollout_steps(claim_serving_slots() >> plan())
 

@@ -89,7 +89,9 @@ def train():
         from include.monitoring.profile import log_reference_profile
         from include.usecases import get_usecase
 
-        uri = log_reference_profile(get_settings().mlflow_tracking_uri, get_usecase(), candidate["model_name"], candidate["version"])
+        uri = log_reference_profile(
+            get_settings().mlflow_tracking_uri, get_usecase(), candidate["model_name"], candidate["version"]
+        )
         return {**candidate, "profile_uri": uri}
 
     @task
@@ -97,21 +99,52 @@ def train():
         from include.model.gate import run_champion_gate
         from include.usecases import get_usecase
 
-        return run_champion_gate(get_usecase(), get_settings(), candidate["model_name"], candidate["version"])
+        settings = get_settings()  # with a refit to come, the gate records its decision and leaves the alias
+        return run_champion_gate(
+            get_usecase(), settings, candidate["model_name"], candidate["version"], move_alias=not settings.refit
+        )
 
-    @task(outlets=[CHAMPION_MODEL])
-    def announce_champion(decision: dict, outlet_events=None) -> dict:
+    @task
+    def refit(decision: dict, params=None, dag_run=None) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from include.model.refit import refit_accepted
+        from include.usecases import get_usecase
+
+        if not decision["promoted"]:
+            raise AirflowSkipException(f"version {decision['version']} not promoted: {decision['reason']}")
+        if not get_settings().refit:  # LOOP_REFIT=false: the gate moved the alias to the challenger
+            raise AirflowSkipException(f"LOOP_REFIT is off: version {decision['version']} serves as judged")
+        return refit_accepted(
+            get_usecase(),
+            TrainParams.from_mapping(params),
+            get_settings(),
+            decision,
+            dag_id=dag_run.dag_id,
+            dag_run_id=dag_run.run_id,
+        )
+
+    @task
+    def serve_refit(refitted: dict) -> dict:
+        from include.model.refit import serve_accepted
+
+        return serve_accepted(get_settings(), refitted)
+
+    @task(outlets=[CHAMPION_MODEL], trigger_rule="none_failed_min_one_success")
+    def announce_champion(decision: dict, served: dict | None = None, outlet_events=None) -> dict:
         from airflow.sdk.exceptions import AirflowSkipException
 
         if not decision["promoted"]:
             raise AirflowSkipException(f"version {decision['version']} not promoted: {decision['reason']}")
-        ref = {k: decision[k] for k in ("model_name", "version", "run_id")}
+        ref = {k: (served or decision)[k] for k in ("model_name", "version", "run_id")}
         outlet_events[CHAMPION_MODEL].extra = ref
         return ref
 
     candidate = train_challenger()
     admit() >> candidate
-    announce_champion(champion_gate(profile_reference(candidate)))
+    decision = champion_gate(profile_reference(candidate))
+    served = serve_refit(profile_reference.override(task_id="profile_refit")(refit(decision)))
+    announce_champion(decision, served)
 
 
 train()

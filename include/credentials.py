@@ -60,11 +60,21 @@ SECRETS = (
     Secret("AIRFLOW_API_SECRET_KEY", "The API server's session key (login, CSRF) and the key workers' logs are fetched with."),
     Secret("AIRFLOW_ADMIN_PASSWORD", "Airflow UI and API user `admin` (FAB), created or reset by `airflow-init`."),
     Secret("FLOWER_PASSWORD", "Flower user `flower` (basic auth), with `--profile flower`."),
-    Secret("MINIO_ROOT_USER", "MinIO's root user: the console login and `minio-init` only.", lambda: f"admin-{secrets.token_hex(4)}"),
+    Secret(
+        "MINIO_ROOT_USER", "MinIO's root user: the console login and `minio-init` only.", lambda: f"admin-{secrets.token_hex(4)}"
+    ),
     Secret("MINIO_ROOT_PASSWORD", "MinIO root user's password."),
-    Secret("MINIO_LOOP_ACCESS_KEY", "S3 key of the loop (Airflow tasks and the slots): bucket `loop-data` only.", lambda: f"loop-{secrets.token_hex(6)}"),
+    Secret(
+        "MINIO_LOOP_ACCESS_KEY",
+        "S3 key of the loop (Airflow tasks and the slots): bucket `loop-data` only.",
+        lambda: f"loop-{secrets.token_hex(6)}",
+    ),
     Secret("MINIO_LOOP_SECRET_KEY", "Secret of that key."),
-    Secret("MINIO_MLFLOW_ACCESS_KEY", "S3 key of the MLflow server: bucket `loop-mlflow` only.", lambda: f"mlflow-{secrets.token_hex(6)}"),
+    Secret(
+        "MINIO_MLFLOW_ACCESS_KEY",
+        "S3 key of the MLflow server: bucket `loop-mlflow` only.",
+        lambda: f"mlflow-{secrets.token_hex(6)}",
+    ),
     Secret("MINIO_MLFLOW_SECRET_KEY", "Secret of that key."),
     Secret("MLFLOW_ADMIN_PASSWORD", "MLflow user `admin`, created on the server's first start (later changes: see the README)."),
     Secret("MLFLOW_LOOP_PASSWORD", "MLflow user `loop` (not an admin), what the Airflow tasks log in as; set by `mlflow-init`."),

@@ -40,12 +40,22 @@ class Settings(BaseSettings):
     )
 
     # Runtime and storage
-    state_dir: Path = Field(PROJECT_ROOT / ".state", description="Where the embedded runtime keeps its state (Airflow DB, MLflow store, logs).")
-    storage_uri: str = Field("", description="Root of the data zones: a local path or `s3://bucket/prefix` (default: `<state dir>/data`).")
+    state_dir: Path = Field(
+        PROJECT_ROOT / ".state", description="Where the embedded runtime keeps its state (Airflow DB, MLflow store, logs)."
+    )
+    storage_uri: str = Field(
+        "", description="Root of the data zones: a local path or `s3://bucket/prefix` (default: `<state dir>/data`)."
+    )
     s3_endpoint_url: str = Field("", description="S3 endpoint for MinIO or a moto server; empty for AWS.")
-    s3_timeout_seconds: float = Field(10, gt=0, description="Connect and read timeout of one S3 request (a stalled endpoint fails fast, it does not hang the task).")
+    s3_timeout_seconds: float = Field(
+        10,
+        gt=0,
+        description="Connect and read timeout of one S3 request (a stalled endpoint fails fast, it does not hang the task).",
+    )
     s3_max_attempts: int = Field(
-        3, ge=1, description="Attempts per S3 request (boto3's standard retries: exponential backoff with jitter) before the storage counts as unavailable."
+        3,
+        ge=1,
+        description="Attempts per S3 request (boto3's standard retries: exponential backoff with jitter) before the storage counts as unavailable.",
     )
     airflow_port: int = Field(8080, ge=1, le=65535, description="Port of the embedded Airflow API server and UI.")
     mlflow_port: int = Field(5000, ge=1, le=65535, description="Port of the embedded MLflow server.")
@@ -77,7 +87,8 @@ class Settings(BaseSettings):
         description="Exponential backoff between those retries: 0, 2×, 4× … this many seconds (MLflow's own variable).",
     )
     git_commit: str = Field(
-        "", description="The code's git commit, recorded with every model (the image sets it; empty: `git rev-parse HEAD` of the checkout)."
+        "",
+        description="The code's git commit, recorded with every model (the image sets it; empty: `git rev-parse HEAD` of the checkout).",
     )
     bentoml_home: Path | None = Field(
         None,
@@ -88,16 +99,26 @@ class Settings(BaseSettings):
     # The use case and its calendar (the calendar's defaults are the use case's own)
     usecase: str = Field("flights", description="The use case: module `include/usecases/<name>.py`.")
     model_name: str = Field("", description="Registered model name (empty: the use case's own, e.g. `flights-delay`).")
-    start_date: date | None = Field(None, description="First data interval the ingest DAG schedules (default: the use case's calendar).")
-    end_date: date | None = Field(None, description="Last day the ingest DAG schedules (default: the use case's calendar; `make demo`: its demo end).")
-    timezone: str | None = Field(None, description="The timezone data intervals are cut in, midnight to midnight (default: the use case's).")
-    replay: bool = Field(True, description="1: land missing partitions from the use case's replay source; 0: wait for upstream deliveries.")
+    start_date: date | None = Field(
+        None, description="First data interval the ingest DAG schedules (default: the use case's calendar)."
+    )
+    end_date: date | None = Field(
+        None, description="Last day the ingest DAG schedules (default: the use case's calendar; `make demo`: its demo end)."
+    )
+    timezone: str | None = Field(
+        None, description="The timezone data intervals are cut in, midnight to midnight (default: the use case's)."
+    )
+    replay: bool = Field(
+        True, description="1: land missing partitions from the use case's replay source; 0: wait for upstream deliveries."
+    )
     ingest_max_active_runs: int = Field(2, ge=1, description="Intervals the ingest DAG validates at once during a catch-up.")
 
     # Data gate
     max_bad_row_share: float = Field(0.01, ge=0, lt=1, description="Above this share of bad rows the whole batch is quarantined.")
     max_landing_bytes: int = Field(
-        1 << 30, ge=1, description="Landing files larger than this are refused unread: the gate holds a partition in memory (deliver smaller intervals, or raise it)."
+        1 << 30,
+        ge=1,
+        description="Landing files larger than this are refused unread: the gate holds a partition in memory (deliver smaller intervals, or raise it).",
     )
     gate_history_partitions: int = Field(
         8,
@@ -112,15 +133,23 @@ class Settings(BaseSettings):
     )
 
     # Training and the champion gate
-    train_window_weeks: int = Field(8, ge=2, le=104, description="Default rolling window of validated partitions for training (the form can override it).")
+    train_window_weeks: int = Field(
+        8, ge=2, le=104, description="Default rolling window of validated partitions for training (the form can override it)."
+    )
     eval_partitions: int = Field(1, ge=1, le=8, description="Newest partitions held out as the evaluation slice.")
     min_train_partitions: int = Field(3, ge=2, description="Fewer validated partitions than this and training is skipped.")
+    refit: bool = Field(
+        True,
+        description="Once the gate accepts a challenger, fit the same configuration on the whole window, held-out week included, and serve that refit (`include/model/refit.py`); false serves the challenger as judged.",
+    )
     dask_address: str = Field(
         "",
         description="Dask scheduler that large trainings run on, e.g. `tcp://dask-scheduler:8786` (empty: no cluster, always single-process).",
     )
     dask_min_rows: int = Field(
-        1_000_000, ge=1, description="Training rows from which training runs on the Dask cluster (the form can ask for it at any size)."
+        1_000_000,
+        ge=1,
+        description="Training rows from which training runs on the Dask cluster (the form can ask for it at any size).",
     )
     retrain_on: Literal["data", "drift"] = Field(
         "data",
@@ -130,36 +159,66 @@ class Settings(BaseSettings):
         "roc_auc", description="Metric the champion gate compares (higher is better)."
     )
     gate_margin: float = Field(
-        0.005, ge=0, description="Non-inferiority margin: a challenger is rejected only when it is worse than the champion by more than this, with the gate's confidence (about what a week of age costs a model on 2013)."
+        0.005,
+        ge=0,
+        description="Non-inferiority margin: a challenger is rejected only when it is worse than the champion by more than this, with the gate's confidence (about what a week of age costs a model on 2013).",
     )
     gate_slice_margin: float = Field(
-        0.03, ge=0, description="The same for each slice, the confidence corrected for the number of slices; a slice is judged when its class counts can measure an AUC to within this (Hanley–McNeil), smaller ones are reported."
+        0.03,
+        ge=0,
+        description="The same for each slice, the confidence corrected for the number of slices; a slice is judged when its class counts can measure an AUC to within this (Hanley–McNeil), smaller ones are reported.",
     )
-    gate_confidence: float = Field(0.95, ge=0.5, lt=1, description="Confidence of the gate's two-sided intervals (DeLong for ROC AUC, a paired bootstrap otherwise).")
-    gate_floor: float = Field(0.60, description="Absolute floor of the gate metric: a challenger below it is broken, unless the champion falls below it on the same rows too (a hard week, judged by the comparison).")
-    gate_ceiling: float = Field(0.98, description="Absolute ceiling of the gate metric: a challenger above it on held-out rows is too good to be true (a leak) and rejected.")
+    gate_confidence: float = Field(
+        0.95,
+        ge=0.5,
+        lt=1,
+        description="Confidence of the gate's two-sided intervals (DeLong for ROC AUC, a paired bootstrap otherwise).",
+    )
+    gate_floor: float = Field(
+        0.60,
+        description="Absolute floor of the gate metric: a challenger below it is broken, unless the champion falls below it on the same rows too (a hard week, judged by the comparison).",
+    )
+    gate_ceiling: float = Field(
+        0.98,
+        description="Absolute ceiling of the gate metric: a challenger above it on held-out rows is too good to be true (a leak) and rejected.",
+    )
     gate_calibration_ratio: float = Field(
-        3.0, gt=1, description="A challenger whose mean score is more than this many times above or below the observed positive rate is broken."
+        3.0,
+        gt=1,
+        description="A challenger whose mean score is more than this many times above or below the observed positive rate is broken.",
     )
     gate_abandoned_share: float = Field(
-        0.10, gt=0, le=1, description="A challenger that never uses a feature carrying at least this share of the champion's gain is broken (a column gone constant or empty upstream)."
+        0.10,
+        gt=0,
+        le=1,
+        description="A challenger that never uses a feature carrying at least this share of the champion's gain is broken (a column gone constant or empty upstream).",
     )
     operating_threshold: float = Field(0.5, ge=0, le=1, description="Score at or above which the positive class is predicted.")
 
     # Serving and rollout
     serving_host: str = Field("127.0.0.1", description="Where Traefik is reached (and, embedded, the interface it listens on).")
     slot_host: str = Field("127.0.0.1", description="Where the slots listen and Traefik reaches them.")
-    serving_queue: str = Field("default", description="Executor queue of the deploy/rollback tasks: the worker on the host of the slots.")
+    serving_queue: str = Field(
+        "default", description="Executor queue of the deploy/rollback tasks: the worker on the host of the slots."
+    )
     serving_port: int = Field(8000, ge=1, le=65535, description="The serving entry (Traefik), the one address clients use.")
-    traefik_metrics_port: int = Field(8082, ge=1, le=65535, description="Traefik's Prometheus metrics, ping and API (never the Airflow port).")
-    slot_ports: Annotated[tuple[int, int], NoDecode] = Field((3001, 3002), description="Ports of the blue and green slots, `blue,green`.")
+    traefik_metrics_port: int = Field(
+        8082, ge=1, le=65535, description="Traefik's Prometheus metrics, ping and API (never the Airflow port)."
+    )
+    slot_ports: Annotated[tuple[int, int], NoDecode] = Field(
+        (3001, 3002), description="Ports of the blue and green slots, `blue,green`."
+    )
     slot_workers: int = Field(1, ge=1, description="BentoML worker processes per slot.")
     inference_log: bool = Field(True, description="1: every prediction goes to the inference log (the monitor's input); 0: off.")
     inference_log_flush_seconds: float = Field(
-        10, gt=0, description="How often a serving worker writes its logged predictions (a crash loses at most this much; a clean stop loses nothing)."
+        10,
+        gt=0,
+        description="How often a serving worker writes its logged predictions (a crash loses at most this much; a clean stop loses nothing).",
     )
     inference_log_max_queued: int = Field(
-        200_000, ge=1, description="Predictions a worker holds for the log (storage slow or down); beyond it new ones are not logged, and counted."
+        200_000,
+        ge=1,
+        description="Predictions a worker holds for the log (storage slow or down); beyond it new ones are not logged, and counted.",
     )
     inference_log_max_lateness_hours: float | None = Field(
         None,
@@ -167,7 +226,9 @@ class Settings(BaseSettings):
         description="A prediction whose event time is this much older than the newest event logged is served but kept out of the log (default: one data interval).",
     )
     serving_max_body_bytes: int = Field(
-        2 << 20, ge=1024, description="Request bodies larger than this are refused with 413, counted as they arrive (a full batch is about 0.5 MB)."
+        2 << 20,
+        ge=1024,
+        description="Request bodies larger than this are refused with 413, counted as they arrive (a full batch is about 0.5 MB).",
     )
     serving_max_lead_hours: float = Field(
         48, gt=0, description="A request whose event time is further than this after the serving host's clock is refused (400)."
@@ -181,16 +242,22 @@ class Settings(BaseSettings):
     )
     canary_bake_seconds: float = Field(30, ge=0, description="How long each canary step is watched before the next.")
     canary_check_seconds: float = Field(2, gt=0, description="How often the new slot's metrics are checked during the bake.")
-    canary_max_error_rate: float = Field(0.02, ge=0, le=1, description="Share of 5xx answers from the new slot that triggers a rollback.")
+    canary_max_error_rate: float = Field(
+        0.02, ge=0, le=1, description="Share of 5xx answers from the new slot that triggers a rollback."
+    )
     canary_max_latency_ms: float = Field(250, gt=0, description="Mean latency of the new slot (ms) that triggers a rollback.")
     canary_min_requests: int = Field(20, ge=1, description="Answers needed in a check before the error rate is judged.")
     rollout_lease_seconds: float = Field(
-        3600, gt=0, description="A rollout's hold on the slots expires this long after its last step (a run that died without releasing it)."
+        3600,
+        gt=0,
+        description="A rollout's hold on the slots expires this long after its last step (a run that died without releasing it).",
     )
     rollout_lock_wait_seconds: float = Field(
         1800, ge=0, description="How long a deploy or rollback waits for the rollout in progress before it fails."
     )
-    guard_interval_seconds: float = Field(2, gt=0, description="How often the serving guard checks the live slot, the routing and Traefik.")
+    guard_interval_seconds: float = Field(
+        2, gt=0, description="How often the serving guard checks the live slot, the routing and Traefik."
+    )
     guard_unready_seconds: float = Field(
         10, gt=0, description="A live slot whose process runs but does not answer `/readyz` this long is restarted by the guard."
     )
@@ -198,14 +265,19 @@ class Settings(BaseSettings):
         20, gt=0, description="A canary silent this long while traffic is split is taken as dead: the guard sends traffic back."
     )
     golden_rows: int = Field(200, ge=1, description="Records of the infra validation's golden set.")
-    golden_latency_ms: float = Field(200, gt=0, description="p99 budget (ms) of one golden request sent straight to the new slot.")
+    golden_latency_ms: float = Field(
+        200, gt=0, description="p99 budget (ms) of one golden request sent straight to the new slot."
+    )
 
     # Monitoring and the retrain policy
     monitor_every_minutes: float = Field(
         1440, gt=0, le=10080, description="The periodic check of served traffic (no labels) runs this often (wall clock)."
     )
     monitor_window_days: int = Field(
-        7, ge=1, le=90, description="Days of served traffic the periodic check reads, up to the newest logged event (event clock)."
+        7,
+        ge=1,
+        le=90,
+        description="Days of served traffic the periodic check reads, up to the newest logged event (event clock).",
     )
     drift_rule: Literal["attribution", "count"] = Field(
         "attribution",
@@ -213,21 +285,40 @@ class Settings(BaseSettings):
         "estimated from scores (CBPE), decay with a confidence interval; `count`: the older fixed-PSI feature count.",
     )
     drift_attribution_share: float = Field(
-        0.2, gt=0, le=1, description="attribution: share of the model's attributions on features beyond their noise threshold that is drift."
+        0.2,
+        gt=0,
+        le=1,
+        description="attribution: share of the model's attributions on features beyond their noise threshold that is drift.",
     )
     estimate_margin: float = Field(
-        0.03, ge=0, description="attribution: drop of the ROC AUC estimated without labels (CBPE) below the evaluation number that asks for retraining."
+        0.03,
+        ge=0,
+        description="attribution: drop of the ROC AUC estimated without labels (CBPE) below the evaluation number that asks for retraining.",
     )
-    decay_z: float = Field(1.645, ge=0, description="attribution: decay needs the live ROC AUC's upper bound (this many standard errors) below the margin.")
-    drift_feature_psi: float = Field(0.25, gt=0, description="count: a feature drifts when its PSI against the reference is above this.")
+    decay_z: float = Field(
+        1.645,
+        ge=0,
+        description="attribution: decay needs the live ROC AUC's upper bound (this many standard errors) below the margin.",
+    )
+    drift_feature_psi: float = Field(
+        0.25, gt=0, description="count: a feature drifts when its PSI against the reference is above this."
+    )
     drift_min_features: int = Field(3, ge=1, description="count: drifted features needed before drift asks for retraining.")
-    drift_prediction_psi: float = Field(0.2, gt=0, description="count: PSI of the score distribution that counts as prediction drift.")
-    decay_margin: float = Field(0.03, ge=0, description="Drop of the live ROC AUC below the model's evaluation number that counts as decay.")
+    drift_prediction_psi: float = Field(
+        0.2, gt=0, description="count: PSI of the score distribution that counts as prediction drift."
+    )
+    decay_margin: float = Field(
+        0.03, ge=0, description="Drop of the live ROC AUC below the model's evaluation number that counts as decay."
+    )
     decay_min_labelled: int = Field(200, ge=1, description="Labelled predictions a window needs before decay is judged.")
-    retrain_cooldown_hours: float = Field(24, ge=0, description="No retrain request this soon after the last training (data time).")
+    retrain_cooldown_hours: float = Field(
+        24, ge=0, description="No retrain request this soon after the last training (data time)."
+    )
     retrain_max_per_day: int = Field(2, ge=1, description="Retrain requests per 24 hours, at most.")
     max_model_age_days: float = Field(
-        42, ge=0, description="Retrain once the serving model's data ends this many days before the newest data seen, whatever drift says (0: off)."
+        42,
+        ge=0,
+        description="Retrain once the serving model's data ends this many days before the newest data seen, whatever drift says (0: off).",
     )
 
     # Alerts and the alert webhook
@@ -236,12 +327,17 @@ class Settings(BaseSettings):
     alert_http_conn_id: str = Field("", description="An Airflow HTTP connection every alert is POSTed to as JSON (empty: none).")
     alert_http_endpoint: str = Field("/", description="The path on that connection's host the alerts are POSTed to.")
     alert_slack_conn_id: str = Field("", description="An Airflow Slack incoming-webhook connection for alerts (empty: none).")
-    webhook_token: str = Field("", description="Bearer token the alert webhook requires (empty: the webhook is off; the demo generates one).")
+    webhook_token: str = Field(
+        "", description="Bearer token the alert webhook requires (empty: the webhook is off; the demo generates one)."
+    )
     webhook_dags: Annotated[tuple[str, ...], NoDecode] = Field(
-        ("train", "monitor", "ingest_validate"), description="DAGs an alert may start through the webhook (its `dag_id` label names one)."
+        ("train", "monitor", "ingest_validate"),
+        description="DAGs an alert may start through the webhook (its `dag_id` label names one).",
     )
     webhook_rate_per_minute: int = Field(
-        60, ge=1, description="Requests a minute the alert webhook takes from one client, checked before its token; more are answered 429."
+        60,
+        ge=1,
+        description="Requests a minute the alert webhook takes from one client, checked before its token; more are answered 429.",
     )
 
     @field_validator("webhook_dags", mode="before")

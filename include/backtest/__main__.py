@@ -1,6 +1,6 @@
 """`make backtest`: every retrain policy replayed on the use case's history, week by week.
 
-    python -m include.backtest [--weeks N | --start DATE --end DATE] [--window-weeks N] [--out DIR] [--usecase NAME] [--sweep]
+python -m include.backtest [--weeks N | --start DATE --end DATE] [--window-weeks N] [--out DIR] [--usecase NAME] [--sweep]
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         "--end", type=date.fromisoformat, default=None, help="replay up to this date (default: the calendar's end)"
     )
     parser.add_argument(
-        "--window-weeks", type=int, default=None, help="training window in weeks (default: the train DAG's, LOOP_TRAIN_WINDOW_WEEKS)"
+        "--window-weeks",
+        type=int,
+        default=None,
+        help="training window in weeks (default: the train DAG's, LOOP_TRAIN_WINDOW_WEEKS)",
     )
     parser.add_argument("--out", type=Path, default=Path("backtest"), help="output directory (default: backtest/)")
     parser.add_argument("--cache", type=Path, default=None, help="where fitted models are kept across runs (default: <out>/fits)")

@@ -110,7 +110,11 @@ def profile(df: pd.DataFrame, contract: Contract) -> dict:
             counts = numbers[numbers != 0].value_counts()
             entry["nonzero"] = int(counts.sum())
             # the most frequent non-zero values and their counts, keyed by the value's exact repr
-            entry["grid"] = {repr(float(v)): int(n) for v, n in counts.iloc[:SEEN_VALUES_KEPT].items()} if len(counts) <= SEEN_VALUES_MAX else None
+            entry["grid"] = (
+                {repr(float(v)): int(n) for v, n in counts.iloc[:SEEN_VALUES_KEPT].items()}
+                if len(counts) <= SEEN_VALUES_MAX
+                else None
+            )
         elif col.kind == "str" and col.allowed is not None:
             entry["counts"] = {str(k): int(v) for k, v in present.value_counts().items()}
         elif col.kind == "str":

@@ -272,7 +272,11 @@ def _unreadable(data: bytes, uri: str, exc: Exception) -> str:
     elif not data.startswith(magic):
         head = data[:40]
         text = all(32 <= b < 127 or b in b"\t\r\n" for b in head)
-        cause = f"it starts with text {head!r}, not Parquet's magic bytes: a CSV or JSON file?" if text else "no Parquet magic bytes at its start"
+        cause = (
+            f"it starts with text {head!r}, not Parquet's magic bytes: a CSV or JSON file?"
+            if text
+            else "no Parquet magic bytes at its start"
+        )
     elif not data.endswith(magic):
         cause = f"it starts as Parquet but has no footer after {len(data):,} bytes: a truncated upload?"
     else:

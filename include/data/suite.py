@@ -32,6 +32,7 @@ BATCH = "batch"
 # (string columns are `str`; tz-aware timestamps are checked per value as `Timestamp`).
 GX_TYPES: dict[Kind, str] = {"int": "int64", "float": "float64", "str": "str", "datetime": "Timestamp"}
 
+
 @dataclass(frozen=True)
 class Failure:
     expectation: str
@@ -216,4 +217,3 @@ def assess(df: pd.DataFrame, gx_result, max_bad_row_share: float) -> tuple[list[
             )
         )
     return batch_failures + unevaluated, bad_rows
-

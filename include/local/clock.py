@@ -201,5 +201,3 @@ class BackgroundTraffic(threading.Thread):
         self.stop.set()
         self.join(30)
         return self.report
-
-

@@ -199,7 +199,9 @@ def start_dask(stack: Stack, workers: int = 2, nthreads: int = 1) -> str:
 
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    stack.start("dask-scheduler", [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], {})
+    stack.start(
+        "dask-scheduler", [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], {}
+    )
     for i in range(1, workers + 1):
         name = f"dask-worker-{i}"
         cmd = [str(BIN / "dask"), "worker", address, "--name", name, "--host", "127.0.0.1", "--nthreads", str(nthreads)]

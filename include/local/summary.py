@@ -55,9 +55,12 @@ def summarize(settings: Settings, ports, airflow=None, traffic=None) -> str:
         decision = v.tags.get("gate.decision", "pending")
         if decision in ("promote", "reject"):
             against = f" vs champion v{v.tags['gate.champion_version']}" if v.tags.get("gate.champion_version") else ""
+            against = "" if "loop.refit_of" in v.tags else against  # a refit is judged by its guard, not against the champion
             decision = f"{decision}{against}"
             if v.tags.get("gate.reason"):
                 decision += f": {v.tags['gate.reason']}"  # the estimates with their intervals, and the slices
+            if "refit.version" in v.tags:
+                decision += f" → refit v{v.tags['refit.version']} (guard {v.tags.get('refit.guard', 'pending')})"
         flag = "  <- champion" if champion and v.version == champion.version else ""
         lines.append(f"  v{v.version}: data {start[:10]} … {end[:10]}, gate: {decision}{_deployment(v.tags)}{flag}")
     if champion:

@@ -60,7 +60,13 @@ class GateConfig:
     def from_settings(cls) -> GateConfig:
         s = get_settings()
         return cls(
-            s.gate_metric, s.gate_margin, s.gate_slice_margin, s.gate_confidence, s.gate_floor, s.gate_ceiling, s.gate_calibration_ratio,
+            s.gate_metric,
+            s.gate_margin,
+            s.gate_slice_margin,
+            s.gate_confidence,
+            s.gate_floor,
+            s.gate_ceiling,
+            s.gate_calibration_ratio,
             s.gate_abandoned_share,
         )
 
@@ -154,7 +160,13 @@ def judge_slices(y, challenger, champion, slices, config: GateConfig, threshold:
 
 
 def decide(
-    y_true, challenger_scores, champion_scores, config: GateConfig, slices=None, threshold: float = 0.5, gains: tuple[dict, dict] | None = None
+    y_true,
+    challenger_scores,
+    champion_scores,
+    config: GateConfig,
+    slices=None,
+    threshold: float = 0.5,
+    gains: tuple[dict, dict] | None = None,
 ) -> GateDecision:
     """The champion gate (module docstring) on both models' scores of the same labelled rows, and
     the rows' slice columns. `champion_scores` is None when there is no champion yet; `gains`, the
@@ -168,15 +180,33 @@ def decide(
     if champion_scores is None:
         if broken:
             return GateDecision(False, f"first model, broken: {'; '.join(broken)}", m, value, None, None, broken=broken)
-        return GateDecision(True, f"first model: {name} {value:.4f}, within the floor {config.floor:.4f} and the ceiling {config.ceiling:.4f}", m, value, None, None)
+        return GateDecision(
+            True,
+            f"first model: {name} {value:.4f}, within the floor {config.floor:.4f} and the ceiling {config.ceiling:.4f}",
+            m,
+            value,
+            None,
+            None,
+        )
 
     c = compare(y_true, challenger_scores, champion_scores, m, config.confidence, threshold)
     per_slice = judge_slices(y_true, challenger_scores, champion_scores, slices, config, threshold)
     judged = [s for s in per_slice if s["judged"]]
     worst = min(judged, key=lambda s: s["delta"], default=None)
     decision = GateDecision(
-        False, "", m, value, c.champion, c.delta, (c.low, c.high), c.confidence, c.method, broken, per_slice,
-        worst["slice"] if worst else None, worst["delta"] if worst else None,
+        False,
+        "",
+        m,
+        value,
+        c.champion,
+        c.delta,
+        (c.low, c.high),
+        c.confidence,
+        c.method,
+        broken,
+        per_slice,
+        worst["slice"] if worst else None,
+        worst["delta"] if worst else None,
         {s["slice"]: s["delta"] for s in per_slice if s["worse"]},
     )
     headline = f"{name} {value:.4f} vs {c.champion:.4f} ({_fmt(c)})"
@@ -190,7 +220,9 @@ def decide(
     elif c.high < -config.margin:
         compared = f"{headline}: worse than the champion beyond the margin {config.margin:.3f} with {c.confidence:.0%} confidence"
     elif decision.slice_regressions:
-        listed = ", ".join(f"{s['slice']} {s['delta']:+.3f} (CI {s['low']:+.3f}…{s['high']:+.3f})" for s in per_slice if s["worse"])
+        listed = ", ".join(
+            f"{s['slice']} {s['delta']:+.3f} (CI {s['low']:+.3f}…{s['high']:+.3f})" for s in per_slice if s["worse"]
+        )
         compared = f"{headline}; slices worse beyond the margin {config.slice_margin:.3f} with confidence (Bonferroni over {len(per_slice)}): {listed}"
     else:
         compared = f"{headline}; no slice worse beyond the margin with confidence ({slice_note})"
@@ -200,7 +232,7 @@ def decide(
     return decision
 
 
-def run_champion_gate(usecase, settings, model_name: str, version: str, storage=None) -> dict:
+def run_champion_gate(usecase, settings, model_name: str, version: str, storage=None, *, move_alias: bool = True) -> dict:
     """Score challenger `version` and the current champion on the challenger's evaluation slice,
     decide, record the decision on the version and its run, and move `champion` on promotion.
 
@@ -208,12 +240,14 @@ def run_champion_gate(usecase, settings, model_name: str, version: str, storage=
     move) instead of deciding again. The version's `gate.decision` tag is written last, after
     everything it summarizes, so a gate cut short (a tracking server that stopped answering fails
     with TrackingServerUnreachable naming it) leaves no decision behind and its rerun decides again.
+    With `move_alias=False` (a refit will serve instead, `refit.py`) the decision is recorded and
+    the alias left where it is.
     """
     with naming_the_server(settings.mlflow_tracking_uri):
-        return _run_gate(usecase, settings, model_name, str(version), storage)
+        return _run_gate(usecase, settings, model_name, str(version), storage, move_alias)
 
 
-def _run_gate(usecase, settings, model_name: str, version: str, storage) -> dict:
+def _run_gate(usecase, settings, model_name: str, version: str, storage, move_alias: bool) -> dict:
     import mlflow
 
     client = connect(settings.mlflow_tracking_uri)
@@ -223,8 +257,8 @@ def _run_gate(usecase, settings, model_name: str, version: str, storage) -> dict
 
     if "gate.decision" in mv.tags:
         promote = mv.tags["gate.decision"] == "promote"
-        if promote and mv.tags.get("gate.applied") != "true":
-            _promote(client, model_name, version)
+        if promote and move_alias and mv.tags.get("gate.applied") != "true":
+            promote_version(client, model_name, version)
         return result | {
             "promoted": promote,
             "reason": mv.tags.get("gate.reason", ""),
@@ -249,7 +283,9 @@ def _run_gate(usecase, settings, model_name: str, version: str, storage) -> dict
 
     challenger_scores, challenger_gains = score(version)
     champion_scores, champion_gains = score(champion.version) if champion is not None else (None, {})
-    decision = decide(y.to_numpy(), challenger_scores, champion_scores, config, slices, threshold, (challenger_gains, champion_gains))
+    decision = decide(
+        y.to_numpy(), challenger_scores, champion_scores, config, slices, threshold, (challenger_gains, champion_gains)
+    )
     verdict = "promote" if decision.promote else "reject"
 
     record = decision.as_dict() | {
@@ -285,7 +321,8 @@ def _run_gate(usecase, settings, model_name: str, version: str, storage) -> dict
     # The decision itself, last: a version carries it only once everything above is recorded.
     tag_version(client, model_name, version, {"gate.decision": verdict})
     if decision.promote:
-        _promote(client, model_name, version)
+        if move_alias:
+            promote_version(client, model_name, version)
     else:
         send_alert(
             settings,
@@ -302,7 +339,7 @@ def _run_gate(usecase, settings, model_name: str, version: str, storage) -> dict
     }
 
 
-def _promote(client, model_name: str, version: str) -> None:
+def promote_version(client, model_name: str, version: str) -> None:
+    """Move `champion` to `version` and mark the version's decision applied."""
     client.set_registered_model_alias(model_name, CHAMPION, version)
     tag_version(client, model_name, version, {"gate.applied": "true", "gate.promoted_at": timestamp()})
-

@@ -59,4 +59,3 @@ def slice_metrics(slices: pd.DataFrame, y_true: np.ndarray, y_score: np.ndarray,
 
     y_true, y_score = np.asarray(y_true), np.asarray(y_score)
     return {key: compute_metrics(y_true[mask], y_score[mask], threshold) for key, mask in slice_masks(slices).items()}
-

@@ -28,7 +28,11 @@ class TrainParams(BaseModel):
         description="Validated partitions this far back from the newest.",
     )
     eval_partitions: int = Field(
-        default("eval_partitions"), ge=1, le=8, title="Evaluation partitions", description="Newest partitions held out for evaluation."
+        default("eval_partitions"),
+        ge=1,
+        le=8,
+        title="Evaluation partitions",
+        description="Newest partitions held out for evaluation.",
     )
     as_of: date | None = Field(
         None,

@@ -235,4 +235,3 @@ def timestamp() -> str:
     from datetime import UTC, datetime
 
     return datetime.now(UTC).isoformat(timespec="seconds")
-

@@ -78,7 +78,9 @@ def z_value(confidence: float) -> float:
     return float(norm.ppf(0.5 + confidence / 2))
 
 
-def compare(y_true, challenger, champion, metric: str = "roc_auc", confidence: float = 0.95, threshold: float = 0.5, seed: int = 0) -> Comparison:
+def compare(
+    y_true, challenger, champion, metric: str = "roc_auc", confidence: float = 0.95, threshold: float = 0.5, seed: int = 0
+) -> Comparison:
     """Challenger and champion scores on the same rows, compared on `metric`: DeLong for ROC AUC,
     a paired bootstrap (percentile interval) for the other metrics of `HIGHER_IS_BETTER`."""
     import numpy as np
@@ -113,8 +115,14 @@ def _bootstrap(y, a, b, metric: str, confidence: float, threshold: float, seed: 
         return d if d == d else 0.0  # a resample with one class only counts as no difference
 
     res = bootstrap(
-        (y, a, b), diff, paired=True, vectorized=False, n_resamples=1000, confidence_level=confidence,
-        method="percentile", rng=np.random.default_rng(seed),
+        (y, a, b),
+        diff,
+        paired=True,
+        vectorized=False,
+        n_resamples=1000,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
     )
     low, high = res.confidence_interval
     return Comparison(metric, len(y), va, vb, va - vb, float(low), float(high), confidence, "paired bootstrap")

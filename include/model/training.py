@@ -67,6 +67,9 @@ VERSION_TAGS = (
 )
 """Run tags a registered version carries too (with the commit as `loop.git_commit`)."""
 RUNTIME_PACKAGES = ("xgboost", "pandas", "numpy", "scikit-learn", "pyarrow")
+STAGE = "loop.stage"
+"""Which fit of a DAG run a training run is: `challenger` (judged on its held-out week) or `refit`
+(the same configuration on the whole window, `refit.py`); part of the identity a rerun looks up."""
 
 
 def git_commit(settings: Settings) -> str:
@@ -124,14 +127,14 @@ def train_candidate(
         params.as_of,
     )
     client = connect(settings.mlflow_tracking_uri)
-    identity = {"airflow.dag_id": dag_id, "airflow.dag_run_id": dag_run_id}
+    identity = {"airflow.dag_id": dag_id, "airflow.dag_run_id": dag_run_id, STAGE: "challenger"}
     with naming_the_server(settings.mlflow_tracking_uri):
         exp_id = experiment_id(client, model_name)
         # An interrupted attempt (a killed task, a server that stopped answering) is marked FAILED: train afresh.
         run = finished_run(client, exp_id, identity, fail_unfinished=True)
         if run is not None:
             log.info("DAG run %s already trained MLflow run %s: reusing it", dag_run_id, run.info.run_id)
-            return _register(client, model_name, run) | {"reused": True}
+            return register_run(client, model_name, run) | {"reused": True}
 
         log.info(
             "training on %d partitions (%s … %s), evaluating on %s",
@@ -152,10 +155,10 @@ def train_candidate(
             "loop.partitions_sha256": digest,
             "loop.eval_partitions": ",".join(r["partition"] for r in eval_recs),
         }
-        run_id = _log_training_run(usecase, params, settings, storage, exp_id, tags, train_recs, eval_recs)
+        run_id = log_training_run(usecase, params, settings, storage, exp_id, tags, train_recs, eval_recs)
         # Registered after the run is FINISHED: a failure in between leaves a finished run without a
         # version, which the rerun above registers, instead of a second run.
-        return _register(client, model_name, client.get_run(run_id)) | {"reused": False}
+        return register_run(client, model_name, client.get_run(run_id)) | {"reused": False}
 
 
 @dataclass(frozen=True)
@@ -195,8 +198,14 @@ def evaluate(model, rows: TrainingRows, threshold: float) -> tuple[dict[str, flo
     return compute_metrics(rows.y_eval, score, threshold), score
 
 
-def _log_training_run(usecase, params, settings, storage, exp_id, tags, train_recs, eval_recs) -> str:
-    """Fit the model and log it, its evaluation and its lineage as one MLflow run; its id."""
+def log_training_run(
+    usecase, params, settings, storage, exp_id, tags, train_recs, eval_recs, *, held_out="eval", carried=None, gated=None
+) -> str:
+    """Fit the model and log it, its evaluation and its lineage as one MLflow run; its id.
+
+    A refit (`refit.py`) has seen its held-out rows: it logs its scores of them as `<held_out>_*`
+    and carries the judged fit's out-of-sample `eval_*` (`carried`) as its own expected numbers, with
+    that fit's reference (`gated`) in its lineage."""
     import mlflow
 
     train_df, eval_df = read_validated(train_recs, storage), read_validated(eval_recs, storage)
@@ -215,7 +224,9 @@ def _log_training_run(usecase, params, settings, storage, exp_id, tags, train_re
                 "n_unlabelled_dropped": len(train_df) + len(eval_df) - len(rows.X) - len(rows.X_eval),
             }
         )
-        mlflow.log_dict({"train": lineage(train_recs), "eval": lineage(eval_recs)}, LINEAGE_ARTIFACT)
+        mlflow.log_dict(
+            {"train": lineage(train_recs), "eval": lineage(eval_recs)} | ({"gated": gated} if gated else {}), LINEAGE_ARTIFACT
+        )
         # The exact partitions and hashes are in the lineage artifact; the datasets give
         # MLflow's UI the schema, row counts and a digest of each split.
         zone = storage.uri(f"validated/{usecase.name}")
@@ -227,21 +238,22 @@ def _log_training_run(usecase, params, settings, storage, exp_id, tags, train_re
         model, workers = fit_model(usecase, rows, params, engine, settings.dask_address)
         mlflow.log_param("train.workers", workers)
         metrics, score = evaluate(model, rows, settings.operating_threshold)
-        mlflow.log_metrics({f"eval_{k}": v for k, v in metrics.items()})
+        mlflow.log_metrics({f"{held_out}_{k}": v for k, v in metrics.items()} | (carried or {}))
         train_score = model.predict_proba(rows.X)[:, 1]
         mlflow.log_metrics(
             {f"train_{k}": v for k, v in compute_metrics(rows.y, train_score, settings.operating_threshold).items()}
         )
-        slices = slice_metrics(rows.eval_slices, rows.y_eval.to_numpy(), score, settings.operating_threshold)
-        mlflow.log_dict(slices, "evaluation/slices.json")
-        mlflow.log_metrics(
-            {
-                f"slice.{k.replace('=', '.')}.{m}": v
-                for k, s in slices.items()
-                for m, v in s.items()
-                if m in ("roc_auc", "n") and v == v
-            }
-        )
+        if held_out == "eval":  # a refit's scores of rows it has seen judge no slice
+            slices = slice_metrics(rows.eval_slices, rows.y_eval.to_numpy(), score, settings.operating_threshold)
+            mlflow.log_dict(slices, "evaluation/slices.json")
+            mlflow.log_metrics(
+                {
+                    f"slice.{k.replace('=', '.')}.{m}": v
+                    for k, s in slices.items()
+                    for m, v in s.items()
+                    if m in ("roc_auc", "n") and v == v
+                }
+            )
 
         fig = _importance_figure(model)
         mlflow.log_figure(fig, "plots/feature_importance.png")
@@ -279,7 +291,9 @@ def _digest_tags(model_id: str) -> dict[str, str]:
     return {MODEL_DIGEST: manifest_digest(files), MODEL_FILES: manifest_text(files)}
 
 
-def _register(client: MlflowClient, model_name: str, run: Run) -> dict:
+def register_run(
+    client: MlflowClient, model_name: str, run: Run, alias: str | None = CHALLENGER, tags_extra: dict | None = None
+) -> dict:
     """The finished run's model version, with alias `challenger`: registered unless an earlier
     attempt did. Its tags come from the run's in one request (the version is created with them),
     so a version registered by a rerun carries the same lineage and none lacks it."""
@@ -290,8 +304,10 @@ def _register(client: MlflowClient, model_name: str, run: Run) -> dict:
     if mv is None:
         tags = {k: run.data.tags[k] for k in VERSION_TAGS if k in run.data.tags}
         tags["loop.git_commit"] = run.data.tags.get("mlflow.source.git.commit", "unknown")
+        tags |= tags_extra or {}
         (logged,) = run.outputs.model_outputs  # the run logs one model
         mv = mlflow.register_model(f"models:/{logged.model_id}", model_name, tags=tags)
-    client.set_registered_model_alias(model_name, CHALLENGER, mv.version)
-    log.info("run %s: %s version %s is the %s", run_id, model_name, mv.version, CHALLENGER)
+    if alias:
+        client.set_registered_model_alias(model_name, alias, mv.version)
+        log.info("run %s: %s version %s is the %s", run_id, model_name, mv.version, alias)
     return {"run_id": run_id, "model_name": model_name, "version": mv.version}

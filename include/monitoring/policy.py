@@ -250,7 +250,9 @@ def decide(report: dict, reference: dict, history: History, config: PolicyConfig
         evidence["model_age_days"] = round(age.total_seconds() / 86400, 2)
         if age >= config.max_model_age:
             cause = ";".join(c for c in (cause, AGE) if c)
-            why = "; ".join(w for w in (why, f"the serving model's data ends {_ago(age)} ago (≥ {_ago(config.max_model_age)})") if w)
+            why = "; ".join(
+                w for w in (why, f"the serving model's data ends {_ago(age)} ago (≥ {_ago(config.max_model_age)})") if w
+            )
     if not cause:
         return Decision("none", "", "no drift or decay beyond the thresholds", evidence)
     if held := training_guard(history, config):

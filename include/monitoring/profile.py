@@ -157,8 +157,9 @@ def load_profile(tracking_uri: str, model_name: str, version: str) -> dict:
 def log_reference_profile(tracking_uri: str, usecase: UseCase, model_name: str, version: str, storage=None) -> str:
     """Profile `version` from its own data (`reference_profile`: the training rows' features, the
     held-out evaluation rows' scores, calibration and attributions), read back from its run's
-    lineage, hash-checked, and the version's own files; log it to its run. Idempotent: a run that
-    has its profile keeps it. Returns the profile's URI."""
+    lineage, hash-checked, and the version's own files; log it to its run. A refit (`refit.py`),
+    whose scores of its held-out rows are in-sample, carries the profile of the version the gate
+    judged instead. Idempotent: a run that has its profile keeps it. Returns the profile's URI."""
     import mlflow
 
     client = connect(tracking_uri)
@@ -168,6 +169,14 @@ def log_reference_profile(tracking_uri: str, usecase: UseCase, model_name: str, 
         log.info("version %s already has its reference profile: %s", version, uri)
         return uri
     lineage = mlflow.artifacts.load_dict(f"runs:/{run_id}/{LINEAGE_ARTIFACT}")
+    if "gated" in lineage:  # a refit has seen its held-out week: the judged fit's profile stands for it
+        gated = log_reference_profile(tracking_uri, usecase, model_name, lineage["gated"]["version"], storage)
+        profile = mlflow.artifacts.load_dict(gated) | {"carried_from_version": lineage["gated"]["version"]}
+        client.log_dict(run_id, profile, PROFILE_ARTIFACT)
+        log.info(
+            "reference profile of refit %s: version %s's, which the gate judged → %s", version, lineage["gated"]["version"], uri
+        )
+        return uri
     train, held_out = read_validated(lineage["train"], storage), read_validated(lineage["eval"], storage)
     profile = reference_profile(load_judged_model(client, model_name, version), usecase, train, held_out)
     client.log_dict(run_id, profile, PROFILE_ARTIFACT)

@@ -155,6 +155,7 @@ def canary(
     bake = settings.canary_bake_seconds if bake_seconds is None else bake_seconds
     watcher = SlotWatcher(serving.proxy, slot, settings)
     history = []
+
     def heartbeat():
         lease.beat(settings, owner, lease.SHIFTING)
 

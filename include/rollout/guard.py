@@ -150,7 +150,9 @@ class Guard:
             if self.serving.proxy.weights() != {slot: 100}:
                 before = self.serving.proxy.weights()
                 self.serving.proxy.set_weights({slot: 100})
-                return [self._alert("routing_restored", f"routing was {before}; all traffic back on live slot {slot}", {"slot": slot})]
+                return [
+                    self._alert("routing_restored", f"routing was {before}; all traffic back on live slot {slot}", {"slot": slot})
+                ]
             return []
         self.down_since = self.down_since or time.monotonic()
         # The guard holds the lease while it repairs, so a deploy starting meanwhile waits for it.

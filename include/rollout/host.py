@@ -63,7 +63,9 @@ def main(argv: list[str]) -> int:
     try:
         live = resume(args.wait)
         if live:
-            log.info("resumed: %s v%s in slot %s (%s)", live["model_name"], live["model_version"], live["slot"], live["bento_tag"])
+            log.info(
+                "resumed: %s v%s in slot %s (%s)", live["model_name"], live["model_version"], live["slot"], live["bento_tag"]
+            )
         else:
             log.info("nothing to resume: the registry records no live deployment")
     except Exception as exc:

@@ -89,4 +89,3 @@ def infra_validate(settings: Settings, usecase, slot: str, model_name: str, vers
         reject(settings, model_name, version, reason, report)
         raise InfraValidationFailed(f"{model_name} version {version} failed infra validation in slot {slot}: {reason}")
     return report
-

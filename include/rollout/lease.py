@@ -143,9 +143,13 @@ def acquire(
         holder = current(settings)
         if time.monotonic() >= deadline:
             who = holder["owner"] if holder else "another rollout"
-            raise RolloutBusy(f"the serving slots are busy: {who} holds the rollout lease ({lease_path(settings)}); waited {wait:.0f}s")
+            raise RolloutBusy(
+                f"the serving slots are busy: {who} holds the rollout lease ({lease_path(settings)}); waited {wait:.0f}s"
+            )
         if time.monotonic() >= next_report and holder:
-            log.info("waiting for the rollout lease held by %s (expires in %.0fs)", holder["owner"], holder["expires_at"] - time.time())
+            log.info(
+                "waiting for the rollout lease held by %s (expires in %.0fs)", holder["owner"], holder["expires_at"] - time.time()
+            )
             next_report = time.monotonic() + 30
         time.sleep(poll)
 

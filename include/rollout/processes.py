@@ -137,7 +137,9 @@ def recorded_process(pidfile: Path) -> int | None:
     if actual is None:
         return None
     if abs(actual - started) > 0.05:
-        log.warning("pid %d of %s now belongs to another process (started %.2f, recorded %.2f): not ours", pid, pidfile, actual, started)
+        log.warning(
+            "pid %d of %s now belongs to another process (started %.2f, recorded %.2f): not ours", pid, pidfile, actual, started
+        )
         return None
     return pid
 
@@ -207,5 +209,3 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, lo
             pass
         time.sleep(1)
     raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
-
-

@@ -1,4 +1,4 @@
-""""Put version N into traffic": one path, two modes.
+""" "Put version N into traffic": one path, two modes.
 
 Two slots (blue, green) each run `bentoml serve <bento>`; Traefik routes by weight (see
 `proxy.py`). A rollout of model version V (`promote`, the deploy DAG; `restore`, the rollback DAG):
@@ -134,7 +134,9 @@ def shift_traffic(settings: Settings, ref: dict) -> dict:
     lease.hold(settings, ref.get("owner"))
     if ref.get("mode", PROMOTE) == RESTORE:
         bake = min(settings.canary_bake_seconds, RESTORE_BAKE_SECONDS)
-        return canary(settings, ref["model_name"], ref["version"], ref["slot"], steps=(100,), bake_seconds=bake, owner=ref.get("owner"))
+        return canary(
+            settings, ref["model_name"], ref["version"], ref["slot"], steps=(100,), bake_seconds=bake, owner=ref.get("owner")
+        )
     return canary(settings, ref["model_name"], ref["version"], ref["slot"], owner=ref.get("owner"))
 
 
@@ -167,7 +169,12 @@ def finalize(settings: Settings, ref: dict, bento_tag: str, dag_run_id: str) -> 
     if ref.get("mode") == RESTORE:
         client = connect(settings.mlflow_tracking_uri)
         client.set_registered_model_alias(model_name, CHAMPION, version)
-        tag_version(client, model_name, version, {"rollback.reason": ref["reason"] or "manual rollback", "rollback.dag_run_id": dag_run_id})
+        tag_version(
+            client,
+            model_name,
+            version,
+            {"rollback.reason": ref["reason"] or "manual rollback", "rollback.dag_run_id": dag_run_id},
+        )
     record_live(settings, live)  # last: what serves is recorded once everything above holds
     lease.release(settings, ref.get("owner"))
     return live

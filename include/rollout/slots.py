@@ -183,4 +183,3 @@ def ready(url: str) -> bool:
         return requests.get(f"{url}/readyz", timeout=2).status_code == 200
     except requests.RequestException:
         return False
-

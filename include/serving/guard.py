@@ -113,7 +113,11 @@ async def _refuse(send: Any, status: int, error: str) -> None:
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), (b"connection", b"close")],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"connection", b"close"),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": payload})
@@ -131,7 +135,10 @@ class ClientErrorsInOneLine(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, ValidationError):
             path, method = (record.args or ("?", "?"))[:2]
-            record.msg, record.args = "refused %s [%s] with 400: %d validation error(s) for %s", (path, method, exc.error_count(), exc.title)
+            record.msg, record.args = (
+                "refused %s [%s] with 400: %d validation error(s) for %s",
+                (path, method, exc.error_count(), exc.title),
+            )
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.exc_info, record.exc_text = None, None
         return True
@@ -139,4 +146,3 @@ class ClientErrorsInOneLine(logging.Filter):
 
 BENTOML_HTTP_LOGGER = "bentoml._internal.server.http_app"
 """The logger BentoML's `log_exception` writes to."""
-

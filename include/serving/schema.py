@@ -78,7 +78,9 @@ def _field_type(col: Column, window: EventWindow) -> Any:
         # JSON has one number type: an integer is a fine float; strings, NaN and infinity are not.
         return Annotated[float, Field(strict=True, ge=col.min, le=col.max, allow_inf_nan=False)]
     if col.kind == "datetime":
-        return Annotated[AwareDatetime, BeforeValidator(_iso_text), AfterValidator(window.check), Field(description=window.describe())]
+        return Annotated[
+            AwareDatetime, BeforeValidator(_iso_text), AfterValidator(window.check), Field(description=window.describe())
+        ]
     return Annotated[str, Field(strict=True, max_length=MAX_TEXT)]
 
 

@@ -147,7 +147,9 @@ class Predictor:
 
 
 # A body still arriving at half the request timeout is the client's fault: 408, not BentoML's 504.
-Predictor.add_asgi_middleware(RequestGuard, max_body_bytes=get_settings().serving_max_body_bytes, body_seconds=TIMEOUT_SECONDS / 2)
+Predictor.add_asgi_middleware(
+    RequestGuard, max_body_bytes=get_settings().serving_max_body_bytes, body_seconds=TIMEOUT_SECONDS / 2
+)
 logging.getLogger(BENTOML_HTTP_LOGGER).addFilter(ClientErrorsInOneLine())
 
 

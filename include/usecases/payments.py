@@ -53,7 +53,15 @@ CONTRACT = Contract(
     freshness_hours=6,
 )
 
-NUMERIC_FEATURES = ("log_amount", "local_hour", "day_of_week", "card_age_days", "payments_last_24h", "km_from_home", "foreign_card")
+NUMERIC_FEATURES = (
+    "log_amount",
+    "local_hour",
+    "day_of_week",
+    "card_age_days",
+    "payments_last_24h",
+    "km_from_home",
+    "foreign_card",
+)
 CATEGORICAL_FEATURES = {"merchant_category": CATEGORIES, "channel": CHANNELS, "card_country": COUNTRIES}
 FEATURES = (*NUMERIC_FEATURES, *CATEGORICAL_FEATURES)
 SERVING_INPUTS = (

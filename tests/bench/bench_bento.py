@@ -102,9 +102,18 @@ def main() -> int:
         venv = STATE / "serving-venv"
         uv = Path(sys.executable).parent / "uv"
         subprocess.run([str(uv), "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
-        subprocess.run([str(uv), "pip", "sync", "--quiet", "--python", str(venv / "bin" / "python"), str(ROOT / SERVING_LOCK)], check=True)
-        results["after_serving_only_venv"] = {"venv_mb": round(du(venv) / 1e6, 1), "project_venv_mb": round(du(Path(sys.executable).parent.parent) / 1e6, 1)}
-        runs = {"before": (project_bentoml, "bench-before:v1"), "after": (project_bentoml, "bench-after:v1"), "after_serving_only_venv": (venv / "bin" / "bentoml", "bench-after:v1")}
+        subprocess.run(
+            [str(uv), "pip", "sync", "--quiet", "--python", str(venv / "bin" / "python"), str(ROOT / SERVING_LOCK)], check=True
+        )
+        results["after_serving_only_venv"] = {
+            "venv_mb": round(du(venv) / 1e6, 1),
+            "project_venv_mb": round(du(Path(sys.executable).parent.parent) / 1e6, 1),
+        }
+        runs = {
+            "before": (project_bentoml, "bench-before:v1"),
+            "after": (project_bentoml, "bench-after:v1"),
+            "after_serving_only_venv": (venv / "bin" / "bentoml", "bench-after:v1"),
+        }
         starts: dict[str, list[float]] = {k: [] for k in runs}
         for round_ in range(STARTS):  # interleaved, so a busy moment of the machine hits every variant alike
             for name, (binary, tag) in runs.items():
@@ -117,7 +126,9 @@ def main() -> int:
             "bento_size_after_over_before": round(a["bento_mb"] / b["bento_mb"], 3),
             "pinned_packages_after_over_before": round(a["pinned_packages"] / b["pinned_packages"], 3),
             "cold_start_after_over_before": round(a["cold_start_s"] / b["cold_start_s"], 3),
-            "cold_start_serving_venv_over_before": round(results["after_serving_only_venv"]["cold_start_s"] / b["cold_start_s"], 3),
+            "cold_start_serving_venv_over_before": round(
+                results["after_serving_only_venv"]["cold_start_s"] / b["cold_start_s"], 3
+            ),
         }
     finally:
         stack.stop()

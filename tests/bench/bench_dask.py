@@ -155,7 +155,9 @@ def main() -> int:
             )
     for copies in ROUNDS:
         s, d = results[f"single_{copies}x"], results[f"dask_{copies}x"]
-        spread = "; ".join(f"{e}: " + ", ".join(f"{r['seconds']:.1f}" for r in x["runs"]) + " s" for e, x in (("single", s), ("Dask", d)))
+        spread = "; ".join(
+            f"{e}: " + ", ".join(f"{r['seconds']:.1f}" for r in x["runs"]) + " s" for e, x in (("single", s), ("Dask", d))
+        )
         lines.append(f"  at {copies}×: Dask takes {d['seconds'] / s['seconds']:.2f}× the single process's time ({spread})")
     print("\n".join(lines))
     out = ROOT / "bench-results"

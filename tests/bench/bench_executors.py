@@ -20,7 +20,12 @@ from benchkit import ROOT, isolated_state, say
 from tests.production.native import wait_for
 
 STATE = isolated_state("loop-bench-executors-", "bench-executors")
-WINDOW = {"LOOP_START_DATE": "2013-05-07", "LOOP_END_DATE": "2013-07-02", "LOOP_INGEST_MAX_ACTIVE_RUNS": "4", "LOOP_RETRAIN_ON": "drift"}
+WINDOW = {
+    "LOOP_START_DATE": "2013-05-07",
+    "LOOP_END_DATE": "2013-07-02",
+    "LOOP_INGEST_MAX_ACTIVE_RUNS": "4",
+    "LOOP_RETRAIN_ON": "drift",
+}
 DAG = "ingest_validate"
 
 

@@ -101,7 +101,9 @@ def log_counts(slot_url: str) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--inference-log-only", action="store_true", help="only the inference log's cost: baseline, log on, log off")
+    parser.add_argument(
+        "--inference-log-only", action="store_true", help="only the inference log's cost: baseline, log on, log off"
+    )
     log_only = parser.parse_args().inference_log_only
     from include.data.storage import get_storage
     from include.local.stack import free_port, start_mlflow
@@ -250,7 +252,10 @@ def report(results: dict) -> None:
                 f"{m['records_per_s'] / r[base]['records_per_s']:10.2f} {m['p99_ms'] / r[base]['p99_ms']:10.2f}"
             )
         on, off = r["bento slot, direct"], r["bento slot, direct, inference log off"]
-        log_cost = {"inference_log_p99": on["p99_ms"] / off["p99_ms"], "inference_log_throughput": on["records_per_s"] / off["records_per_s"]}
+        log_cost = {
+            "inference_log_p99": on["p99_ms"] / off["p99_ms"],
+            "inference_log_throughput": on["records_per_s"] / off["records_per_s"],
+        }
         lines.append(
             f"  inference log: p99 {on['p99_ms']:.1f} ms on, {off['p99_ms']:.1f} ms off ({log_cost['inference_log_p99']:.2f}×); "
             f"throughput {log_cost['inference_log_throughput']:.2f}× ({'met' if log_cost['inference_log_p99'] <= 1.5 else 'MISSED'}: p99 ≤ 1.5× without)"
@@ -277,7 +282,10 @@ def report(results: dict) -> None:
     counts = results["inference_log_records"]
     lines.append(
         "inference log of the slot: "
-        + (", ".join(f"{k} {v:.0f}" for k, v in counts.items()) or "counts n/a (the second slot's start emptied the metrics directory the slots share)")
+        + (
+            ", ".join(f"{k} {v:.0f}" for k, v in counts.items())
+            or "counts n/a (the second slot's start emptied the metrics directory the slots share)"
+        )
         + (f"; {results['inference_log_parts']} Parquet parts after its stop" if "inference_log_parts" in results else "")
     )
     if "alias_to_100_percent_s" not in results:

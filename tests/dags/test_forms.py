@@ -46,9 +46,7 @@ def bag():
 
 def fields() -> list[tuple[str, str, dict]]:
     return [
-        (dag_id, key, dict(dag.params.get_param(key).schema))
-        for dag_id, dag in sorted(bag().dags.items())
-        for key in dag.params
+        (dag_id, key, dict(dag.params.get_param(key).schema)) for dag_id, dag in sorted(bag().dags.items()) for key in dag.params
     ]
 
 
@@ -126,7 +124,9 @@ def test_each_bound_admits_its_edge_and_refuses_one_step_past_it(dag_id, key, sc
         assert t == {"boolean"}, f"{dag_id}.{key}: no bound to probe in {schema}"
         edges = [(True, True), (False, True)]
     for value, ok in edges:
-        assert refused(dag_id, key, value) is not ok, f"{dag_id}.{key}={str(value)[:40]!r} should be {'admitted' if ok else 'refused'}"
+        assert refused(dag_id, key, value) is not ok, (
+            f"{dag_id}.{key}={str(value)[:40]!r} should be {'admitted' if ok else 'refused'}"
+        )
 
 
 @pytest.mark.parametrize(("dag_id", "key", "schema"), FIELDS, ids=IDS)
@@ -151,7 +151,9 @@ def _is(value, kind: str) -> bool:
 
 
 FREE_TEXT = [
-    (d, k, s) for d, k, s in FIELDS if "string" in types(s) and s.get("pattern", PLAIN_TEXT) == PLAIN_TEXT and not {"format", "enum"} & s.keys()
+    (d, k, s)
+    for d, k, s in FIELDS
+    if "string" in types(s) and s.get("pattern", PLAIN_TEXT) == PLAIN_TEXT and not {"format", "enum"} & s.keys()
 ]
 
 

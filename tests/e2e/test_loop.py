@@ -102,7 +102,9 @@ def loop(tmp_path_factory, alert_receiver):
         settings = get_settings()
         stack = Stack(state)
         try:
-            client = start_stack(settings, ports, stack, before_scheduler=lambda: plant_faults(get_usecase(), {2: "renamed_column"}))
+            client = start_stack(
+                settings, ports, stack, before_scheduler=lambda: plant_faults(get_usecase(), {2: "renamed_column"})
+            )
             intervals = count_intervals(get_calendar())
             RESTART.update(restart_scheduler_mid_catch_up(client, stack, airflow_env(settings, ports), intervals))
             finished = wait_until_idle(client, intervals, timeout=900, poll=5)
@@ -135,8 +137,10 @@ def test_a_scheduler_and_dag_processor_killed_mid_catch_up_validate_every_interv
     assert len(runs) == RESTART["intervals"] and len(set(starts)) == len(starts), "one run per interval, none twice"
     events = client.get("assets/events", source_dag_id="ingest_validate", limit=100)["asset_events"]
     partitions = [e["extra"]["partition"] for e in events]
-    print(f"\nscheduler + dag-processor killed after {RESTART['finished_before_kill']} of {RESTART['intervals']} intervals; "
-          f"validated-data events: {sorted(partitions)}")
+    print(
+        f"\nscheduler + dag-processor killed after {RESTART['finished_before_kill']} of {RESTART['intervals']} intervals; "
+        f"validated-data events: {sorted(partitions)}"
+    )
     assert sorted(partitions) == sorted({p for p in partitions}), "a partition was announced as validated twice"
     assert len(partitions) == len(list_validated("flights")) == RESTART["intervals"] - 1  # one quarantined
 

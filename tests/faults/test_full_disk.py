@@ -67,7 +67,10 @@ def test_a_full_disk_leaves_the_previous_content_and_no_partial_file(storage_roo
     storage.write_bytes("validated/flights/state.json", b'{"old": true}')
     outcome = write_with_full_disk("overwrite", limit=64 * 1024)
     assert outcome["errno"] == errno.EFBIG
-    assert str(storage_root / "validated/flights/state.json") in outcome["error"] and "previous content is unchanged" in outcome["error"]
+    assert (
+        str(storage_root / "validated/flights/state.json") in outcome["error"]
+        and "previous content is unchanged" in outcome["error"]
+    )
     assert storage.read_bytes("validated/flights/state.json") == b'{"old": true}'
     assert leftovers(storage_root) == []
 

@@ -82,7 +82,9 @@ def guard(env):
     proc = stack.start("serving-guard", [sys.executable, "-m", "include.rollout.guard"], {})
     log = stack.log_dir / "serving-guard.log"
     # its first round imports MLflow's client and reads the live record: seconds a running guard has behind it
-    poll(lambda: "serving guard: watching live slot" in log.read_text() or proc.poll() is not None, 120, "the guard's first round")
+    poll(
+        lambda: "serving guard: watching live slot" in log.read_text() or proc.poll() is not None, 120, "the guard's first round"
+    )
     assert proc.poll() is None, log.read_text()[-3000:]
     yield proc
     stack.stop_one("serving-guard")
@@ -184,7 +186,9 @@ def test_a_canary_killed_between_steps_gives_traffic_back_and_its_retry_complete
             poll(lambda: any(o.version == version for o in list(load.result.outcomes)), 30, f"v{version} to answer its share")
             os.killpg(proc.pid, signal.SIGKILL)  # the task's worker is lost between two checks
             killed_at = time.monotonic()
-            poll(lambda: serving.proxy.weights() == {live["slot"]: 100}, GUARD_STALE_SECONDS + 30, "traffic back on the live slot")
+            poll(
+                lambda: serving.proxy.weights() == {live["slot"]: 100}, GUARD_STALE_SECONDS + 30, "traffic back on the live slot"
+            )
             back_after = time.monotonic() - killed_at
             # Traefik applies a routing change within a second of the file's replacement.
             mark = time.time() + 1
@@ -194,8 +198,10 @@ def test_a_canary_killed_between_steps_gives_traffic_back_and_its_retry_complete
         proc.kill()
         proc.wait(10)
     failed = load.result.failed
-    print(f"\ncanary killed at 10%: traffic back on v{live['model_version']} after {back_after:.1f} s; "
-          f"{len(failed)} of {len(load.result.outcomes)} requests failed")
+    print(
+        f"\ncanary killed at 10%: traffic back on v{live['model_version']} after {back_after:.1f} s; "
+        f"{len(failed)} of {len(load.result.outcomes)} requests failed"
+    )
     assert not failed, [(o.status, o.started) for o in failed]
     assert after and {o.version for o in after} == {live["model_version"]}, "after the take-back only the live version answers"
     [alert] = alerts_of(env, "canary_abandoned", since)

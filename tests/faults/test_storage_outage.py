@@ -106,6 +106,8 @@ def test_an_oversized_landing_object_on_s3_is_refused_unread(s3, flights, monkey
     landed = s3.read_bytes(p.landing_key)
     monkeypatch.setenv("LOOP_MAX_LANDING_BYTES", "100000")
     get_settings.cache_clear()
-    with pytest.raises(LandingRefused, match=rf"s3://loop-test/zones/{p.landing_key} is {len(landed):,} bytes, more than the 100,000"):
+    with pytest.raises(
+        LandingRefused, match=rf"s3://loop-test/zones/{p.landing_key} is {len(landed):,} bytes, more than the 100,000"
+    ):
         validate_partition(flights, p, max_bad_row_share=0.01)
     assert s3.read_bytes(p.landing_key) == landed and s3.list(f"quarantine/flights/{p.id}/") == []

@@ -87,7 +87,10 @@ def test_a_model_file_changed_in_the_artifact_store_is_refused_and_nothing_of_it
     # A version without the digest (as an older release registered it) is refused too, with the
     # digest an operator may vouch for once they have checked the files.
     client.delete_model_version_tag(name, "1", MODEL_DIGEST)
-    with pytest.raises(ModelTampered, match=rf"version 1 \(run \w+\) has no {MODEL_DIGEST} tag.*tag the version {MODEL_DIGEST} with [0-9a-f]{{64}}\. "):
+    with pytest.raises(
+        ModelTampered,
+        match=rf"version 1 \(run \w+\) has no {MODEL_DIGEST} tag.*tag the version {MODEL_DIGEST} with [0-9a-f]{{64}}\. ",
+    ):
         import_model(env, name, "1")
     with pytest.raises(bentoml.exceptions.NotFound):
         bentoml.models.get(model_tag(name, "1"))

@@ -31,7 +31,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PARAMS = {
     "flights": TrainParams(window_weeks=6, n_estimators=150, max_depth=5),
-    "payments": TrainParams(window_weeks=3, eval_partitions=7, n_estimators=150, max_depth=4),  # a week held out: one day holds ~40 chargebacks
+    "payments": TrainParams(
+        window_weeks=3, eval_partitions=7, n_estimators=150, max_depth=4
+    ),  # a week held out: one day holds ~40 chargebacks
 }
 
 
@@ -64,7 +66,10 @@ def loop(request, tmp_path_factory, mlflow_server, validated_store):
         booster = mlflow.xgboost.load_model(f"models:/{champion['model_name']}/{champion['version']}").get_booster()
         gains = booster.get_score(importance_type="total_gain")
         numeric = [f for f in usecase.features if f not in usecase.categorical]
-        print(f"\n{name} champion's gain shares: " + ", ".join(f"{f} {g / sum(gains.values()):.0%}" for f, g in sorted(gains.items(), key=lambda kv: -kv[1])[:6]))
+        print(
+            f"\n{name} champion's gain shares: "
+            + ", ".join(f"{f} {g / sum(gains.values()):.0%}" for f, g in sorted(gains.items(), key=lambda kv: -kv[1])[:6])
+        )
         yield settings, usecase, champion, max(gains, key=gains.get), max((f for f in numeric if f in gains), key=gains.get)
     get_settings.cache_clear()
 
@@ -78,7 +83,9 @@ def broken(usecase, kind: str, top: str, top_numeric: str):
         return dataclasses.replace(usecase, build_features=lambda df: change(features(df), df))
 
     if kind == "labels shuffled":
-        return dataclasses.replace(usecase, build_target=lambda df: pd.Series(rng.permutation(target(df).to_numpy()), index=df.index)), {}
+        return dataclasses.replace(
+            usecase, build_target=lambda df: pd.Series(rng.permutation(target(df).to_numpy()), index=df.index)
+        ), {}
     if kind == "top feature constant":
         return with_features(lambda X, df: X.assign(**{top: X[top].iloc[0]})), {}
     if kind == "unit changed":  # a realistic unit change of an important column, in rows the data gate never saw

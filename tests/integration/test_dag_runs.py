@@ -83,21 +83,37 @@ def test_ingest_then_train_then_gate_end_to_end(dags, flights):
     train = dags.get_dag("train")
     dr = train.test(run_conf={"reason": "integration test", "n_estimators": 100})
     assert dr.state == "success", states(dr)
-    assert states(dr) == {"admit": "success", "train_challenger": "success", "profile_reference": "success", "champion_gate": "success", "announce_champion": "success"}
+    judged = {"admit": "success", "train_challenger": "success", "profile_reference": "success", "champion_gate": "success"}
+    assert states(dr) == judged | {
+        "refit": "success",
+        "profile_refit": "success",
+        "serve_refit": "success",
+        "announce_champion": "success",
+    }
     settings = get_settings()
     client = connect(settings.mlflow_tracking_uri)
     champion = alias_version(client, settings.model_name, CHAMPION)
     run = client.get_run(champion.run_id)
     assert run.data.tags["loop.reason"] == "integration test"
     assert run.data.tags["airflow.dag_run_id"] == dr.run_id
+    # what serves is the refit of the judged challenger on its whole window, the held-out week included
     lineage = mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/lineage/partitions.json")
-    used = [r["partition"] for r in lineage["train"] + lineage["eval"]]
+    used = [r["partition"] for r in lineage["train"]]
     assert used == [week(i).id for i in range(4)] and week(4).id not in used
+    assert [r["partition"] for r in lineage["eval"]] == [week(3).id] and lineage["gated"]["version"] == champion.tags[
+        "loop.refit_of"
+    ]
+    assert client.get_model_version(settings.model_name, champion.tags["loop.refit_of"]).tags["gate.decision"] == "promote"
 
     # a worse challenger from the form is gated out: the champion-model Asset is not emitted (no new
     # data since the last training: inside the cooldown, so only a forced run trains)
     dr = train.test(run_conf={"n_estimators": 10, "max_depth": 1, "learning_rate": 0.01, "force": True})
-    assert states(dr) == {"admit": "success", "train_challenger": "success", "profile_reference": "success", "champion_gate": "success", "announce_champion": "skipped"}
+    assert states(dr) == judged | {
+        "refit": "skipped",
+        "profile_refit": "skipped",
+        "serve_refit": "skipped",
+        "announce_champion": "skipped",
+    }
     assert alias_version(client, settings.model_name, CHAMPION).version == champion.version
 
 
@@ -162,7 +178,13 @@ def test_monitor_checks_a_window_of_the_live_model_and_requests_retraining_on_dr
     # here by hand on the champion's own data, i.e. inside the cooldown: forced.)
     weak = requested.conf | {"n_estimators": 10, "max_depth": 1, "learning_rate": 0.05, "force": True}
     retrain = dags.get_dag("train").test(run_conf=weak)
-    assert states(retrain) == {"admit": "success", "train_challenger": "success", "profile_reference": "success", "champion_gate": "success", "announce_champion": "skipped"}
+    judged = {"admit": "success", "train_challenger": "success", "profile_reference": "success", "champion_gate": "success"}
+    assert states(retrain) == judged | {
+        "refit": "skipped",
+        "profile_refit": "skipped",
+        "serve_refit": "skipped",
+        "announce_champion": "skipped",
+    }
     mlc = connect(settings.mlflow_tracking_uri)
     assert alias_version(mlc, settings.model_name, CHAMPION).version == champion.version
     newest = max(mlc.search_model_versions(f"name = '{settings.model_name}'"), key=lambda v: int(v.version))
@@ -221,7 +243,9 @@ def test_a_cleared_monitor_run_and_an_alert_storm_start_one_training(dags, monke
     settings = get_settings()
     client = connect(settings.mlflow_tracking_uri)
     versions = client.search_model_versions(f"name = '{settings.model_name}'")
-    assert sorted(v.tags["airflow.dag_run_id"] for v in versions) == sorted([storm[0].run_id, forced.run_id])
+    # the versions come from the two runs that trained: each a challenger, and its refit if the gate accepted it
+    assert {v.tags["airflow.dag_run_id"] for v in versions} == {storm[0].run_id, forced.run_id}
+    assert len(versions) == sum(1 + (states(dr)["refit"] == "success") for dr in (storm[0], forced))
     records = client.search_runs([client.get_experiment_by_name(admission_experiment(settings.model_name)).experiment_id])
     decided = {r.data.tags["airflow.dag_run_id"]: r.data.tags for r in records}
     assert [decided[dr.run_id]["decision.action"] for dr in [*storm, forced]] == ["train", "suppressed", "suppressed", "train"]

@@ -73,7 +73,9 @@ def test_a_run_asking_for_dask_trains_there_with_the_same_run_and_gate(env, dask
     monkeypatch.setenv("LOOP_DASK_ADDRESS", dask_cluster)
     get_settings.cache_clear()
     settings = get_settings()
-    out = train_candidate(flights, PARAMS.model_copy(update={"distributed": True}), settings, dag_id="train", dag_run_id="manual__dask")
+    out = train_candidate(
+        flights, PARAMS.model_copy(update={"distributed": True}), settings, dag_id="train", dag_run_id="manual__dask"
+    )
 
     client = connect(settings.mlflow_tracking_uri)
     run = client.get_run(out["run_id"])
@@ -92,6 +94,8 @@ def test_asking_for_dask_without_a_cluster_fails_before_any_run(env, flights, mo
     monkeypatch.delenv("LOOP_DASK_ADDRESS", raising=False)
     get_settings.cache_clear()
     with pytest.raises(NoDaskCluster, match="LOOP_DASK_ADDRESS"):
-        train_candidate(flights, PARAMS.model_copy(update={"distributed": True}), get_settings(), dag_id="train", dag_run_id="manual__nodask")
+        train_candidate(
+            flights, PARAMS.model_copy(update={"distributed": True}), get_settings(), dag_id="train", dag_run_id="manual__nodask"
+        )
     client = connect(env.mlflow_tracking_uri)
     assert not client.search_runs([experiment_id(client, env.model_name)])

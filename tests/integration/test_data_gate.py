@@ -146,7 +146,10 @@ BAD_LANDINGS = {
     # fault: (what upstream delivers, made from the interval's correct rows; what the failure names)
     "truncated_bytes": (_truncated_bytes, "no footer after"),
     "dropped_column": (lambda d: parquet_bytes(d.drop(columns=["dep_delay"])), "missing columns ['dep_delay']"),
-    "int_as_float": (lambda d: parquet_bytes(d.assign(flight=d["flight"].astype("float64"))), "expect_column_values_to_be_of_type[flight]"),
+    "int_as_float": (
+        lambda d: parquet_bytes(d.assign(flight=d["flight"].astype("float64"))),
+        "expect_column_values_to_be_of_type[flight]",
+    ),
     "temp_in_kelvin": (
         lambda d: parquet_bytes(d.assign(temp=(d["temp"] - 32) * 5 / 9 + 273.15)),
         "expect_column_mean_to_be_between[temp]",
@@ -427,7 +430,10 @@ F_TO_K = lambda x: (x - 32) * 5 / 9 + 273.15  # noqa: E731
 # calendar and are left out of the history; `hour`, `minute` and `flight` have no unit; `engines`
 # and `seats` are counts: they meet the generic factors below).
 REALISTIC = {
-    **{c: [("HHMM → minutes after midnight", hhmm_to_minutes)] for c in ("dep_time", "sched_dep_time", "arr_time", "sched_arr_time")},
+    **{
+        c: [("HHMM → minutes after midnight", hhmm_to_minutes)]
+        for c in ("dep_time", "sched_dep_time", "arr_time", "sched_arr_time")
+    },
     **{c: [("minutes → hours", scale(1 / 60)), ("minutes → seconds", scale(60))] for c in ("dep_delay", "arr_delay", "air_time")},
     "distance": [("miles → km", scale(1.609344)), ("miles → nautical miles", scale(0.868976))],
     **{c: [("°F → °C", F_TO_C), ("°F → K", F_TO_K)] for c in ("temp", "dewp")},
@@ -446,7 +452,14 @@ QUANTITIES = (
     *("dep_delay", "arr_delay", "air_time", "distance", "temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust"),
     *("precip", "pressure", "visib", "plane_year", "engines", "seats"),
 )
-GENERIC = {"×1.609344": 1.609344, "÷1.609344": 1 / 1.609344, "×0.453592": 0.453592, "×2.54": 2.54, "÷60": 1 / 60, "×0.3048": 0.3048}
+GENERIC = {
+    "×1.609344": 1.609344,
+    "÷1.609344": 1 / 1.609344,
+    "×0.453592": 0.453592,
+    "×2.54": 2.54,
+    "÷60": 1 / 60,
+    "×0.3048": 0.3048,
+}
 
 
 def caught_columns(record: dict, n_rows: int, max_bad_row_share: float = 0.01) -> dict[str, list[str]]:
@@ -549,7 +562,8 @@ def test_a_column_that_empties_is_quarantined_naming_it(flights, week_with_histo
             c
             for c in columns
             for f in record["failures"]
-            if f.startswith(f"expect_column_proportion_of_non_null_values_to_be_between[{c}]:") and "vs the last 8 validated partitions" in f
+            if f.startswith(f"expect_column_proportion_of_non_null_values_to_be_between[{c}]:")
+            and "vs the last 8 validated partitions" in f
         }
         assert named == set(columns), f"{share} null, not named: {sorted(set(columns) - named)}"
     assert [c for c in nullable if usual[c] >= 0.5] == ["wind_gust"]  # normally 55-97 % empty: only wholly null is news

@@ -139,7 +139,9 @@ def test_the_entry_serves_the_api_but_not_the_slots_metrics(env, flights, record
     entry = f"http://127.0.0.1:{env.serving_port}"
     assert requests.get(f"{entry}/metrics", timeout=5).status_code == 404
     assert requests.get(f"{entry}/metrics/", timeout=5).status_code == 404
-    assert "request_duration_seconds_count" in requests.get(f"{Serving(env).proxy.slot_url(live['slot'])}/metrics", timeout=5).text
+    assert (
+        "request_duration_seconds_count" in requests.get(f"{Serving(env).proxy.slot_url(live['slot'])}/metrics", timeout=5).text
+    )
     assert requests.get(f"{entry}/readyz", timeout=5).status_code == 200
     assert requests.get(f"{entry}/docs.json", timeout=5).json()["paths"]
     assert entry_version(env, records[0]) == "2"
@@ -272,7 +274,11 @@ def test_a_slot_dying_during_the_bake_costs_only_its_in_flight_requests(env, fli
         poll(lambda: serving.proxy.weights().get(idle) == 50, 30, f"the canary's 50% step on {idle}")
         at_half = time.time()
         # the candidate is answering its half of the traffic when it dies
-        poll(lambda: sum(o.version == "3" and o.started > at_half for o in list(load.result.outcomes)) >= 10, 30, "v3 answers at 50%")
+        poll(
+            lambda: sum(o.version == "3" and o.started > at_half for o in list(load.result.outcomes)) >= 10,
+            30,
+            "v3 answers at 50%",
+        )
         pid = serving.stack.running()[f"slot-{idle}"]
         tree = descendants(pid)  # found first: the kill itself is then instant, as an OOM kill is
         killed_at = time.time()

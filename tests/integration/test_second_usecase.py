@@ -76,7 +76,9 @@ def test_payments_run_the_loop_through_the_same_machinery(payments):
     assert quarantined["partition"] == Partition(usecase.name, *intervals[FAULTY_DAY]).id
 
     # training, the reference profile, the champion gate
-    out = train_candidate(usecase, TrainParams(window_weeks=2, n_estimators=150, max_depth=4), settings, dag_id="train", dag_run_id="payments_1")
+    out = train_candidate(
+        usecase, TrainParams(window_weeks=2, n_estimators=150, max_depth=4), settings, dag_id="train", dag_run_id="payments_1"
+    )
     assert out["model_name"] == "it-payments"
     log_reference_profile(settings.mlflow_tracking_uri, usecase, out["model_name"], out["version"])
     gate = run_champion_gate(usecase, settings, out["model_name"], out["version"])

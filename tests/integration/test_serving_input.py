@@ -87,8 +87,21 @@ class Server:
         self.env = env
         proc = self.stack.start(
             "bento",
-            [str(Path(sys.executable).parent / "bentoml"), "serve", "include.serving.service:Predictor", "--host", "127.0.0.1",
-             "--port", str(self.port), "--arg", f"model_tag={MODEL_TAG}", "--arg", "model_version=1", "--arg", "usecase=flights"],
+            [
+                str(Path(sys.executable).parent / "bentoml"),
+                "serve",
+                "include.serving.service:Predictor",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--arg",
+                f"model_tag={MODEL_TAG}",
+                "--arg",
+                "model_version=1",
+                "--arg",
+                "usecase=flights",
+            ],
             {**self.base_env(), **env},
         )
         wait_http(f"{self.url}/readyz", 180, proc, self.stack.log_dir / "bento.log")
@@ -105,7 +118,11 @@ class Server:
         """loop_inference_log_records_total by outcome, from /metrics."""
         text = requests.get(f"{self.url}/metrics", timeout=10).text
         prefix = 'loop_inference_log_records_total{outcome="'
-        return {line[len(prefix) :].split('"')[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)}
+        return {
+            line[len(prefix) :].split('"')[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(prefix)
+        }
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +134,10 @@ def server(tmp_path_factory):
     model_dir = state / "mlflow_model"
     subprocess.run(
         [sys.executable, "-c", textwrap.dedent(MODEL_SCRIPT), str(model_dir), MODEL_TAG],
-        env={**os.environ, **server.base_env()}, cwd=PROJECT_ROOT, check=True, timeout=600,
+        env={**os.environ, **server.base_env()},
+        cwd=PROJECT_ROOT,
+        check=True,
+        timeout=600,
     )
     yield server
     server.stack.stop()
@@ -176,7 +196,9 @@ def valid(doc: dict, schema: dict, earliest: datetime):
         text = st.from_regex(schema["pattern"], fullmatch=True) if "pattern" in schema else st.text()
         base = text.filter(lambda s: len(s) <= schema.get("maxLength", math.inf))
     elif schema.get("type") == "array":
-        base = st.lists(valid(doc, schema["items"], earliest), min_size=schema.get("minItems", 0), max_size=min(schema.get("maxItems", 5), 5))
+        base = st.lists(
+            valid(doc, schema["items"], earliest), min_size=schema.get("minItems", 0), max_size=min(schema.get("maxItems", 5), 5)
+        )
     elif schema.get("type") == "object":
         props = schema["properties"]
         required = set(schema.get("required", []))
@@ -212,10 +234,21 @@ def broken(doc: dict, schema: dict):
     if "pattern" in schema:
         options.append(st.sampled_from(["a b", "é", "x\n", "", "<script>"]))
     if schema.get("format") == "date-time":
-        options.append(st.sampled_from([
-            "yesterday", "2013-02-04", "2013-02-04T10:00:00", "2013-02-30T10:00:00Z", "0001-01-01T00:00:00+14:00",
-            "9999-12-31T23:00:00-12:00", "1999-01-01T00:00:00Z", (datetime.now(UTC) + timedelta(days=30)).isoformat(), 1360000000,
-        ]))
+        options.append(
+            st.sampled_from(
+                [
+                    "yesterday",
+                    "2013-02-04",
+                    "2013-02-04T10:00:00",
+                    "2013-02-30T10:00:00Z",
+                    "0001-01-01T00:00:00+14:00",
+                    "9999-12-31T23:00:00-12:00",
+                    "1999-01-01T00:00:00Z",
+                    (datetime.now(UTC) + timedelta(days=30)).isoformat(),
+                    1360000000,
+                ]
+            )
+        )
     return st.one_of(options)
 
 
@@ -227,6 +260,7 @@ def check_answer(r: requests.Response, field: str | None) -> None:
 
 
 # --- the document is the contract ---------------------------------------------------------------
+
 
 def test_the_published_document_carries_the_contracts_bounds(openapi, flights):
     """`/docs.json` states each input's range, vocabulary and nullability, and the batch size."""
@@ -311,10 +345,19 @@ JSON_VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=8,
 )
-CONTENT_TYPES = st.sampled_from([
-    None, "application/json", "application/json; charset=utf-8", "text/plain", "multipart/form-data",
-    "multipart/form-data; boundary=x", "application/x-www-form-urlencoded", "application/vnd.bentoml+pickle", "*/*",
-])
+CONTENT_TYPES = st.sampled_from(
+    [
+        None,
+        "application/json",
+        "application/json; charset=utf-8",
+        "text/plain",
+        "multipart/form-data",
+        "multipart/form-data; boundary=x",
+        "application/x-www-form-urlencoded",
+        "application/vnd.bentoml+pickle",
+        "*/*",
+    ]
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -329,16 +372,24 @@ def test_nothing_a_client_sends_gets_a_5xx(live, records, data):
         depth = data.draw(st.integers(100, 20_000))
         body = b"[" * depth + b"]" * data.draw(st.sampled_from([depth, 0]))
     elif kind == "number":
-        body = json.dumps({**data.draw(st.sampled_from(records)), "distance": 0}).replace('"distance": 0', '"distance": ' + data.draw(
-            st.sampled_from(["1" + "0" * 5000, "1e999", "-1e999", "NaN", "Infinity", "1e-999", "0x10", "01"])
-        )).encode()
+        body = (
+            json.dumps({**data.draw(st.sampled_from(records)), "distance": 0})
+            .replace(
+                '"distance": 0',
+                '"distance": '
+                + data.draw(st.sampled_from(["1" + "0" * 5000, "1e999", "-1e999", "NaN", "Infinity", "1e-999", "0x10", "01"])),
+            )
+            .encode()
+        )
     elif kind == "bytes":
         body = data.draw(st.binary(max_size=300))
     else:
         body = json.dumps({**data.draw(st.sampled_from(records)), "request_id": data.draw(st.text(max_size=80))}).encode()
     content_type = data.draw(CONTENT_TYPES)
     path = data.draw(st.sampled_from(["/predict", "/predict_batch"]))
-    r = requests.post(live.url + path, data=body, headers={} if content_type is None else {"Content-Type": content_type}, timeout=30)
+    r = requests.post(
+        live.url + path, data=body, headers={} if content_type is None else {"Content-Type": content_type}, timeout=30
+    )
     assert r.status_code < 500, (kind, content_type, body[:200], r.status_code, r.text[:300])
     if r.status_code != 200:
         assert 400 <= r.status_code < 500 and r.json()["error"], (r.status_code, r.text[:300])
@@ -369,7 +420,8 @@ MALFORMED = {
     "empty content type": b"Content-Type:\r\nContent-Length: 2\r\n\r\n{}",
     "obsolete line folding": b"Content-Type: application/json\r\n  folded\r\nContent-Length: 2\r\n\r\n{}",
     "a 200 kB header": b"X-Big: " + b"a" * 200_000 + b"\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
-    "5000 headers": b"".join(b"X-%d: y\r\n" % i for i in range(5000)) + b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+    "5000 headers": b"".join(b"X-%d: y\r\n" % i for i in range(5000))
+    + b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
     "body shorter than its content-length": b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{}",
 }
 
@@ -395,8 +447,10 @@ def test_a_body_over_the_cap_is_refused_with_413_even_when_streamed(live, record
     declared = live.post("/predict_batch", big)
     assert declared.status_code == 413 and "LOOP_SERVING_MAX_BODY_BYTES" in declared.json()["error"]
     streamed = requests.post(
-        live.url + "/predict_batch", data=(big[i : i + 65536] for i in range(0, len(big), 65536)),
-        headers={"Content-Type": "application/json"}, timeout=30,
+        live.url + "/predict_batch",
+        data=(big[i : i + 65536] for i in range(0, len(big), 65536)),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
     )  # a generator: chunked, no Content-Length
     assert streamed.request.headers.get("Transfer-Encoding") == "chunked" and streamed.status_code == 413
     assert live.post("/predict", records[0]).status_code == 200, "the service serves on after refusing"
@@ -409,7 +463,9 @@ def test_the_log_counts_what_it_writes_and_what_it_keeps_out(live, records, flig
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     before = live.counts()
     assert set(before) == {"written", "dropped", "late", "failed"}
-    fresh = [dict(r, request_id=f"fresh-{i}", time_hour=(now - timedelta(hours=1)).isoformat()) for i, r in enumerate(records[:50])]
+    fresh = [
+        dict(r, request_id=f"fresh-{i}", time_hour=(now - timedelta(hours=1)).isoformat()) for i, r in enumerate(records[:50])
+    ]
     assert live.post("/predict_batch", {"records": fresh}).status_code == 200
     poll(lambda: live.counts()["written"] >= before["written"] + 50, 30, "the fresh records to be written")
     stale = dict(records[0], request_id="stale", time_hour=(now - flights.calendar.interval - timedelta(days=2)).isoformat())

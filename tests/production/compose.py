@@ -18,7 +18,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
 
-_VAR = re.compile(r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
+_VAR = re.compile(
+    r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
 
 
 class MissingVariable(KeyError):
@@ -73,7 +75,7 @@ def loopback(env: dict[str, str], hosts: dict[str, str], paths: dict[str, str]) 
             value = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", address, value)
         for prefix in sorted(paths, key=len, reverse=True):  # the longest container path first
             if value == prefix or value.startswith(prefix + "/"):
-                value = paths[prefix] + value[len(prefix):]
+                value = paths[prefix] + value[len(prefix) :]
                 break
         out[key] = value
     return out

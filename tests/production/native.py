@@ -139,7 +139,10 @@ class NativeProduction:
         """A compose service's command, on loopback; a program of the venv by its full path."""
         cmd = self.doc["services"][service]["command"]
         argv = shlex.split(cmd) if isinstance(cmd, str) else [str(a) for a in cmd]
-        argv = [self._database(compose.loopback({"v": compose.interpolate(a, self.secrets)}, self.hosts, self.paths)["v"]) for a in argv]
+        argv = [
+            self._database(compose.loopback({"v": compose.interpolate(a, self.secrets)}, self.hosts, self.paths)["v"])
+            for a in argv
+        ]
         exe = BIN / argv[0]
         return [str(exe) if exe.exists() else argv[0], *argv[1:]]
 
@@ -178,7 +181,9 @@ class NativeProduction:
         log = self.stack.log_dir / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
-            done = subprocess.run(cmd, env={**_clean_environ(), **env}, stdout=out, stderr=subprocess.STDOUT, timeout=600, cwd=compose.ROOT)
+            done = subprocess.run(
+                cmd, env={**_clean_environ(), **env}, stdout=out, stderr=subprocess.STDOUT, timeout=600, cwd=compose.ROOT
+            )
         if done.returncode != 0:
             raise RuntimeError(f"{name} failed ({done.returncode}): see {log}")
 
@@ -209,7 +214,12 @@ class NativeProduction:
         ini = self.state / "mlflow-auth.ini"  # the compose config, mounted at MLFLOW_AUTH_CONFIG_PATH
         content = compose.interpolate(self.doc["configs"]["mlflow-auth"]["content"], self.secrets)
         ini.write_text(self._database(compose.loopback({"v": content}, self.hosts, self.paths)["v"]))
-        env = {**self.image_env(), **self.env("mlflow"), "MLFLOW_AUTH_CONFIG_PATH": str(ini), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+        env = {
+            **self.image_env(),
+            **self.env("mlflow"),
+            "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        }
         proc = self._start("mlflow", cmd, env)
         wait_http(f"http://127.0.0.1:{self.ports['mlflow']}/health", 240, proc, self.stack.log_dir / "mlflow.log")
         self._run("mlflow-init", self.command("mlflow-init"), {**self.image_env(), **self.env("mlflow-init")})
@@ -234,8 +244,18 @@ class NativeProduction:
             cmd = [*self.command("airflow-worker"), "--celery-hostname", f"worker{i}@%h"]
             self._start(f"airflow-worker-{i}", cmd, {**env, **self._own_ports()})
         self.start_serving_host()
-        wait_http(f"http://127.0.0.1:{self.ports['airflow']}/api/v2/monitor/health", 240, api, self.stack.log_dir / "airflow-api-server.log")
-        client = AirflowAPI(f"http://127.0.0.1:{self.ports['airflow']}", self.state / "airflow", user="admin", password=self.secrets["AIRFLOW_ADMIN_PASSWORD"])
+        wait_http(
+            f"http://127.0.0.1:{self.ports['airflow']}/api/v2/monitor/health",
+            240,
+            api,
+            self.stack.log_dir / "airflow-api-server.log",
+        )
+        client = AirflowAPI(
+            f"http://127.0.0.1:{self.ports['airflow']}",
+            self.state / "airflow",
+            user="admin",
+            password=self.secrets["AIRFLOW_ADMIN_PASSWORD"],
+        )
         client.login()
         return client
 
@@ -315,4 +335,3 @@ def wait_for(condition, timeout: float, what: str, poll: float = 2.0):
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(poll)
-

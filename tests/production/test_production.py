@@ -47,7 +47,9 @@ def prod(tmp_path_factory):
             yield native, client, finished
     finally:
         stopped = native.stop()
-        assert {"airflow-scheduler", "airflow-worker-1", "airflow-worker-2", "serving-host", "mlflow"} - native.killed <= set(stopped)
+        assert {"airflow-scheduler", "airflow-worker-1", "airflow-worker-2", "serving-host", "mlflow"} - native.killed <= set(
+            stopped
+        )
         assert not native.stack.running()
         assert not psql(f"SELECT 1 FROM pg_database WHERE datname LIKE '{native.run}%'"), "the run's databases were dropped"
 
@@ -73,7 +75,11 @@ def test_data_lives_in_the_bucket(prod):
     native, _, _ = prod
     with native.as_current():
         s3 = boto3.client("s3", endpoint_url=get_settings().s3_endpoint_url)
-        keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="loop-data") for o in page.get("Contents", [])]
+        keys = [
+            o["Key"]
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket="loop-data")
+            for o in page.get("Contents", [])
+        ]
     zones = {k.split("/")[1] for k in keys}
     assert {"landing", "validated", "quarantine"} <= zones, zones
     assert sum("/validated/" in k and k.endswith(".parquet") for k in keys) == 4
@@ -147,7 +153,9 @@ def test_a_restarted_serving_host_brings_the_live_version_back_from_the_registry
         assert Serving(settings).slot_running(live["slot"])
     # the entry can answer a moment before the host logs that it resumed (it logs once `resume` returns)
     resumed = f"resumed: {live['model_name']} v{live['model_version']} in slot {live['slot']}"
-    wait_for(lambda: resumed in (native.stack.log_dir / "serving-host.log").read_text(), 60, "the serving host to log what it resumed")
+    wait_for(
+        lambda: resumed in (native.stack.log_dir / "serving-host.log").read_text(), 60, "the serving host to log what it resumed"
+    )
 
 
 def test_losing_a_worker_mid_training_retries_on_the_other_and_registers_one_version(prod):
@@ -179,8 +187,12 @@ def test_losing_a_worker_mid_training_retries_on_the_other_and_registers_one_ver
         ti = client.get(path)
         assert ti["try_number"] >= 2, ti
         mlc = connect(settings.mlflow_tracking_uri)
-        versions = [v for v in mlc.search_model_versions(f"name = '{model_name}'") if v.tags.get("airflow.dag_run_id") == run_id]
-        assert len(versions) == 1, [(v.version, v.tags) for v in versions]
+        mine = [v for v in mlc.search_model_versions(f"name = '{model_name}'") if v.tags.get("airflow.dag_run_id") == run_id]
+        # one challenger, and at most its one refit (if the gate accepted it)
+        versions = [v for v in mine if "loop.refit_of" not in v.tags]
+        refits = [v for v in mine if "loop.refit_of" in v.tags]
+        assert len(versions) == 1 and len(refits) <= 1, [(v.version, v.tags) for v in mine]
+        assert all(v.tags["loop.refit_of"] == versions[0].version for v in refits), [(v.version, v.tags) for v in mine]
         # no orphan alias: every alias the model has names a registered version of it, and the
         # challenger is the one version this run registered (not the killed try's)
         registered = {v.version for v in mlc.search_model_versions(f"name = '{model_name}'")}
@@ -189,6 +201,3 @@ def test_losing_a_worker_mid_training_retries_on_the_other_and_registers_one_ver
         assert aliases["challenger"] == versions[0].version, aliases
         assert survivor <= set(native.stack.running())
     print(f"\nworker loss: killed {victim} during try 1; try {ti['try_number']} finished; one version: v{versions[0].version}")
-
-
-

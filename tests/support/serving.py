@@ -70,7 +70,9 @@ class Load:
         self.result = Report()  # filled as answers come in
         url = f"http://127.0.0.1:{settings.serving_port}"
         self.thread = threading.Thread(
-            target=replay, args=(url, records), kwargs={"clients": clients, "loop": True, "limit": limit, "stop": self.stop, "report": self.result}
+            target=replay,
+            args=(url, records),
+            kwargs={"clients": clients, "loop": True, "limit": limit, "stop": self.stop, "report": self.result},
         )
 
     def __enter__(self):

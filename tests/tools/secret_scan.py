@@ -93,7 +93,9 @@ def repository_files(root: Path = ROOT) -> list[Path]:
     """Files git tracks, and untracked ones it does not ignore (what the next commit could add)."""
     out = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=root, capture_output=True, check=True,
+        cwd=root,
+        capture_output=True,
+        check=True,
     ).stdout
     return [root / name for name in sorted(set(out.decode().split("\0"))) if name and (root / name).is_file()]
 

@@ -68,7 +68,11 @@ def referenced(doc: dict, name: str) -> set[str]:
 
 
 def airflow_services(services: dict) -> set[str]:
-    return {name for name, s in services.items() if s.get("image") == AIRFLOW_IMAGE and "AIRFLOW__CORE__EXECUTOR" in (s.get("environment") or {})}
+    return {
+        name
+        for name, s in services.items()
+        if s.get("image") == AIRFLOW_IMAGE and "AIRFLOW__CORE__EXECUTOR" in (s.get("environment") or {})
+    }
 
 
 # The Compose Specification --------------------------------------------------------------------
@@ -111,7 +115,9 @@ def test_every_dependency_exists_and_its_condition_can_be_met(services):
                 assert services[target].get("restart", "no") == "no", f"{name} waits for {target} to complete; it restarts"
             else:
                 assert condition == "service_started", condition
-            assert not services[target].get("profiles") or service.get("profiles"), f"{name} needs {target}, which only starts in a profile"
+            assert not services[target].get("profiles") or service.get("profiles"), (
+                f"{name} needs {target}, which only starts in a profile"
+            )
 
     def visit(name, path):
         assert name not in path, f"dependency cycle: {' -> '.join([*path, name])}"
@@ -133,8 +139,21 @@ def test_long_running_services_restart_and_report_health_one_shots_do_not(servic
 
 def test_the_stack_has_every_component_of_the_issue(services):
     assert {
-        "postgres", "redis", "minio", "mlflow", "traefik", "airflow-init", "airflow-api-server", "airflow-scheduler",
-        "airflow-dag-processor", "airflow-triggerer", "airflow-worker", "serving-host", "flower", "dask-scheduler", "dask-worker",
+        "postgres",
+        "redis",
+        "minio",
+        "mlflow",
+        "traefik",
+        "airflow-init",
+        "airflow-api-server",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+        "airflow-triggerer",
+        "airflow-worker",
+        "serving-host",
+        "flower",
+        "dask-scheduler",
+        "dask-worker",
     } <= set(services)
     assert services["airflow-worker"]["deploy"]["replicas"] >= 2 and services["dask-worker"]["deploy"]["replicas"] >= 2
     assert services["flower"]["profiles"] == ["flower"]

@@ -48,7 +48,9 @@ def test_a_second_run_changes_nothing(tmp_path):
 
 def test_only_missing_or_empty_secrets_are_added_and_nothing_else_moves(tmp_path):
     env = tmp_path / ".env"
-    env.write_text("# mine\nLOOP_USECASE=payments\nPOSTGRES_PASSWORD=kept-as-it-is\nAIRFLOW_DB_PASSWORD=\nexport FLOWER_PASSWORD='also-kept'\n")
+    env.write_text(
+        "# mine\nLOOP_USECASE=payments\nPOSTGRES_PASSWORD=kept-as-it-is\nAIRFLOW_DB_PASSWORD=\nexport FLOWER_PASSWORD='also-kept'\n"
+    )
     env.chmod(0o644)
     added = generate(env)
     assert "POSTGRES_PASSWORD" not in added and "FLOWER_PASSWORD" not in added and "AIRFLOW_DB_PASSWORD" in added

@@ -72,7 +72,9 @@ def test_a_profile_is_small_plain_json_and_skips_what_history_does_not_check():
     assert set(prof["columns"]) == {"speed", "count", "kind", "name"}  # no datetime, no opted-out column
     speed = prof["columns"]["speed"]
     assert speed["missing"] == 20 and len(speed["quantiles"]) == 5 and "0.0" not in speed["grid"]
-    assert sum(speed["grid"].values()) == speed["nonzero"] and {float(v) for v in speed["grid"]} <= set(frame(np.random.default_rng(1))["speed"])
+    assert sum(speed["grid"].values()) == speed["nonzero"] and {float(v) for v in speed["grid"]} <= set(
+        frame(np.random.default_rng(1))["speed"]
+    )
     assert set(prof["columns"]["kind"]["counts"]) == {"a", "b", "c"}
     assert prof["columns"]["name"] == {"missing": 0, "distinct": 37}
 
@@ -81,7 +83,9 @@ def test_a_continuous_column_keeps_no_value_grid():
     df = frame(np.random.default_rng(2), n=1000).assign(speed=np.random.default_rng(3).normal(10, 3, 1000))
     assert profile(df, CONTRACT)["columns"]["speed"]["grid"] is None
     small = profile(df.head(400), CONTRACT)["columns"]["speed"]
-    assert len(small["grid"]) == 60 and seen_values([small]) is None, "the 60 most frequent of 400 values seen once each are no grid"
+    assert len(small["grid"]) == 60 and seen_values([small]) is None, (
+        "the 60 most frequent of 400 values seen once each are no grid"
+    )
 
 
 def test_history_is_the_latest_partitions_before_the_batch_whatever_arrived_later():
@@ -149,6 +153,8 @@ def test_a_history_failure_reads_as_a_sentence_with_the_column_the_observation_a
         "median of temp 2.10 outside 28.4–51.0 vs the last 4 validated partitions (dt=2013-01-01T0500Z … dt=2013-01-22T0500Z)"
     )
     missing = describe(
-        {"column": "dewp", "check": "missing share", "against": history.words, "bounds": [0.0, 0.21]}, {}, {"observed_value": 0.05}
+        {"column": "dewp", "check": "missing share", "against": history.words, "bounds": [0.0, 0.21]},
+        {},
+        {"observed_value": 0.05},
     )
     assert missing.startswith("missing share of dewp 95.0% outside 0.0%–21.0% vs the last 4 validated partitions")

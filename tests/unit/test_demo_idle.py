@@ -50,7 +50,9 @@ def test_the_periodic_check_is_not_outstanding_but_an_asset_triggered_check_is()
     assert not is_periodic("train", periodic), "a scheduled training is work"
     assert outstanding({"monitor": [periodic]}, 0) == 0
     assert outstanding({"monitor": [periodic, labelled], "train": [periodic]}, 0) == 2
-    assert outstanding({"monitor": [], "ingest_validate": [periodic]}, 2) == 2, "queued asset events are work; ingestion is counted apart"
+    assert outstanding({"monitor": [], "ingest_validate": [periodic]}, 2) == 2, (
+        "queued asset events are work; ingestion is counted apart"
+    )
 
 
 def test_the_demo_ends_while_the_periodic_check_keeps_running():

@@ -93,7 +93,13 @@ def test_the_locks_pin_releases_above_the_floors_and_within_requirements_in(lock
 
 @pytest.mark.parametrize(
     ("line", "lowest"),
-    [("mlflow[auth]>=3.10,<4", "3.10"), ("apache-airflow==3.3.*", "3.3"), ("pyarrow", None), ("celery<5.7", None), ("x~=1.4.2", "1.4.2")],
+    [
+        ("mlflow[auth]>=3.10,<4", "3.10"),
+        ("apache-airflow==3.3.*", "3.3"),
+        ("pyarrow", None),
+        ("celery<5.7", None),
+        ("x~=1.4.2", "1.4.2"),
+    ],
 )
 def test_the_lowest_admitted_release_is_read_from_the_lower_bounds(line, lowest):
     assert lowest_admitted(Requirement(line)) == (Version(lowest) if lowest else None)

@@ -12,7 +12,16 @@ from include.model.gate import GateConfig, abandoned, decide, sanity
 from include.model.metrics import compute_metrics, metric_value
 from include.model.stats import compare, delong, hanley_mcneil_se
 
-CFG = GateConfig(metric="roc_auc", margin=0.01, slice_margin=0.03, confidence=0.95, floor=0.6, ceiling=0.98, calibration_ratio=3.0, abandoned_share=0.1)
+CFG = GateConfig(
+    metric="roc_auc",
+    margin=0.01,
+    slice_margin=0.03,
+    confidence=0.95,
+    floor=0.6,
+    ceiling=0.98,
+    calibration_ratio=3.0,
+    abandoned_share=0.1,
+)
 
 
 def rows(n=6000, seed=0, rate=0.25):
@@ -36,8 +45,13 @@ def test_delong_matches_sklearn_and_a_paired_bootstrap_on_the_same_rows():
     auc_a, auc_b, se = delong(y, a, b)
     assert auc_a == pytest.approx(roc_auc_score(y, a)) and auc_b == pytest.approx(roc_auc_score(y, b))
     boot = bootstrap(
-        (y, a, b), lambda t, s1, s2: roc_auc_score(t, s1) - roc_auc_score(t, s2), paired=True, vectorized=False,
-        n_resamples=400, method="percentile", rng=np.random.default_rng(0),
+        (y, a, b),
+        lambda t, s1, s2: roc_auc_score(t, s1) - roc_auc_score(t, s2),
+        paired=True,
+        vectorized=False,
+        n_resamples=400,
+        method="percentile",
+        rng=np.random.default_rng(0),
     )
     assert se == pytest.approx(boot.standard_error, rel=0.15)
     c = compare(y, a, b)
@@ -59,7 +73,9 @@ def test_the_bootstrap_compares_any_gate_metric_and_is_seeded():
     rng, y, signal = rows(2000, seed=3)
     a, b = model(rng, signal, 0.6), model(rng, signal, 1.5)
     c = compare(y, a, b, "pr_auc")
-    assert c.method == "paired bootstrap" and c.delta == pytest.approx(metric_value("pr_auc", y, a, 0.5) - metric_value("pr_auc", y, b, 0.5))
+    assert c.method == "paired bootstrap" and c.delta == pytest.approx(
+        metric_value("pr_auc", y, a, 0.5) - metric_value("pr_auc", y, b, 0.5)
+    )
     assert 0 < c.low < c.delta < c.high
     assert compare(y, a, b, "pr_auc") == c
 
@@ -147,7 +163,9 @@ def test_the_slice_confidence_is_corrected_for_the_number_of_slices():
     assert [s["confidence"] for s in many.slices] == pytest.approx([1 - 0.05 / 10] * 10)
     aa_few = next(s for s in few.slices if s["slice"] == "carrier=AA")
     aa_many = next(s for s in many.slices if s["slice"] == "carrier=AA")
-    assert aa_many["delta"] == pytest.approx(aa_few["delta"]) and aa_many["high"] - aa_many["low"] > aa_few["high"] - aa_few["low"]
+    assert (
+        aa_many["delta"] == pytest.approx(aa_few["delta"]) and aa_many["high"] - aa_many["low"] > aa_few["high"] - aa_few["low"]
+    )
 
 
 def test_small_slices_are_reported_not_judged_and_the_size_comes_from_the_statistics():

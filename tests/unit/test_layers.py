@@ -25,7 +25,14 @@ def test_include_has_no_import_cycle(tool, modules):
     edges = tool.import_graph(modules)
     assert tool.find_cycle(edges) is None
     stages = set(edges) if not modules else {".".join(m.split(".")[:2]) for m in edges}
-    assert {"include.data", "include.model", "include.monitoring", "include.serving", "include.rollout", "include.local"} <= stages
+    assert {
+        "include.data",
+        "include.model",
+        "include.monitoring",
+        "include.serving",
+        "include.rollout",
+        "include.local",
+    } <= stages
 
 
 def test_serving_stays_below_training_monitoring_and_rollout(tool):
@@ -50,7 +57,9 @@ def test_the_bento_carries_everything_the_service_imports_and_nothing_more():
     carried = {p.relative_to(ROOT).as_posix() for pattern in BENTO_INCLUDE for p in ROOT.glob(pattern)}
     missing = sorted(p for p in paths if not any(fnmatch.fnmatch(p, pattern) for pattern in BENTO_INCLUDE))
     assert not missing, f"the service imports modules the bento does not carry: {missing}"
-    assert not {"include/model", "include/monitoring", "include/rollout", "include/local"} & {p.rsplit("/", 1)[0] for p in carried}
+    assert not {"include/model", "include/monitoring", "include/rollout", "include/local"} & {
+        p.rsplit("/", 1)[0] for p in carried
+    }
 
 
 def test_dags_and_plugins_never_import_the_embedded_runtime():
@@ -61,6 +70,12 @@ def test_dags_and_plugins_never_import_the_embedded_runtime():
     offenders = []
     for path in [*(ROOT / "dags").glob("*.py"), *(ROOT / "plugins").glob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             offenders += [f"{path.name}: {n}" for n in names if n.startswith("include.local")]
     assert not offenders, offenders

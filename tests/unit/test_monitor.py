@@ -159,7 +159,11 @@ def test_a_retrain_request_names_one_train_run_per_decision():
     start, end = "2013-12-02T00:00:00-05:00", "2013-12-05T00:00:00-05:00"
     run_id = retrain_run_id(start, end, "3")
     assert run_id == retrain_run_id(start, end, "3") == "monitor__v3__2013-12-02T00:00:00-05:00__2013-12-05T00:00:00-05:00"
-    others = {retrain_run_id(start, end, "4"), retrain_run_id(start, "2013-12-06T00:00:00-05:00", "3"), retrain_run_id(start, end, None)}
+    others = {
+        retrain_run_id(start, end, "4"),
+        retrain_run_id(start, "2013-12-06T00:00:00-05:00", "3"),
+        retrain_run_id(start, end, None),
+    }
     assert len(others | {run_id}) == 4 and "monitor__bootstrap__" in retrain_run_id(start, end, None)
     assert all(re.fullmatch(r"[A-Za-z0-9_.~:+-]+", r) for r in others | {run_id})  # Airflow's allowed_run_id_pattern
 

@@ -24,7 +24,9 @@ def scan():
 
 def test_the_repository_holds_no_secret(scan):
     findings = scan.scan_repository()
-    assert not findings, "credentials in tracked files (generate them with `make secrets` instead):\n" + "\n".join(map(str, findings))
+    assert not findings, "credentials in tracked files (generate them with `make secrets` instead):\n" + "\n".join(
+        map(str, findings)
+    )
     names = {p.relative_to(ROOT).as_posix() for p in scan.repository_files()}
     assert {"docker-compose.yaml", ".env.example", "README.md", "include/credentials.py"} <= names
     assert ".env" not in names  # ignored: where `make secrets` writes
@@ -38,7 +40,9 @@ def _planted() -> dict[str, str]:
     key = "-----BEGIN " + "RSA PRIVATE KEY-----"
     return {
         "private key block": f"{key}\nMIIEow...\n",
-        "AWS access key id": "aws_access_key_id = " + "AKIA" + "".join(secrets.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") for _ in range(16)),
+        "AWS access key id": "aws_access_key_id = "
+        + "AKIA"
+        + "".join(secrets.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") for _ in range(16)),
         "URL with a password": f"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN: postgresql://airflow:{_token()}@postgres:5432/airflow",
         "python keyword": f'connect(host="db", password="{_token()}")',
         "YAML mapping": f"    MLFLOW_TRACKING_PASSWORD: {_token()}",
@@ -70,8 +74,8 @@ def test_a_generated_key_without_a_digit_is_found(scan):
         "LOOP_WEBHOOK_TOKEN=",
         "token = secrets.token_urlsafe(32)",
         'AIRFLOW_CONN_LOOP_ALERTS=\'{"conn_type": "http", "host": "alerts.example", "password": "..."}\'',
-        "curl -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:8080/api/v2/dags",
-        "key=f\"{prefix}/{key}\"",
+        'curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8080/api/v2/dags',
+        'key=f"{prefix}/{key}"',
         "sha256 d549057ebc2925f39f62799eab0db7b9e2c18b35b6c00595199116da3ed10e64",
         "http_config: {authorization: {credentials_file: /etc/alertmanager/loop-token}}",
         "secret_name: thisIsAVeryLongVariableNameForSomethingElse",

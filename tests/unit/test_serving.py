@@ -112,7 +112,10 @@ def test_the_schema_document_carries_every_bound_of_the_contract(flights, Record
             assert prop["type"] == {"int": "integer", "float": "number"}[col.kind], prop
             assert (prop.get("minimum"), prop.get("maximum")) == (col.min, col.max), (name, prop)
         elif col.kind == "datetime":
-            assert prop["format"] == "date-time" and flights.calendar.start_datetime.astimezone(UTC).isoformat() in prop["description"]
+            assert (
+                prop["format"] == "date-time"
+                and flights.calendar.start_datetime.astimezone(UTC).isoformat() in prop["description"]
+            )
 
 
 def test_routing_sends_traffic_only_to_weighted_slots():

@@ -54,7 +54,11 @@ def call(method="POST", headers: dict[str, str] | None = None, chunks=(b"{}",), 
         sent.append(message)
 
     raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
-    asyncio.run(RequestGuard(app, max_body_bytes=limit, body_seconds=0.2)({"type": "http", "method": method, "path": "/predict", "headers": raw}, receive, send))
+    asyncio.run(
+        RequestGuard(app, max_body_bytes=limit, body_seconds=0.2)(
+            {"type": "http", "method": method, "path": "/predict", "headers": raw}, receive, send
+        )
+    )
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return status, (json.loads(body) if status != 200 else body), app.bodies, pulled
@@ -65,8 +69,17 @@ JSON = {"Content-Type": "application/json"}
 
 @pytest.mark.parametrize(
     "content_type",
-    [None, "", "text/plain", "multipart/form-data", "multipart/form-data; boundary=x", "application/x-www-form-urlencoded",
-     "application/vnd.bentoml+pickle", "application/jsonx", "json"],
+    [
+        None,
+        "",
+        "text/plain",
+        "multipart/form-data",
+        "multipart/form-data; boundary=x",
+        "application/x-www-form-urlencoded",
+        "application/vnd.bentoml+pickle",
+        "application/jsonx",
+        "json",
+    ],
 )
 def test_a_body_that_is_not_json_is_refused_with_415_before_the_service_sees_it(content_type):
     headers = {} if content_type is None else {"Content-Type": content_type}
@@ -183,4 +196,3 @@ def test_a_real_failure_keeps_its_traceback(caplog):
     record = _logged(RuntimeError("the model file is gone"), caplog)
     assert record.levelno == logging.ERROR and record.exc_info[0] is RuntimeError
     assert record.getMessage() == "Exception on /predict_batch [POST]"
-

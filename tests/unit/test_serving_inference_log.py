@@ -80,7 +80,13 @@ def test_append_returns_while_the_storage_hangs_and_drops_with_a_count_when_full
 
     counted: list[tuple[str, int]] = []
     sink = InferenceLog(
-        flights, "1", "blue", storage=Hanging(), flush_seconds=3600, flush_records=100, max_queued=500,
+        flights,
+        "1",
+        "blue",
+        storage=Hanging(),
+        flush_seconds=3600,
+        flush_records=100,
+        max_queued=500,
         on_count=lambda outcome, n: counted.append((outcome, n)),
     )
     hand_over(sink, flights, records[:100])  # reaches flush_records: the thread starts writing, and hangs
