@@ -387,6 +387,31 @@ def variable(name: str) -> str:
     return alias.choices[0] if isinstance(alias, AliasChoices) else f"LOOP_{name.upper()}"
 
 
+# The demo's retraining follows the monitor: new data trains the first model only, then drift or
+# decay asks for retraining, at most once per two weeks of data time (the rest is "suppressed").
+# The data clock triggers the check of each replayed week's served traffic itself; the periodic
+# check also runs on its own clock, every 10 minutes, for as long as the services do. Canary steps
+# bake 15 s: 30 requests at the first step's 10% of the clients' 20 requests/s. `make demo` sets
+# these (include/local/demo.py); the backtest replays the loop with them too (include/backtest/).
+DEMO_SETTINGS = {
+    "LOOP_RETRAIN_ON": "drift",
+    "LOOP_RETRAIN_COOLDOWN_HOURS": "336",
+    "LOOP_INGEST_MAX_ACTIVE_RUNS": "1",
+    "LOOP_MONITOR_EVERY_MINUTES": "10",
+    "LOOP_CANARY_BAKE_SECONDS": "15",
+}
+
+
+def with_overrides(settings: Settings, env: dict[str, str]) -> Settings:
+    """`settings` with the variables of `env` (LOOP_<FIELD>: value) applied, validated as the
+    environment's would be."""
+    fields = {k.removeprefix("LOOP_").lower(): v for k, v in env.items()}
+    unknown = sorted(set(fields) - set(Settings.model_fields))
+    if unknown:
+        raise ValueError(f"no such settings: {', '.join(unknown)}")
+    return Settings.model_validate(settings.model_dump() | fields)
+
+
 def default(name: str):
     """The documented default of field `name`: the one declaration the configs built from the
     settings (the retrain policy, the champion gate, the training form) take theirs from."""

@@ -7,6 +7,12 @@ kept on disk (`--cache`, default `<out>/fits/`, keyed by a digest of exactly wha
 and of the engine's code), so a rerun, after an interruption or a change of the policy, fits
 nothing it fitted before; profiles, reports and decisions are always computed afresh.
 
+A model is named by its key (week, refit): the challenger fitted at the end of `week` on its window
+less the held-out newest week, or (refit) the same configuration fitted on the whole window, as the
+loop serves it once the gate accepts the challenger (`include/model/refit.py`); a refit carries its
+challenger's profile and evaluation, as in the loop. `gate` is the loop's champion gate, `decide`, on
+the challenger's held-out week, scored by both models.
+
 Each served week is scored: ROC AUC and log loss of the serving model on the week's labelled rows
 (rows without a label, such as cancelled flights, are left out), next to CBPE's estimate of the ROC
 AUC from the week's scores alone; both are the monitor's report of the week, what the policy reads.
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +31,9 @@ from typing import TYPE_CHECKING
 from include.backtest.figures import finite, fmt, say
 from include.backtest.timeline import Week, partition_records
 from include.model.dataset import select_partitions
+from include.model.gate import GateConfig, GateDecision, decide, gain_shares
 from include.model.params import TrainParams
+from include.model.refit import guard
 from include.model.training import TrainingRows, evaluate, fit_model, training_rows
 from include.monitoring.profile import reference_profile
 from include.monitoring.windows import frame_report
@@ -34,6 +43,10 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+Key = tuple[int, bool]
+"""A model of the replay: (the week its window ends with, whether it is the refit)."""
+
+
 @dataclass
 class Trained:
     model: object
@@ -41,6 +54,10 @@ class Trained:
     reference: dict
     """The model's own evaluation metrics, as the monitor reads them from its training run."""
     window: dict
+    rows: TrainingRows | None = None
+    """The window's rows: the held-out week is what the gate scores both models on."""
+    heldout: float | None = None
+    """A refit's ROC AUC on the held-out week it was fitted on too: what its guard compares."""
 
 
 @dataclass
@@ -70,15 +87,22 @@ class Replay:
     """Models read from the cache instead of fitted."""
     _partitions: dict[str, pd.DataFrame] = field(default_factory=dict)
     _models: dict[int, Trained] = field(default_factory=dict)
-    _served: dict[tuple[int, int], Served] = field(default_factory=dict)
+    _refits: dict[int, Trained] = field(default_factory=dict)
+    _served: dict[tuple[Key, int], Served] = field(default_factory=dict)
+    _gated: dict[tuple[int, Key, GateConfig], GateDecision] = field(default_factory=dict)
 
     @property
     def fits(self) -> int:
         return len(self._models)
 
+    @property
+    def refits(self) -> int:
+        return len(self._refits)
+
     def progress(self) -> str:
         cached = f" ({self.loaded} from the cache)" if self.loaded else ""
-        return f"[{self.fits} windows{cached}, {self.elapsed():.0f} s]"
+        refits = f" + {self.refits} refits" if self.refits else ""
+        return f"[{self.fits} windows{refits}{cached}, {self.elapsed():.0f} s]"
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -127,12 +151,61 @@ class Replay:
                 "eval_rows": len(rows.X_eval),
             }
             reference = {m: finite(evaluation[m]) for m in ("roc_auc", "pr_auc")}
-            self._models[number] = Trained(model, profile, reference, window)
+            self._models[number] = Trained(model, profile, reference, window, rows)
             say(
                 f"  week {number}'s window ({len(train_recs)} + {len(eval_recs)} partitions, {len(rows.X):,} training rows): "
                 f"eval ROC AUC {fmt(reference['roc_auc'])}, {time.monotonic() - began:.0f} s {self.progress()}"
             )
         return self._models[number]
+
+    def refitted(self, number: int) -> Trained:
+        """The refit of week `number`'s challenger: its configuration on the whole window, held-out
+        week included; it carries the challenger's profile and evaluation, as in the loop."""
+        if number not in self._refits:
+            import pandas as pd
+
+            judged = self.trained(number)
+            rows = judged.rows
+            whole = TrainingRows(
+                pd.concat([rows.X, rows.X_eval], ignore_index=True),
+                pd.concat([rows.y, rows.y_eval], ignore_index=True),
+                rows.X_eval,
+                rows.y_eval,
+                rows.eval_slices,
+            )
+            model = self.fit(whole)
+            heldout = finite(evaluate(model, whole, self.threshold)[0]["roc_auc"])
+            self._refits[number] = Trained(
+                model, judged.profile, judged.reference, judged.window | {"refit": True}, rows, heldout
+            )
+        return self._refits[number]
+
+    def model(self, key: Key) -> Trained:
+        week, refit = key
+        return self.refitted(week) if refit else self.trained(week)
+
+    def refit_guard(self, number: int) -> bool:
+        """The loop's guard (`include/model/refit.py`): the refit scores the held-out week at least as
+        well as the challenger that never saw it."""
+        return guard(self.refitted(number).heldout or math.nan, self.trained(number).reference["roc_auc"] or math.nan)
+
+    def gate(self, number: int, champion: Key, config: GateConfig) -> GateDecision:
+        """The champion gate on week `number`'s challenger against the `champion`, both scored on the
+        challenger's held-out week (the loop's `decide`, with the same slices and sanity checks)."""
+        key = (number, champion, config)
+        if key not in self._gated:
+            judged, serving = self.trained(number), self.model(champion)
+            rows = judged.rows
+            self._gated[key] = decide(
+                rows.y_eval.to_numpy(),
+                judged.model.predict_proba(rows.X_eval)[:, 1],
+                serving.model.predict_proba(rows.X_eval)[:, 1],
+                config,
+                rows.eval_slices,
+                self.threshold,
+                (gain_shares(judged.model), gain_shares(serving.model)),
+            )
+        return self._gated[key]
 
     def fit(self, rows: TrainingRows):
         """The training task's `fit_model` (in process), or the model it gave for the same inputs in
@@ -154,13 +227,15 @@ class Replay:
         partial.replace(path)  # whole or absent: a run killed while saving leaves no half model
         return model
 
-    def served(self, model_week: int, number: int) -> Served:
-        """Week `number` served by the model of week `model_week`: its score, CBPE's estimate and the monitor's report."""
-        key = (model_week, number)
+    def served(self, model: Key | int, number: int) -> Served:
+        """Week `number` served by `model` (a key, or the week of a challenger): its score, CBPE's
+        estimate and the monitor's report."""
+        model = (model, False) if isinstance(model, int) else model
+        key = (model, number)
         if key not in self._served:
             import numpy as np
 
-            trained, df = self.trained(model_week), self.frame(number)
+            trained, df = self.model(model), self.frame(number)
             X = self.usecase.build_features(df)
             scores = trained.model.predict_proba(X)[:, 1]
             labels = self.usecase.build_target(df).to_numpy(dtype="float64")

@@ -9,6 +9,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from include.backtest.figures import fmt
+from include.backtest.policies import FOLLOWING_WEEKS, WRONG
 from include.backtest.summary import CBPE_TOLERANCE, SWEEP_AGES, SWEEP_SHARES
 
 
@@ -23,15 +24,30 @@ def write_results(results: dict, out_dir: Path) -> str:
 
 def markdown_table(results: dict) -> str:
     """The comparison table, with CBPE's hit rate and the run's extent below it."""
+    stale = next((p["stale_weeks"]["max_age_days"] for p in results["policies"] if p["stale_weeks"]["max_age_days"]), None)
     lines = [
-        "| policy | retrains | mean ROC AUC | mean log loss | alerts |",
-        "|---|---:|---:|---:|---:|",
+        "| policy | retrains | promotions | rejections (wrong) | mean ROC AUC | mean log loss | alerts | weeks served "
+        + (f"by a model ≥ {stale:.0f} d old |" if stale else "by a stale model |"),
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in results["policies"]:
         alerts = "–" if p["alerts"] is None else str(p["alerts"]["count"])
+        rejections = p["rejections"]
+        rejected = f"{rejections['count']} ({len(rejections['wrong'])})" if rejections["count"] else "0"
         lines.append(
-            f"| {p['name']} | {p['retrains']['count']} | {fmt(p['roc_auc']['mean'])} | {fmt(p['log_loss']['mean'])} | {alerts} |"
+            f"| {p['name']} | {p['retrains']['count']} | {p['promotions']['count']} | {rejected} | {fmt(p['roc_auc']['mean'])} "
+            f"| {fmt(p['log_loss']['mean'])} | {alerts} | {p['stale_weeks']['count']} |"
         )
+    for p in results["policies"]:
+        if "gate_calls" in p:
+            calls, wrong = p["gate_calls"], p["rejections"]["wrong"]
+            lines.append(
+                f"\nGate of '{p['name']}': {calls['count']} calls, {p['rejections']['count']} rejections "
+                f"({len(wrong)} wrong: the challenger served the next {FOLLOWING_WEEKS} weeks ≥ {WRONG} better"
+                + (f", weeks {', '.join(map(str, wrong))}" if wrong else "")
+                + f"), {len(p['wrong_promotions'])} promotions of a challenger ≥ {WRONG} worse; the held-out week's Δ "
+                f"correlates {fmt(calls['correlation_with_next_week'], '+.2f')} with the next week's."
+            )
     default = next(p for p in results["policies"] if p["name"] == "default")
     cbpe = default["cbpe"]
     served = results["served_weeks"]
@@ -39,7 +55,8 @@ def markdown_table(results: dict) -> str:
         "",
         f"{results['usecase']}: weeks {served[0]}…{served[-1]} served ({len(served)}), first model at the end of week "
         f"{results['settings']['first_model_week']}, {results['settings']['params']['window_weeks']}-week window; "
-        f"{results['fits']['windows']} training windows ({results['fits']['from_cache']} from the cache) in "
+        f"{results['fits']['windows']} training windows and {results['fits']['refits']} refits "
+        f"({results['fits']['from_cache']} from the cache) in "
         f"{results.get('runtime_seconds', 0):.0f} s.",
         f"CBPE (default policy): the estimate is within {CBPE_TOLERANCE} of the realised ROC AUC in "
         f"{fmt(cbpe['hit_rate'], '.0%')} of {cbpe['labelled_weeks']} labelled weeks.",

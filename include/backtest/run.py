@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from include.backtest.figures import say
-from include.backtest.policies import Policy, default_policies, replay_policies
+from include.backtest.policies import Policy, default_policies, loop_policies, replay_policies
 from include.backtest.replay import Replay
 from include.backtest.report import json_ready, plot_served_quality, write_results
 from include.backtest.summary import CBPE_TOLERANCE, SWEEP_AGES, SWEEP_SHARES, summarize, sweep
@@ -51,7 +51,7 @@ def run_backtest(
         f"first model at the end of week {first}, weeks {first + 1}…{last} served; window {params.window_weeks} weeks"
     )
     default = PolicyConfig.from_settings(settings, tuple(usecase.drift_exempt))
-    policies = default_policies(default)
+    policies = default_policies(default) + loop_policies(settings, tuple(usecase.drift_exempt))
     records = replay_policies(replayed, policies, first)
     target = sum(r["retrained"] for r in records["default"])
     k = matching_interval(target, first, last)
@@ -79,8 +79,8 @@ def run_backtest(
             "weeks": [{"week": w.number, "start": w.start, "end": w.end, "served": w.number > first} for w in replayed.weeks],
             "served_weeks": [w.number for w in replayed.weeks[first:]],
             "windows": replayed.windows(),
-            "fits": {"windows": replayed.fits, "from_cache": replayed.loaded, "cache": replayed.cache},
-            "policies": [summarize(p, records[p.name]) for p in policies],
+            "fits": {"windows": replayed.fits, "refits": replayed.refits, "from_cache": replayed.loaded, "cache": replayed.cache},
+            "policies": [summarize(p, records[p.name], default.max_model_age) for p in policies],
             **({"sweep": swept} if swept else {}),
         }
     )

@@ -13,7 +13,7 @@ from dataclasses import asdict, replace
 from datetime import timedelta
 
 from include.backtest.figures import mean, say
-from include.backtest.policies import Policy, replay_policies
+from include.backtest.policies import WRONG, Policy, replay_policies
 from include.backtest.replay import Replay
 from include.monitoring.policy import PolicyConfig, signals
 
@@ -25,11 +25,15 @@ SWEEP_AGES = (None, 3, 4, 5, 6, 8)
 """`--sweep`: the maximum model ages tried, in weeks (None: no age limit)."""
 
 
-def summarize(policy: Policy, records: list[dict]) -> dict:
-    """A policy's results from its weekly records."""
+def summarize(policy: Policy, records: list[dict], max_age: timedelta | None = None) -> dict:
+    """A policy's results from its weekly records. `max_age`: the age beyond which a served week
+    counts as served by a stale model (default: the policy's own maximum age)."""
     aucs = [r["roc_auc"] for r in records]
     losses = [r["log_loss"] for r in records]
     retrained = [r["week"] for r in records if r["retrained"]]
+    promoted = [r["week"] for r in records if r["retrained"] and r["promoted"]]
+    rejected = [r for r in records if r["retrained"] and not r["promoted"]]
+    limit = (policy.config.max_model_age if policy.config and policy.config.max_model_age else None) or max_age
     scored = [(r["cbpe_roc_auc"], r["roc_auc"]) for r in records if r["roc_auc"] is not None and r["cbpe_roc_auc"] is not None]
     hits = [abs(est - real) <= CBPE_TOLERANCE for est, real in scored]
     out = {
@@ -37,7 +41,24 @@ def summarize(policy: Policy, records: list[dict]) -> dict:
         "every": policy.every,
         "config": asdict(policy.config) if policy.config else None,
         "retrains": {"count": len(retrained), "weeks": retrained},
-        "models": 1 + len(retrained),
+        "models": 1 + len(promoted),
+        "promotions": {"count": len(promoted), "weeks": promoted},
+        "rejections": {
+            "count": len(rejected),
+            "weeks": [r["week"] for r in rejected],
+            # the challenger turned down served the following weeks better by WRONG or more (the loop's candidate: its refit)
+            "wrong": [r["week"] for r in rejected if (r["following"]["gain"] or 0) >= WRONG],
+        },
+        "wrong_promotions": [
+            r["week"]
+            for r in records
+            if r["retrained"] and r["promoted"] and "gate" in r and (r["following"]["gain"] or 0) <= -WRONG
+        ],
+        "refit_guard_failures": [r["week"] for r in records if r.get("refit_guard") is False],
+        "stale_weeks": {
+            "max_age_days": None if limit is None else limit.total_seconds() / 86400,
+            "count": 0 if limit is None else sum(r["model_age_days"] >= limit.total_seconds() / 86400 for r in records),
+        },
         "roc_auc": {"mean": mean(aucs), "weeks": aucs},
         "log_loss": {"mean": mean(losses), "weeks": losses},
         "cbpe": {
@@ -50,6 +71,17 @@ def summarize(policy: Policy, records: list[dict]) -> dict:
         "alerts": None,
         "weeks": records,
     }
+    gated = [r for r in records if r["retrained"] and "gate" in r and r["gate"]["delta"] is not None]
+    if gated:
+        pairs = [
+            (r["gate"]["delta"], r["following"]["next_week_gain"]) for r in gated if r["following"]["next_week_gain"] is not None
+        ]
+        out["gate_calls"] = {
+            "count": len(gated),
+            # does the held-out week's Δ (challenger − champion) predict the next week's?
+            "correlation_with_next_week": _correlation(pairs),
+            "calls": [{"week": r["week"], "promoted": r["promoted"], **r["gate"], "following": r["following"]} for r in gated],
+        }
     if policy.config is not None:
         alerts = [r for r in records if signals(r["cause"])]  # a retrain for age alone alerts no one
         causes: dict[str, int] = {}
@@ -58,6 +90,15 @@ def summarize(policy: Policy, records: list[dict]) -> dict:
                 causes[r["cause"]] = causes.get(r["cause"], 0) + 1
         out["alerts"] = {"count": len(alerts), "weeks": [r["week"] for r in alerts], "causes": causes}
     return out
+
+
+def _correlation(pairs: list[tuple[float, float]]) -> float | None:
+    if len(pairs) < 3:
+        return None
+    import numpy as np
+
+    a, b = np.array(pairs, dtype=float).T
+    return None if a.std() == 0 or b.std() == 0 else float(np.corrcoef(a, b)[0, 1])
 
 
 def sweep(replayed: Replay, first: int, weekly: list[dict], default: PolicyConfig) -> dict:

@@ -95,6 +95,23 @@ class DataClock:
     def _ingest(self, paused: bool) -> None:
         self.client.request("PATCH", "dags/ingest_validate", json={"is_paused": paused}).raise_for_status()
 
+    def _in_flight(self) -> bool:
+        return any(r["state"] == "running" for r in self.client.runs("ingest_validate"))
+
+    def _hold(self, deadline: float) -> bool:
+        """Pause ingestion with no run of it in flight (a queued one stays queued). Airflow 3.3's
+        scheduler finishes the runs of a paused DAG without recounting its active runs, so a run that
+        ends while `ingest_validate` is paused leaves it marked at `max_active_runs`, and no run is
+        created until the dag-processor next parses the file (up to 5 minutes here). False: the
+        deadline passed."""
+        while True:
+            self._ingest(paused=True)
+            if not self._in_flight():
+                return True
+            self._ingest(paused=False)  # let the run in flight end while the DAG is unpaused, then pause again
+            if not self._wait(lambda: not self._in_flight(), deadline, poll=1):
+                return False
+
     def _wait(self, until: Callable[[], bool], deadline: float, poll: float = 3) -> bool:
         last = 0.0
         while not until():
@@ -131,7 +148,8 @@ class DataClock:
         if not self._wait(lambda: len(list_validated(usecase.name)) >= need or done() >= self.expected, deadline):
             return False
         if done() < self.expected:
-            self._ingest(paused=True)
+            if not self._hold(deadline):
+                return False
             say(f"data clock: {need} partitions validated; ingestion waits until a first model serves")
         if not self._wait(lambda: Serving(self.settings).live() is not None or self.progress() == (self.expected, 0), deadline):
             return False
@@ -144,8 +162,7 @@ class DataClock:
             # Unpaused until the next interval has landed. The scheduler may already have created
             # the run after it; that one waits (a paused DAG's new runs do not start) for the next tick.
             self._ingest(paused=False)
-            arrived = self._wait(lambda: done() > before, deadline, poll=1)  # noqa: B023
-            self._ingest(paused=True)
+            arrived = self._wait(lambda: done() > before, deadline, poll=1) and self._hold(deadline)  # noqa: B023
             if not arrived:
                 return False
         self._ingest(paused=False)

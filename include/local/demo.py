@@ -24,22 +24,10 @@ from include.local.airflow_api import AirflowAPI
 from include.local.clock import INTERVAL_SECONDS, BackgroundTraffic, DataClock, Progress, say
 from include.local.stack import BIN, Ports, airflow_command, airflow_env, port_in_use, start_mlflow
 from include.rollout.processes import Stack, wait_http
-from include.settings import Settings
+from include.settings import DEMO_SETTINGS, Settings
 from include.usecases import Calendar, UseCase
 
 DAG_IDS = ("ingest_validate", "train", "deploy", "rollback", "monitor", "revalidate")
-# The demo's retraining follows the monitor: new data trains the first model only, then drift or
-# decay asks for retraining, at most once per two weeks of data time (the rest is "suppressed").
-# The data clock triggers the check of each replayed week's served traffic itself; the periodic
-# check also runs on its own clock, every 10 minutes, for as long as the services do. Canary steps
-# bake 15 s: 30 requests at the first step's 10% of the clients' 20 requests/s.
-DEMO_POLICY = {
-    "LOOP_RETRAIN_ON": "drift",
-    "LOOP_RETRAIN_COOLDOWN_HOURS": "336",
-    "LOOP_INGEST_MAX_ACTIVE_RUNS": "1",
-    "LOOP_MONITOR_EVERY_MINUTES": "10",
-    "LOOP_CANARY_BAKE_SECONDS": "15",
-}
 
 
 def plant_faults(usecase: UseCase, faults: dict[int, str]) -> None:
@@ -135,7 +123,7 @@ def main() -> int:
     from include.settings import get_settings
     from include.usecases import get_usecase, load_usecase
 
-    for key, value in DEMO_POLICY.items():
+    for key, value in DEMO_SETTINGS.items():
         os.environ.setdefault(key, value)
     demo = load_usecase(get_settings().usecase).demo
     if demo is not None:

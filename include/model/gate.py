@@ -57,8 +57,8 @@ class GateConfig:
             raise ValueError(f"gate confidence {self.confidence} must be at least 0.5 and below 1")
 
     @classmethod
-    def from_settings(cls) -> GateConfig:
-        s = get_settings()
+    def from_settings(cls, settings=None) -> GateConfig:
+        s = settings or get_settings()
         return cls(
             s.gate_metric,
             s.gate_margin,

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 
+from include.backtest.policies import FOLLOWING_WEEKS, LOOP_ROWS, WRONG
 from include.backtest.run import run_backtest
 from include.backtest.summary import SWEEP_AGES, SWEEP_SHARES
 from include.backtest.timeline import fixed_schedule
@@ -40,7 +41,8 @@ def test_every_policy_serves_the_same_weeks_after_the_first_full_window(quarter)
     served = list(range(WINDOW + 1, WEEKS + 1))
     assert results["served_weeks"] == served
     policies = by_name(results)
-    assert {"never", "weekly", "every 4 weeks", "drift (today's rule)", "default"} <= set(policies) and len(policies) == 6
+    assert {"never", "weekly", "every 4 weeks", "drift (today's rule)", "default", *LOOP_ROWS} <= set(policies)
+    assert len(policies) == 6 + len(LOOP_ROWS)
     for p in policies.values():
         assert [w["week"] for w in p["weeks"]] == served, p["name"]
         assert len(p["roc_auc"]["weeks"]) == len(p["log_loss"]["weeks"]) == len(p["cbpe"]["estimated_roc_auc"]) == len(served)
@@ -121,6 +123,93 @@ def test_a_served_week_scores_what_the_model_of_its_window_scores_recomputed_fro
     assert week["log_loss"] == pytest.approx(expected["log_loss"], rel=1e-9)
 
 
+def test_the_refit_yardstick_serves_last_weeks_refit_and_a_week_of_it_recomputes_from_scratch(quarter, flights):
+    """Weekly, always promote, refit: week 13 is served by the refit of week 12, fitted on weeks 9-12."""
+    _, results = quarter
+    refit = by_name(results)[LOOP_ROWS[0]]
+    assert all(w["refit"] and w["model_week"] == w["week"] - 1 for w in refit["weeks"])
+    assert refit["retrains"]["weeks"] == refit["promotions"]["weeks"] == list(range(WINDOW + 1, WEEKS))
+    intervals = flights.calendar.intervals()
+
+    def rows(numbers):
+        import pandas as pd
+
+        return pd.concat([flights.load_interval(*intervals[n - 1]) for n in numbers], ignore_index=True)
+
+    X, y, _ = labelled(flights, rows(range(WEEKS - WINDOW, WEEKS)))
+    model = fit(X, y, PARAMS, flights.categorical)
+    X_week, y_week, _ = labelled(flights, rows([WEEKS]))
+    expected = compute_metrics(y_week, model.predict_proba(X_week)[:, 1], 0.5)
+    assert refit["weeks"][-1]["roc_auc"] == pytest.approx(expected["roc_auc"], rel=1e-9)
+
+
+def test_the_loop_rows_replay_admission_the_gate_and_the_refit(quarter):
+    _, results = quarter
+    policies = by_name(results)
+    for name in LOOP_ROWS[1:]:
+        p = policies[name]
+        serving = (WINDOW, True)
+        trained = None
+        for w in p["weeks"]:
+            assert (w["model_week"], w["refit"]) == serving, (name, w["week"])
+            if w.get("action") == "retrain" and w["week"] < WEEKS:
+                assert "admission" in w  # the monitor's request met admission's guards
+            if w["retrained"]:
+                trained = w["week"]
+                if "gate" in w:  # judged against what serves (its verdict is recomputed by hand below)
+                    assert w["gate"]["champion"] == list(serving) and w["gate"]["reason"]
+                if w["promoted"]:
+                    serving = (w["week"], w["refit_guard"])
+                # each call is scored on the weeks after it
+                assert w["following"]["weeks"] == list(range(w["week"] + 1, min(w["week"] + FOLLOWING_WEEKS, WEEKS) + 1))
+            elif trained is not None and w.get("action") == "suppressed" and name != LOOP_ROWS[1]:
+                # the demo's cooldown (two weeks of data time) holds a request back, and says so
+                assert w["week"] - trained < 2 and "cooldown" in w["reason"], (name, w)
+        assert p["promotions"]["count"] + p["rejections"]["count"] == p["retrains"]["count"]
+        wrong = [w["week"] for w in p["weeks"] if w["retrained"] and not w["promoted"] and w["following"]["gain"] >= WRONG]
+        assert p["rejections"]["wrong"] == wrong
+    # the production defaults train on every validated week (the schedule's runs), through the gate
+    production = policies[LOOP_ROWS[1]]
+    assert production["retrains"]["weeks"] == list(range(WINDOW + 1, WEEKS))
+    assert all("gate" in w for w in production["weeks"] if w["retrained"])
+    # without the gate every training serves
+    always = policies[LOOP_ROWS[3]]
+    assert always["promotions"]["weeks"] == always["retrains"]["weeks"] and always["rejections"]["count"] == 0
+
+
+def test_a_gate_call_recomputes_from_scratch(quarter, flights):
+    """The production row's first call, by hand: the challenger fitted on weeks 2-4 (week 5 held out)
+    against the first model's refit (weeks 1-4), both scoring week 5, through the gate's `decide`."""
+    from include.model.gate import GateConfig, decide, gain_shares
+
+    _, results = quarter
+    first = next(w for w in by_name(results)[LOOP_ROWS[1]]["weeks"] if w["retrained"])
+    number = first["week"]
+    intervals = flights.calendar.intervals()
+
+    def rows(numbers):
+        import pandas as pd
+
+        return pd.concat([flights.load_interval(*intervals[n - 1]) for n in numbers], ignore_index=True)
+
+    X_ch, y_ch, _ = labelled(flights, rows(range(number - WINDOW + 1, number)))
+    X_cp, y_cp, _ = labelled(flights, rows(range(WINDOW - WINDOW + 1, WINDOW + 1)))
+    challenger, champion = fit(X_ch, y_ch, PARAMS, flights.categorical), fit(X_cp, y_cp, PARAMS, flights.categorical)
+    X_week, y_week, slices = labelled(flights, rows([number]))
+    expected = decide(
+        y_week.to_numpy(),
+        challenger.predict_proba(X_week)[:, 1],
+        champion.predict_proba(X_week)[:, 1],
+        GateConfig.from_settings(),
+        slices,
+        0.5,
+        (gain_shares(challenger), gain_shares(champion)),
+    )
+    assert first["promoted"] == expected.promote and first["gate"]["reason"] == expected.reason
+    assert first["gate"]["delta"] == pytest.approx(expected.delta, rel=1e-9)
+    assert first["gate"]["interval"] == pytest.approx(list(expected.interval), rel=1e-9)
+
+
 def test_the_outputs_are_written_and_results_json_round_trips(quarter):
     out, results = quarter
     assert json.loads((out / "results.json").read_text()) == results
@@ -160,8 +249,9 @@ def test_the_second_use_case_replays_through_the_same_harness_and_a_rerun_fits_n
     assert results["windows"]["2"]["train_partitions"] == 13 and results["windows"]["2"]["eval_partitions"] == 1
     assert all(p["roc_auc"]["mean"] is not None for p in results["policies"])
     assert (tmp_path / "served_quality.png").exists()
-    assert results["fits"]["from_cache"] == 0 and len(list((tmp_path / "fits").glob("*.ubj"))) == results["fits"]["windows"]
+    fitted = results["fits"]["windows"] + results["fits"]["refits"]
+    assert results["fits"]["from_cache"] == 0 and len(list((tmp_path / "fits").glob("*.ubj"))) == fitted
 
     again = run_backtest(payments, tmp_path, weeks=4, params=params)
-    assert again["fits"]["from_cache"] == again["fits"]["windows"] == results["fits"]["windows"]
+    assert again["fits"]["from_cache"] == again["fits"]["windows"] + again["fits"]["refits"] == fitted
     assert again["policies"] == results["policies"] and again["windows"] == results["windows"]
