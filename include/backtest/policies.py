@@ -37,6 +37,9 @@ class Policy:
     config: PolicyConfig | None = None
     gate: GateConfig | None = None
     refit: bool = False
+    against_judged: bool = False
+    """The gate compares the challenger with the fit the gate judged for a refitted champion (both
+    fitted without their newest week) instead of with the refit itself."""
 
 
 def default_policies(default: PolicyConfig) -> list[Policy]:
@@ -174,7 +177,7 @@ def _judge(replayed: Replay, policy: Policy, number: int, champion: Key, last: i
     (the model the loop would serve) against the champion, whichever the gate chose."""
     outcome: dict = {"promoted": True}
     if policy.gate is not None:
-        d = replayed.gate(number, champion, policy.gate)
+        d = replayed.gate(number, (champion[0], False) if policy.against_judged else champion, policy.gate)
         outcome = {
             "promoted": d.promote,
             "gate": {

@@ -3,7 +3,7 @@ and the admission of each `train` run by the same policy's guards.
 
 One MLflow run per window and model version (experiment `<model>-monitoring`): metrics stamped at
 the window end so they chart over time, the report, the decision and the drift plot. Drift and
-decay alert with links to the run and the plot. A retrain request names the `train` run it starts
+decay alert with links to the run and the plot, once per window and cause (`notify.py`). A retrain request names the `train` run it starts
 after the decision (`retrain_run_id`), so a rerun of the monitor finds that run and starts nothing.
 One MLflow run per `train` run records its admission (experiment `<model>-admission`).
 """
@@ -14,10 +14,10 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from include.alerting.alerts import mlflow_artifact_link, mlflow_run_link, send_alert
 from include.data.inference_log import compact_window, newest_event
 from include.data.partitions import list_validated
 from include.model.registry import CHAMPION, alias_version, connect, experiment_id, finished_run
+from include.monitoring.notify import Bias, alert_group, alert_tags, estimate_bias, notify, previous_causes, transition
 from include.monitoring.plots import drift_figure
 from include.monitoring.policy import Decision, History, PolicyConfig, admit, decide, signals
 from include.monitoring.profile import PROFILE_ARTIFACT
@@ -125,8 +125,12 @@ def run_monitor(settings, usecase, window: MonitorWindow, *, training_active: bo
         return _result(recorded.info.run_id, recorded.data.tags, reused=True)
     history = _history(client, exp, model_name, window.end, training_active, live)
     found = check_window(settings, usecase, window, _reference(client, live), history, storage)
-    run_id, tags = _record(client, exp, usecase, window, found)
-    _alert(settings, model_name, window, found, run_id, exp)
+    # Alertmanager's grouping: this window's alert fires once, updates when its causes change, resolves once
+    group = alert_group(model_name, str(live.version), window.start, window.end)
+    status = transition(previous_causes(client, exp, group), frozenset(signals(found.decision.cause)))
+    bias = estimate_bias(client, exp, str(live.version), before=window.start)
+    run_id, tags = _record(client, exp, usecase, window, found, alert_tags(group, found.decision.cause, status), bias)
+    notify(settings, model_name, str(live.version), window, found.decision, found.report, bias, status, run_id, exp)
     return _result(run_id, tags, reused=False)
 
 
@@ -165,17 +169,21 @@ def _history(client, exp, model_name, now, training_active, live) -> History:
     )
 
 
-def _record(client, exp, usecase, window: MonitorWindow, found: Findings) -> tuple[str, dict]:
-    """Log the check as one MLflow run: metrics stamped at the window end, the report, the decision
-    and the drift plot. Its id and tags."""
+def _record(client, exp, usecase, window: MonitorWindow, found: Findings, alerting: dict, bias: Bias) -> tuple[str, dict]:
+    """Log the check as one MLflow run: metrics stamped at the window end, the report, the decision,
+    the alert group's state (`alerting`), CBPE's record on this version (`bias`) and the drift plot.
+    Its id and tags."""
     import mlflow
     from mlflow.entities import Metric
 
-    tags = _tags(window, found)
+    tags = _tags(window, found) | alerting
     stamp = int(window.end.timestamp() * 1000)
     run_name = f"v{found.reference.version} {window.start.date()}…{window.end.date()} {window.kind}"
     with mlflow.start_run(experiment_id=exp, run_name=run_name, tags=tags) as run:
-        metrics = [Metric(k, float(v), stamp, 0) for k, v in _metrics(found).items() if v == v]
+        numbers = _metrics(found) | {"estimated.bias_windows": bias.windows}
+        if bias.mean is not None:
+            numbers["estimated.bias.roc_auc"] = bias.mean
+        metrics = [Metric(k, float(v), stamp, 0) for k, v in numbers.items() if v == v]
         client.log_batch(run.info.run_id, metrics=metrics)
         mlflow.log_dict(found.report, "monitor/report.json")
         mlflow.log_dict(found.decision.as_dict(), "monitor/decision.json")
@@ -226,24 +234,6 @@ def _log_drift_plot(client, exp, usecase, window: MonitorWindow, found: Findings
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-
-
-def _alert(settings, model_name, window: MonitorWindow, found: Findings, run_id: str, exp: str) -> None:
-    """Drift and decay alert, linking the check's MLflow run and its plot; a retrain for the
-    model's age alone is maintenance, not news."""
-    decision, version = found.decision, found.reference.version
-    if not signals(decision.cause):
-        return
-    send_alert(
-        settings,
-        "decay" if "decay" in decision.cause else "drift",
-        f"{model_name} v{version}, {window.start.date()}…{window.end.date()}: {decision.reason} → {decision.action}",
-        {"model_version": version, "action": decision.action, "cause": decision.cause},
-        links={
-            "mlflow": mlflow_run_link(settings, run_id, exp),
-            "report": mlflow_artifact_link(settings, run_id, "monitor/drift.png"),
-        },
-    )
 
 
 def admit_training(

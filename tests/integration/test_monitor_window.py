@@ -78,18 +78,17 @@ def test_a_reference_week_triggers_nothing_and_a_summer_week_asks_for_retraining
     )
 
 
-def test_the_monitor_logs_each_window_to_mlflow_and_requests_one_retrain(flights, storage_root, mlflow_env):
-    """With a registered champion (a small XGBoost on half of February, its profile logged like the
-    trainer does): a February window → nothing; a July window → one retrain request; the same
-    window again → the recorded decision; the next drifted window → suppressed, same cause."""
+def serve_february_and_july(flights, settings, cbpe: bool = False):
+    """A registered champion (a small XGBoost on half of February, its profile logged like the
+    trainer does) whose inference log holds the other half of February and a week of July. Returns
+    the client, the model, its logged-model info and its version. `cbpe`: the profile carries the
+    calibration CBPE estimates from (the scores of the profile's own rows)."""
     import mlflow
     from xgboost import XGBClassifier
 
     from include.model.registry import CHAMPION, connect
-    from include.monitoring.monitor import MonitorWindow, monitoring_experiment, run_monitor
     from include.monitoring.profile import PROFILE_ARTIFACT
 
-    settings = mlflow_env
     parts = validate_weeks(flights)
     february = read_validated([parts["feb"], parts["feb2"]])
     X, y = flights.build_features(february), flights.build_target(february)
@@ -98,14 +97,18 @@ def test_the_monitor_logs_each_window_to_mlflow_and_requests_one_retrain(flights
     model.fit(X[ref], y[ref])
     client = connect(settings.mlflow_tracking_uri)
     mlflow.set_experiment(settings.model_name)
-    with mlflow.start_run() as run:
+    with mlflow.start_run():
         mlflow.log_metric("eval_roc_auc", 0.70)
         # the reference holds every even row, as the trainer's profile holds every training row: the
         # served odd rows (cancelled flights too, many in February's blizzard) are drawn from it
         even = np.arange(len(X)) % 2 == 0
-        mlflow.log_dict(
-            build_profile(X[even], model.predict_proba(X[even])[:, 1], y[even].to_numpy(), flights.categorical), PROFILE_ARTIFACT
-        )
+        profile = build_profile(X[even], model.predict_proba(X[even])[:, 1], y[even].to_numpy(), flights.categorical)
+        if cbpe:
+            from include.monitoring.noise import calibration_map
+
+            known = even & y.notna().to_numpy()
+            profile["calibration"] = calibration_map(model.predict_proba(X[known])[:, 1], y[known].to_numpy())
+        mlflow.log_dict(profile, PROFILE_ARTIFACT)
         info = mlflow.xgboost.log_model(model, name="model", model_format="ubj")
     mv = mlflow.register_model(
         info.model_uri, settings.model_name, tags={"loop.data_window": "2013-02-04T00:00:00-05:00 … 2013-02-18T00:00:00-05:00"}
@@ -122,6 +125,19 @@ def test_the_monitor_logs_each_window_to_mlflow_and_requests_one_retrain(flights
         s = model.predict_proba(flights.build_features(df))[:, 1].tolist()
         sink.append(records, flights.encode_records(records), s, [x >= 0.5 for x in s])
     sink.close()
+    return client, model, info, mv
+
+
+def test_the_monitor_logs_each_window_to_mlflow_and_requests_one_retrain(flights, storage_root, mlflow_env):
+    """With a registered champion (a small XGBoost on half of February, its profile logged like the
+    trainer does): a February window → nothing; a July window → one retrain request; the same
+    window again → the recorded decision; the next drifted window → suppressed, same cause."""
+    import mlflow
+
+    from include.monitoring.monitor import MonitorWindow, monitoring_experiment, run_monitor
+
+    settings = mlflow_env
+    client, model, info, mv = serve_february_and_july(flights, settings)
 
     jul, mid = WEEKS["jul"], WEEKS["jul"] + timedelta(days=3)
     calm = run_monitor(settings, flights, MonitorWindow(WEEKS["feb"], WEEKS["feb2"] + timedelta(weeks=1), "monitor", "t1"))
@@ -246,3 +262,48 @@ def test_the_periodic_check_reads_served_traffic_only_up_to_the_newest_event(fli
     later = check_served_traffic(settings, flights, dag_id="monitor", dag_run_id="scheduled__2")
     assert again["reused"] and again["mlflow_run_id"] == first["mlflow_run_id"]
     assert not later["reused"] and later["mlflow_run_id"] != first["mlflow_run_id"]
+
+
+def test_one_alert_per_window_and_cause_updated_or_quiet_after_and_resolved_once(flights, storage_root, mlflow_env):
+    """Alertmanager's grouping, with the state in MLflow: the labelled check of a drifted July window
+    fires; a served-traffic check of the same window finds the same drift and stays quiet; once the
+    thresholds no longer see it, the window resolves, once. Each alert carries CBPE's record on this
+    version (its February window, labelled, checked first)."""
+    from include.alerting.alerts import read_alerts
+    from include.monitoring.monitor import MonitorWindow, monitoring_experiment, run_monitor
+    from include.monitoring.notify import GROUP, STATUS
+    from include.settings import with_overrides
+
+    settings = mlflow_env
+    client, _, _, mv = serve_february_and_july(flights, settings, cbpe=True)
+    jul, mid = WEEKS["jul"], WEEKS["jul"] + timedelta(days=3)
+    calm = run_monitor(settings, flights, MonitorWindow(WEEKS["feb"], WEEKS["feb2"] + timedelta(weeks=1), "monitor", "g0"))
+    fired = run_monitor(settings, flights, MonitorWindow(jul, mid, "monitor", "g1"))
+    repeated = run_monitor(settings, flights, MonitorWindow(jul, mid, "monitor", "g2", kind="served"))
+    blind = with_overrides(
+        settings, {"LOOP_DRIFT_ATTRIBUTION_SHARE": "1.0", "LOOP_ESTIMATE_MARGIN": "1.0", "LOOP_DECAY_MARGIN": "1.0"}
+    )
+    cleared = run_monitor(blind, flights, MonitorWindow(jul, mid, "monitor", "g3", kind="served"))
+    still = run_monitor(blind, flights, MonitorWindow(jul, mid, "monitor", "g4", kind="served"))
+    assert calm["cause"] == "" and "drift" in fired["cause"] and "drift" in repeated["cause"]
+    assert cleared["cause"] in ("", "age") and still["cause"] == cleared["cause"]
+
+    mine = [a for a in read_alerts(settings) if a["details"].get("group", "").startswith(f"{settings.model_name} ")]
+    assert [(a["kind"], a["details"]["status"]) for a in mine] == [("drift", "firing"), ("resolved", "resolved")]
+    group = f"{settings.model_name} v{mv.version} {jul.date()}…{mid.date()}"
+    assert {a["details"]["group"] for a in mine} == {group}
+    statuses = [client.get_run(r["mlflow_run_id"]).data.tags for r in (fired, repeated, cleared, still)]
+    assert [t[STATUS] for t in statuses] == ["firing", "quiet", "resolved", "quiet"] and {t[GROUP] for t in statuses} == {group}
+
+    # CBPE's record on v1: February's estimate against its realised ROC AUC, in the record and the alert
+    feb = client.get_run(calm["mlflow_run_id"]).data.metrics
+    bias = feb["estimated.roc_auc"] - feb["live.roc_auc"]
+    recorded = client.get_run(fired["mlflow_run_id"]).data.metrics
+    assert recorded["estimated.bias_windows"] == 1 and recorded["estimated.bias.roc_auc"] == pytest.approx(bias, abs=1e-9)
+    assert mine[0]["details"]["cbpe_bias"] == pytest.approx(bias, abs=1e-9)
+    assert (
+        f"{abs(bias):.3f} {'high' if bias > 0 else 'low'} on average over v{mv.version}'s 1 earlier labelled window"
+        in mine[0]["message"]
+    )
+    exp = client.get_experiment_by_name(monitoring_experiment(settings.model_name))
+    assert len(client.search_runs([exp.experiment_id])) == 5
