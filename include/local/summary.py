@@ -112,7 +112,8 @@ def monitoring_story(settings: Settings, client, name: str, versions: list) -> l
         f"Monitoring ('{monitoring_experiment(name)}' in MLflow): {len(runs)} checks "
         f"({kinds['served']} of served traffic before labels, {kinds['labelled']} with labels): "
         + ", ".join(f"{n} {a}" for a, n in sorted(actions.items())),
-        "  per window: the ROC AUC estimated from the scores (CBPE) and, once labels land, realised; the share of the",
+        "  per window: the ROC AUC estimated from the scores (CBPE; its mean error on the version's earlier labelled",
+        "  windows beside it) and, once labels land, realised; the share of the",
         "  model's attributions on features drifted beyond their noise threshold; the decision and why",
     ]
     # Of the periodic checks of one window, the last one that decided nothing stands for the rest.
@@ -135,6 +136,8 @@ def monitoring_story(settings: Settings, client, name: str, versions: list) -> l
         action = t["decision.action"]
         m = r.data.metrics
         seen = [f"est. {m['estimated.roc_auc']:.3f}" if "estimated.roc_auc" in m else "est. –"]
+        if "estimated.roc_auc" in m and "estimated.bias.roc_auc" in m:  # how far CBPE was off on this version before
+            seen[0] += f" (CBPE bias {m['estimated.bias.roc_auc']:+.3f} over {m['estimated.bias_windows']:.0f} earlier)"
         if "live.roc_auc" in m:
             seen.append(f"realised {m['live.roc_auc']:.3f}")
         if "drift.share" in m:
