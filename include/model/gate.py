@@ -10,7 +10,10 @@ challenger's held-out rows. A challenger is rejected when
   ceiling (too good to be true: a leak), its mean score is off the observed positive rate by more
   than the calibration ratio, or its scores are degenerate (one value); or, beside a champion, it
   never uses a feature that carried a large share of the champion's gain (`abandoned`: a column
-  that went constant or empty upstream, whatever the metric says);
+  that went constant or empty upstream, whatever the metric says) or its scores take far fewer
+  distinct values than the champion's (`coarse`: a model cut short); or it cannot reproduce its own
+  training run's evaluation on the same partitions (`unreproduced`: its features are built
+  differently now, a unit or encoding change upstream);
 * it is worse than the champion beyond the non-inferiority margin, with confidence: the whole
   two-sided interval of the paired difference lies below −margin (`include.model.stats.compare`:
   DeLong for ROC AUC, a paired bootstrap for the other metrics);
@@ -49,6 +52,7 @@ class GateConfig:
     ceiling: float = default("gate_ceiling")
     calibration_ratio: float = default("gate_calibration_ratio")
     abandoned_share: float = default("gate_abandoned_share")
+    resolution_ratio: float = default("gate_resolution_ratio")
 
     def __post_init__(self):
         if self.metric not in HIGHER_IS_BETTER:
@@ -68,6 +72,7 @@ class GateConfig:
             s.gate_ceiling,
             s.gate_calibration_ratio,
             s.gate_abandoned_share,
+            s.gate_resolution_ratio,
         )
 
 
@@ -115,6 +120,33 @@ def sanity(y_true, scores, value: float, config: GateConfig, champion_value: flo
     if not (observed / ratio <= predicted <= observed * ratio):
         found.append(f"its mean score {predicted:.3f} is off the observed positive rate {observed:.3f} by more than ×{ratio:g}")
     return found
+
+
+def coarse(challenger_scores, champion_scores, config: GateConfig) -> list[str]:
+    """A challenger whose scores take far fewer distinct values than the champion's on the same rows
+    (a model cut short: one tree, a few stumps), as a finding."""
+    import numpy as np
+
+    mine, theirs = len(np.unique(challenger_scores)), len(np.unique(champion_scores))
+    if mine < config.resolution_ratio * theirs:
+        return [f"its scores take {mine} distinct values where the champion's take {theirs}: a model cut short?"]
+    return []
+
+
+REPRODUCED = 1e-6
+"""How closely the gate must reproduce the evaluation the challenger's training run recorded."""
+
+
+def unreproduced(value: float, recorded: float | None, name: str) -> list[str]:
+    """The challenger's metric on its own held-out rows, as the gate builds their features, against
+    what its training run recorded on the same partitions: a difference means the features were built
+    differently (a unit or encoding change upstream, a feature code change), as a finding."""
+    if recorded is None or recorded != recorded or value != value or abs(value - recorded) <= REPRODUCED:
+        return []
+    return [
+        f"it scores its own held-out rows {name} {value:.4f} where its training run recorded {recorded:.4f}: "
+        "their features are built differently now (a unit or encoding change?)"
+    ]
 
 
 def gain_shares(model) -> dict[str, float]:
@@ -167,14 +199,18 @@ def decide(
     slices=None,
     threshold: float = 0.5,
     gains: tuple[dict, dict] | None = None,
+    recorded: float | None = None,
 ) -> GateDecision:
     """The champion gate (module docstring) on both models' scores of the same labelled rows, and
     the rows' slice columns. `champion_scores` is None when there is no champion yet; `gains`, the
-    challenger's and the champion's `gain_shares`, when known."""
+    challenger's and the champion's `gain_shares`, when known; `recorded`, the challenger's metric on
+    the same rows as its training run recorded it."""
     m, name = config.metric, LABELS[config.metric]
     value = metric_value(m, y_true, challenger_scores, threshold)
     base = None if champion_scores is None else metric_value(m, y_true, champion_scores, threshold)
-    broken = sanity(y_true, challenger_scores, value, config, base)
+    broken = sanity(y_true, challenger_scores, value, config, base) + unreproduced(value, recorded, name)
+    if champion_scores is not None:
+        broken += coarse(challenger_scores, champion_scores, config)
     if gains is not None and champion_scores is not None:
         broken += abandoned(*gains, config)
     if champion_scores is None:
@@ -283,8 +319,9 @@ def _run_gate(usecase, settings, model_name: str, version: str, storage, move_al
 
     challenger_scores, challenger_gains = score(version)
     champion_scores, champion_gains = score(champion.version) if champion is not None else (None, {})
+    recorded = client.get_run(mv.run_id).data.metrics.get(f"eval_{config.metric}")  # what training measured on these rows
     decision = decide(
-        y.to_numpy(), challenger_scores, champion_scores, config, slices, threshold, (challenger_gains, champion_gains)
+        y.to_numpy(), challenger_scores, champion_scores, config, slices, threshold, (challenger_gains, champion_gains), recorded
     )
     verdict = "promote" if decision.promote else "reject"
 

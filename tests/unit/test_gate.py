@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import bootstrap
 from sklearn.metrics import roc_auc_score
 
-from include.model.gate import GateConfig, abandoned, decide, sanity
+from include.model.gate import GateConfig, abandoned, coarse, decide, sanity, unreproduced
 from include.model.metrics import compute_metrics, metric_value
 from include.model.stats import compare, delong, hanley_mcneil_se
 
@@ -21,6 +21,7 @@ CFG = GateConfig(
     ceiling=0.98,
     calibration_ratio=3.0,
     abandoned_share=0.1,
+    resolution_ratio=0.1,
 )
 
 
@@ -261,6 +262,36 @@ def test_a_challenger_that_drops_a_feature_the_champion_leaned_on_is_broken():
     d = decide(y, challenger, champion, CFG, gains=({"carrier": 1.0}, leaned))
     assert not d.promote and d.delta > 0 and "broken: it never uses dep_hour" in d.reason
     assert decide(y, challenger, champion, CFG, gains=(leaned, leaned)).promote
+
+
+def test_a_model_cut_short_is_broken_by_the_resolution_of_its_scores():
+    """One tree of depth 3 scores in at most 8 values where the champion's scores are all distinct:
+    broken even when its metric is close (on 2013 one tree lost only 0.019 against the champion)."""
+    rng, y, signal = rows(6000, seed=4)
+    champion = model(rng, signal, 1.0)
+    stump = np.digitize(signal, np.quantile(signal, np.linspace(0, 1, 9)[1:-1])) / 8 * 0.5 + 0.05
+    assert coarse(stump, champion, CFG) == [f"its scores take 8 distinct values where the champion's take {len(np.unique(champion))}: a model cut short?"]
+    d = decide(y, stump, champion, CFG)
+    assert not d.promote and d.reason.startswith("broken: its scores take 8 distinct values")
+    assert coarse(np.round(champion, 3), champion, CFG) == []  # scores to 0.001 keep more than a tenth of the values
+    assert coarse(np.round(champion, 2), champion, CFG) != []  # to 0.01: 100 values, under a tenth of 6,000
+
+
+def test_a_challenger_that_cannot_reproduce_its_own_evaluation_is_broken():
+    """The gate rebuilds the challenger's held-out rows from the same partitions: a different metric
+    than its training run recorded means the features are built differently now (a unit change)."""
+    rng, y, signal = rows()
+    champion, challenger = model(rng, signal, 1.0), model(rng, signal, 0.8)
+    value = metric_value("roc_auc", y, challenger, 0.5)
+    assert unreproduced(value, value, "ROC AUC") == [] and unreproduced(value, None, "ROC AUC") == []
+    assert unreproduced(value, value + 5e-7, "ROC AUC") == []  # the same computation, to rounding
+    (found,) = unreproduced(value, value + 0.02, "ROC AUC")
+    assert f"ROC AUC {value:.4f} where its training run recorded {value + 0.02:.4f}" in found
+    d = decide(y, challenger, champion, CFG, recorded=value + 0.02)
+    assert not d.promote and "their features are built differently now" in d.reason
+    assert decide(y, challenger, champion, CFG, recorded=value).promote
+    first = decide(y, challenger, None, CFG, recorded=value - 0.05)  # the first model too
+    assert not first.promote and first.reason.startswith("first model, broken: it scores its own held-out rows")
 
 
 def test_a_sound_model_passes_the_sanity_checks():
