@@ -161,7 +161,7 @@ class Settings(BaseSettings):
     gate_margin: float = Field(
         0.02,
         ge=0,
-        description="Non-inferiority margin: a challenger is rejected only when it is worse than the champion by more than this, with the gate's confidence (on 2013 the held-out week's difference between two sound weekly models has a standard deviation of 0.0115, beyond what the week's rows explain).",
+        description="Non-inferiority margin: a challenger is rejected only when it is worse than the champion by more than this, with the gate's confidence (on 2013 the held-out week's difference between two sound weekly models has a standard deviation of about 0.011, beyond what the week's rows explain).",
     )
     gate_slice_margin: float = Field(
         0.03,

@@ -24,10 +24,8 @@ def write_results(results: dict, out_dir: Path) -> str:
 
 def markdown_table(results: dict) -> str:
     """The comparison table, with CBPE's hit rate and the run's extent below it."""
-    stale = next((p["stale_weeks"]["max_age_days"] for p in results["policies"] if p["stale_weeks"]["max_age_days"]), None)
     lines = [
-        "| policy | retrains | promotions | rejections (wrong) | mean ROC AUC | mean log loss | alerts | weeks served "
-        + (f"by a model ≥ {stale:.0f} d old |" if stale else "by a stale model |"),
+        "| policy | retrains | promotions | rejections (wrong) | mean ROC AUC | mean log loss | alerts | weeks served past the max age |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in results["policies"]:
@@ -36,16 +34,16 @@ def markdown_table(results: dict) -> str:
         rejected = f"{rejections['count']} ({len(rejections['wrong'])})" if rejections["count"] else "0"
         lines.append(
             f"| {p['name']} | {p['retrains']['count']} | {p['promotions']['count']} | {rejected} | {fmt(p['roc_auc']['mean'])} "
-            f"| {fmt(p['log_loss']['mean'])} | {alerts} | {p['stale_weeks']['count']} |"
+            f"| {fmt(p['log_loss']['mean'])} | {alerts} | {_stale(p['stale_weeks'])} |"
         )
     for p in results["policies"]:
         if "gate_calls" in p:
             calls, wrong = p["gate_calls"], p["rejections"]["wrong"]
             lines.append(
-                f"\nGate of '{p['name']}': {calls['count']} calls, {p['rejections']['count']} rejections "
+                f"\nGate of '{p['name']}': {calls['count']} calls, {p['rejections']['count']} rejection(s) "
                 f"({len(wrong)} wrong: the challenger served the next {FOLLOWING_WEEKS} weeks ≥ {WRONG} better"
                 + (f", weeks {', '.join(map(str, wrong))}" if wrong else "")
-                + f"), {len(p['wrong_promotions'])} promotions of a challenger ≥ {WRONG} worse; the held-out week's Δ "
+                + f"), {len(p['wrong_promotions'])} promotion(s) of a challenger ≥ {WRONG} worse; the held-out week's Δ "
                 f"correlates {fmt(calls['correlation_with_next_week'], '+.2f')} with the next week's."
             )
     default = next(p for p in results["policies"] if p["name"] == "default")
@@ -62,6 +60,11 @@ def markdown_table(results: dict) -> str:
         f"{fmt(cbpe['hit_rate'], '.0%')} of {cbpe['labelled_weeks']} labelled weeks.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _stale(stale: dict) -> str:
+    days = stale["max_age_days"]
+    return "–" if days is None else f"{stale['count']} (≥ {days:.0f} d)"
 
 
 def sweep_table(result: dict) -> str:
