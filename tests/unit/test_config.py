@@ -64,9 +64,9 @@ def test_an_env_file_is_read_and_the_environment_wins(monkeypatch, tmp_path):
     env_file = tmp_path / ".env"
     env_file.write_text("LOOP_GATE_MARGIN=0.01\nLOOP_CANARY_STEPS=25,100\nMLFLOW_TRACKING_URI=http://mlflow.internal:5000\n")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("LOOP_GATE_MARGIN", "0.02")
+    monkeypatch.setenv("LOOP_GATE_MARGIN", "0.03")  # neither the file's nor the default (0.02)
     s = Settings(_env_file=env_file)
-    assert s.gate_margin == 0.02 and s.canary_steps == (25, 100) and s.mlflow_tracking_uri == "http://mlflow.internal:5000"
+    assert s.gate_margin == 0.03 and s.canary_steps == (25, 100) and s.mlflow_tracking_uri == "http://mlflow.internal:5000"
 
 
 def test_env_example_and_readme_reference_agree_with_the_class():
