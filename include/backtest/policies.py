@@ -54,7 +54,7 @@ def default_policies(default: PolicyConfig) -> list[Policy]:
     ]
 
 
-LOOP_ROWS = (
+REPLAYED_LOOPS = (
     "weekly, always promote, refit",
     "loop: production defaults",
     "loop: as make demo runs it",
@@ -69,12 +69,12 @@ def loop_policies(settings: Settings, exempt: tuple[str, ...]) -> list[Policy]:
     settings configure them; the demo's again with every challenger promoted; and the yardstick,
     weekly retraining with every challenger promoted and refitted."""
     demo = with_overrides(settings, DEMO_SETTINGS)
-    production, as_demo = _loop(LOOP_ROWS[1], settings, exempt), _loop(LOOP_ROWS[2], demo, exempt)
+    production, as_demo = _loop(REPLAYED_LOOPS[1], settings, exempt), _loop(REPLAYED_LOOPS[2], demo, exempt)
     return [
-        Policy(LOOP_ROWS[0], every=1, refit=True),
+        Policy(REPLAYED_LOOPS[0], every=1, refit=True),
         production,
         as_demo,
-        replace(as_demo, name=LOOP_ROWS[3], gate=None),
+        replace(as_demo, name=REPLAYED_LOOPS[3], gate=None),
     ]
 
 

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from include.backtest.policies import FOLLOWING_WEEKS, LOOP_ROWS, WRONG
+from include.backtest.policies import FOLLOWING_WEEKS, REPLAYED_LOOPS, WRONG
 from include.backtest.run import run_backtest
 from include.backtest.summary import SWEEP_AGES, SWEEP_SHARES
 from include.backtest.timeline import fixed_schedule
@@ -41,8 +41,8 @@ def test_every_policy_serves_the_same_weeks_after_the_first_full_window(quarter)
     served = list(range(WINDOW + 1, WEEKS + 1))
     assert results["served_weeks"] == served
     policies = by_name(results)
-    assert {"never", "weekly", "every 4 weeks", "drift (today's rule)", "default", *LOOP_ROWS} <= set(policies)
-    assert len(policies) == 6 + len(LOOP_ROWS)
+    assert {"never", "weekly", "every 4 weeks", "drift (today's rule)", "default", *REPLAYED_LOOPS} <= set(policies)
+    assert len(policies) == 6 + len(REPLAYED_LOOPS)
     for p in policies.values():
         assert [w["week"] for w in p["weeks"]] == served, p["name"]
         assert len(p["roc_auc"]["weeks"]) == len(p["log_loss"]["weeks"]) == len(p["cbpe"]["estimated_roc_auc"]) == len(served)
@@ -126,7 +126,7 @@ def test_a_served_week_scores_what_the_model_of_its_window_scores_recomputed_fro
 def test_the_refit_yardstick_serves_last_weeks_refit_and_a_week_of_it_recomputes_from_scratch(quarter, flights):
     """Weekly, always promote, refit: week 13 is served by the refit of week 12, fitted on weeks 9-12."""
     _, results = quarter
-    refit = by_name(results)[LOOP_ROWS[0]]
+    refit = by_name(results)[REPLAYED_LOOPS[0]]
     assert all(w["refit"] and w["model_week"] == w["week"] - 1 for w in refit["weeks"])
     assert refit["retrains"]["weeks"] == refit["promotions"]["weeks"] == list(range(WINDOW + 1, WEEKS))
     intervals = flights.calendar.intervals()
@@ -146,7 +146,7 @@ def test_the_refit_yardstick_serves_last_weeks_refit_and_a_week_of_it_recomputes
 def test_the_loop_rows_replay_admission_the_gate_and_the_refit(quarter):
     _, results = quarter
     policies = by_name(results)
-    for name in LOOP_ROWS[1:]:
+    for name in REPLAYED_LOOPS[1:]:
         p = policies[name]
         serving = (WINDOW, True)
         trained = None
@@ -162,18 +162,18 @@ def test_the_loop_rows_replay_admission_the_gate_and_the_refit(quarter):
                     serving = (w["week"], w["refit_guard"])
                 # each call is scored on the weeks after it
                 assert w["following"]["weeks"] == list(range(w["week"] + 1, min(w["week"] + FOLLOWING_WEEKS, WEEKS) + 1))
-            elif trained is not None and w.get("action") == "suppressed" and name != LOOP_ROWS[1]:
+            elif trained is not None and w.get("action") == "suppressed" and name != REPLAYED_LOOPS[1]:
                 # the demo's cooldown (two weeks of data time) holds a request back, and says so
                 assert w["week"] - trained < 2 and "cooldown" in w["reason"], (name, w)
         assert p["promotions"]["count"] + p["rejections"]["count"] == p["retrains"]["count"]
         wrong = [w["week"] for w in p["weeks"] if w["retrained"] and not w["promoted"] and w["following"]["gain"] >= WRONG]
         assert p["rejections"]["wrong"] == wrong
     # the production defaults train on every validated week (the schedule's runs), through the gate
-    production = policies[LOOP_ROWS[1]]
+    production = policies[REPLAYED_LOOPS[1]]
     assert production["retrains"]["weeks"] == list(range(WINDOW + 1, WEEKS))
     assert all("gate" in w for w in production["weeks"] if w["retrained"])
     # without the gate every training serves
-    always = policies[LOOP_ROWS[3]]
+    always = policies[REPLAYED_LOOPS[3]]
     assert always["promotions"]["weeks"] == always["retrains"]["weeks"] and always["rejections"]["count"] == 0
 
 
@@ -183,7 +183,7 @@ def test_a_gate_call_recomputes_from_scratch(quarter, flights):
     from include.model.gate import GateConfig, decide, gain_shares
 
     _, results = quarter
-    first = next(w for w in by_name(results)[LOOP_ROWS[1]]["weeks"] if w["retrained"])
+    first = next(w for w in by_name(results)[REPLAYED_LOOPS[1]]["weeks"] if w["retrained"])
     number = first["week"]
     intervals = flights.calendar.intervals()
 

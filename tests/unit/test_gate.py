@@ -270,7 +270,9 @@ def test_a_model_cut_short_is_broken_by_the_resolution_of_its_scores():
     rng, y, signal = rows(6000, seed=4)
     champion = model(rng, signal, 1.0)
     stump = np.digitize(signal, np.quantile(signal, np.linspace(0, 1, 9)[1:-1])) / 8 * 0.5 + 0.05
-    assert coarse(stump, champion, CFG) == [f"its scores take 8 distinct values where the champion's take {len(np.unique(champion))}: a model cut short?"]
+    assert coarse(stump, champion, CFG) == [
+        f"its scores take 8 distinct values where the champion's take {len(np.unique(champion))}: a model cut short?"
+    ]
     d = decide(y, stump, champion, CFG)
     assert not d.promote and d.reason.startswith("broken: its scores take 8 distinct values")
     assert coarse(np.round(champion, 3), champion, CFG) == []  # scores to 0.001 keep more than a tenth of the values
