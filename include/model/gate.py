@@ -145,7 +145,7 @@ def unreproduced(value: float, recorded: float | None, name: str) -> list[str]:
         return []
     return [
         f"it scores its own held-out rows {name} {value:.4f} where its training run recorded {recorded:.4f}: "
-        "their features are built differently now (a unit or encoding change?)"
+        "the rows are built differently now (a unit or encoding change upstream, labels built another way?)"
     ]
 
 

@@ -290,7 +290,7 @@ def test_a_challenger_that_cannot_reproduce_its_own_evaluation_is_broken():
     (found,) = unreproduced(value, value + 0.02, "ROC AUC")
     assert f"ROC AUC {value:.4f} where its training run recorded {value + 0.02:.4f}" in found
     d = decide(y, challenger, champion, CFG, recorded=value + 0.02)
-    assert not d.promote and "their features are built differently now" in d.reason
+    assert not d.promote and "the rows are built differently now" in d.reason
     assert decide(y, challenger, champion, CFG, recorded=value).promote
     first = decide(y, challenger, None, CFG, recorded=value - 0.05)  # the first model too
     assert not first.promote and first.reason.startswith("first model, broken: it scores its own held-out rows")
