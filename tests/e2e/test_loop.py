@@ -314,3 +314,43 @@ def test_every_process_of_the_embedded_stack_listens_on_loopback_only(loop):
     assert expected <= ports, f"the listing misses the stack's own ports {expected - ports}: {[str(x) for x in listeners]}"
     exposed = [str(x) for x in listeners if not x.loopback]
     assert not exposed, f"listening beyond loopback: {exposed}"
+
+
+def test_the_model_health_view_is_in_the_ui_behind_its_login_and_agrees_with_the_registry(loop):
+    """The plugin's external view is in the UI's navigation; its app refuses an anonymous caller and,
+    signed in, shows what serves, every version and every monitored window as MLflow records them."""
+    from include.model.registry import LIVE
+    from include.monitoring.monitor import monitoring_experiment
+
+    settings, client, _, _ = loop
+    plugins = client.get("plugins")["plugins"]
+    views = [v for p in plugins for v in p.get("external_views", [])]
+    assert any(v["name"] == "Model health" and v["href"] == "model-health/" and v["destination"] == "nav" for v in views), views
+    for path in ("model-health/", "model-health/api"):
+        assert requests.get(f"{client.base}/{path}", timeout=10).status_code in (401, 403)
+
+    r = client.session.get(f"{client.base}/model-health/api", timeout=30)  # the session holds the API token (client.get above)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    mlc = connect(settings.mlflow_tracking_uri)
+    live, champion = alias_version(mlc, settings.model_name, LIVE), alias_version(mlc, settings.model_name, CHAMPION)
+    assert doc["serving"]["version"] == live.version and doc["serving"]["champion"] == champion.version
+    assert doc["serving"]["weights"] == {doc["serving"]["slot"]: 100}
+    registered = sorted((v.version for v in mlc.search_model_versions(f"name = '{settings.model_name}'")), key=int, reverse=True)
+    assert [v["version"] for v in doc["versions"]] == registered
+    promoted = [v for v in doc["versions"] if v["decision"] == "promote" and not v["refit_of"] and v["champion_version"]]
+    assert all(v["interval"] and v["interval"][0] <= v["interval"][1] for v in promoted)
+    # every monitored window, with the realised ROC AUC its labelled check logged
+    exp = mlc.get_experiment_by_name(monitoring_experiment(settings.model_name))
+    logged = {
+        (run.data.tags["monitor.window_start"], run.data.tags.get("monitor.kind")): run.data.metrics.get("live.roc_auc")
+        for run in sorted(mlc.search_runs([exp.experiment_id]), key=lambda run: run.info.start_time)
+        if "decision.action" in run.data.tags
+    }
+    assert {(w["start"], w["kind"]) for w in doc["windows"]} == set(logged)
+    assert all(w["realised_roc_auc"] == logged[(w["start"], w["kind"])] for w in doc["windows"])
+    assert [q["partition"] for q in doc["quarantined"]] == [q["partition"] for q in quarantined_batches("flights")]
+
+    page = client.session.get(f"{client.base}/model-health/", timeout=30)
+    assert page.status_code == 200 and f"Serving <b>v{live.version}</b>" in page.text
+    assert "<svg id='auc'" in page.text and "<table id='drift'>" in page.text

@@ -1,0 +1,138 @@
+"""The model-health page: `snapshot`'s document as one HTML page (no script, no external asset), so it
+renders inside the Airflow UI's iframe and behind any proxy: the serving version, the served ROC AUC
+over windows (estimated and realised) as an SVG chart, per-feature drift as a heat map, the versions
+with their gate decisions, the deployment timeline, quarantined partitions and recent alerts."""
+
+from __future__ import annotations
+
+from html import escape
+
+WIDTH, HEIGHT, PAD = 720, 200, 30
+
+
+def render(doc: dict, links: dict[str, str] | None = None) -> str:
+    """The page of `doc` (`snapshot`); `links`: base URLs of the Airflow UI ("airflow") and MLflow."""
+    links = links or {}
+    s = doc["serving"]
+    weights = ", ".join(f"{slot} {w}%" for slot, w in sorted(s["weights"].items())) or "no traffic routed"
+    parts = [
+        f"<h1>Model health: {escape(doc['model_name'])}</h1>",
+        f"<p id='serving'>Serving <b>v{escape(str(s['version']))}</b> from slot {escape(str(s['slot']))} "
+        f"(weights: {escape(weights)}); champion v{escape(str(s['champion']))}"
+        + (f"; 100% since {escape(s['deployed_at'])}" if s.get("deployed_at") else "")
+        + "</p>",
+        "<h2>Served ROC AUC per window</h2>",
+        chart(doc["windows"]),
+        "<h2>Drift per feature (PSI over the window's noise threshold)</h2>",
+        heat_map(doc["windows"]),
+        "<h2>Versions and gate decisions</h2>",
+        table(
+            ["version", "data window", "gate", "Δ 95% CI", "reason", "deployment", "MLflow"],
+            [
+                [
+                    f"v{v['version']}" + (f" (refit of v{v['refit_of']})" if v["refit_of"] else ""),
+                    v["data_window"] or "",
+                    v["decision"],
+                    "" if v["interval"] is None else f"{v['interval'][0]:+.3f}…{v['interval'][1]:+.3f}",
+                    v["gate_reason"] or "",
+                    "; ".join(f"{k} {val}" for k, val in v["deployment"].items()),
+                    _link(v["mlflow"], "run"),
+                ]
+                for v in doc["versions"]
+            ],
+            raw={6},
+        ),
+        "<h2>Deployment timeline</h2>",
+        table(["at", "version", "event"], [[e["at"], f"v{e['version']}", e["event"]] for e in doc["timeline"]]),
+        "<h2>Quarantined partitions</h2>",
+        table(
+            ["partition", "interval", "why", "re-validate"],
+            [
+                [
+                    q["partition"],
+                    f"{q['interval_start']} … {q['interval_end']}",
+                    "; ".join(q.get("failures") or [])[:400],
+                    _link(f"{links['airflow']}/dags/revalidate/trigger" if links.get("airflow") else None, "revalidate"),
+                ]
+                for q in doc["quarantined"]
+            ],
+            raw={3},
+        ),
+        "<h2>Recent alerts</h2>",
+        table(["time", "kind", "message"], [[a["time"], a["kind"], a["message"][:300]] for a in doc["alerts"]]),
+    ]
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;font-size:13px}"
+        "td,th{border:1px solid #ddd;padding:3px 6px;vertical-align:top}th{background:#f4f4f4}"
+    )
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>Model health</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
+
+
+def chart(windows: list[dict]) -> str:
+    """Estimated (dashed) and realised (solid) ROC AUC per window, as an SVG line chart."""
+    points = [w for w in windows if w["estimated_roc_auc"] is not None or w["realised_roc_auc"] is not None]
+    if not points:
+        return "<p>No window monitored yet.</p>"
+    ends = sorted({w["end"] for w in points})
+    values = [v for w in points for v in (w["estimated_roc_auc"], w["realised_roc_auc"]) if v is not None]
+    low, high = min(values + [0.5]) - 0.02, max(values) + 0.02
+
+    def xy(end: str, value: float) -> str:
+        x = PAD + (WIDTH - 2 * PAD) * (ends.index(end) / max(len(ends) - 1, 1))
+        y = HEIGHT - PAD - (HEIGHT - 2 * PAD) * (value - low) / (high - low)
+        return f"{x:.1f},{y:.1f}"
+
+    def line(key: str, dash: str, colour: str, cls: str) -> str:
+        best = {w["end"]: w[key] for w in points if w[key] is not None}
+        pts = " ".join(xy(e, best[e]) for e in ends if e in best)
+        return (
+            f"<polyline class='{cls}' fill='none' stroke='{colour}' stroke-width='2' stroke-dasharray='{dash}' points='{pts}'/>"
+        )
+
+    axis = f"<text x='2' y='{PAD}' font-size='11'>{high:.2f}</text><text x='2' y='{HEIGHT - PAD}' font-size='11'>{low:.2f}</text>"
+    legend = f"<text x='{WIDTH - 230}' y='14' font-size='11'>— realised  - - estimated (CBPE)</text>"
+    return (
+        f"<svg id='auc' width='{WIDTH}' height='{HEIGHT}' role='img' aria-label='served ROC AUC per window'>"
+        f"{axis}{legend}{line('realised_roc_auc', '', '#1f77b4', 'realised')}{line('estimated_roc_auc', '4 3', '#ff7f0e', 'estimated')}</svg>"
+        f"<p>{len(ends)} windows, {escape(ends[0][:10])} … {escape(ends[-1][:10])}</p>"
+    )
+
+
+def heat_map(windows: list[dict], top: int = 12) -> str:
+    """The `top` features by their largest PSI, one row each, one column per window (labelled checks
+    when a window has one), shaded by PSI."""
+    by_end: dict[str, dict] = {}
+    for w in windows:
+        if w["psi"] and (w["end"] not in by_end or w["kind"] == "labelled"):
+            by_end[w["end"]] = w
+    if not by_end:
+        return "<p>No drift measured yet.</p>"
+    ends = sorted(by_end)
+    features = sorted(
+        {f for w in by_end.values() for f in w["psi"]}, key=lambda f: -max(by_end[e]["psi"].get(f, 0) for e in ends)
+    )[:top]
+    head = "<tr><th>feature</th>" + "".join(f"<th>{escape(e[5:10])}</th>" for e in ends) + "</tr>"
+    rows = []
+    for f in features:
+        cells = []
+        for e in ends:
+            psi = by_end[e]["psi"].get(f)
+            shade = 0 if psi is None else min(psi / 1.0, 1.0)
+            cells.append(f"<td style='background:rgba(214,39,40,{shade:.2f})'>{'' if psi is None else f'{psi:.2f}'}</td>")
+        rows.append(f"<tr><td>{escape(f)}</td>{''.join(cells)}</tr>")
+    return f"<table id='drift'>{head}{''.join(rows)}</table>"
+
+
+def table(header: list[str], rows: list[list], raw: set[int] = frozenset()) -> str:
+    if not rows:
+        return "<p>None.</p>"
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{cell if i in raw else escape(str(cell))}</td>" for i, cell in enumerate(row)) + "</tr>"
+        for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _link(url: str | None, text: str) -> str:
+    return f"<a href='{escape(url)}' target='_top'>{escape(text)}</a>" if url else ""

@@ -1,0 +1,156 @@
+"""What the model-health view shows of a use case, read from where the loop records it: the
+registry (versions, gate decisions and their intervals, deployments), the monitoring runs (each
+window's estimated and realised ROC AUC, drift share and decision), the serving records (the live
+slot and the traffic weights), the quarantine zone and the alerts.
+
+`snapshot` makes a bounded number of requests whatever the history's length (one search of the
+versions, one of the monitoring runs), so a year of windows answers as fast as a week's.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from include.alerting.alerts import mlflow_run_link, read_alerts
+from include.data.partitions import quarantined_batches
+from include.model.registry import CHAMPION, connect
+from include.monitoring.monitor import monitoring_experiment
+from include.rollout.proxy import Proxy
+from include.rollout.records import read_live
+from include.settings import Settings
+from include.usecases import UseCase, registered_model_name
+
+RECENT_ALERTS = 20
+GATE_TAGS = ("gate.decision", "gate.reason", "gate.interval", "gate.champion_version", "gate.challenger", "gate.champion")
+DEPLOY_TAGS = (
+    "deploy.deployed_at",
+    "deploy.slot",
+    "deploy.rolled_back",
+    "deploy.rejected",
+    "rollback.reason",
+    "gate.promoted_at",
+)
+
+
+def snapshot(settings: Settings, usecase: UseCase, storage=None) -> dict:
+    """The model health of `usecase`: JSON-ready, read-only."""
+    client = connect(settings.mlflow_tracking_uri, attempts=2)
+    name = registered_model_name(settings, usecase)
+    versions = sorted(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+    champion = next((v.version for v in versions if CHAMPION in v.aliases), None)
+    live = read_live(settings, name) if versions else None
+    return {
+        "usecase": usecase.name,
+        "model_name": name,
+        "serving": _serving(settings, live, champion),
+        "versions": [_version(settings, client, v) for v in reversed(versions)],
+        "timeline": _timeline(versions),
+        "windows": _windows(client, name),
+        "quarantined": [
+            {k: q.get(k) for k in ("partition", "interval_start", "interval_end", "landing_uri", "failures")}
+            for q in quarantined_batches(usecase.name, storage)
+        ],
+        "alerts": read_alerts(settings)[-RECENT_ALERTS:][::-1],
+    }
+
+
+def _serving(settings: Settings, live: dict | None, champion: str | None) -> dict:
+    return {
+        "version": live["model_version"] if live else None,
+        "slot": live["slot"] if live else None,
+        "deployed_at": live.get("deployed_at") if live else None,
+        "champion": champion,
+        "weights": Proxy(settings).weights(),
+    }
+
+
+def _version(settings: Settings, client, v) -> dict:
+    tags = v.tags
+    interval = tags.get("gate.interval", "").split()
+    return {
+        "version": v.version,
+        "aliases": sorted(v.aliases),
+        "data_window": tags.get("loop.data_window"),
+        "reason": tags.get("loop.reason"),
+        "refit_of": tags.get("loop.refit_of"),
+        "refit_version": tags.get("refit.version"),
+        "decision": tags.get("gate.decision", "pending"),
+        "gate_reason": tags.get("gate.reason"),
+        "interval": [float(x) for x in interval] if len(interval) == 2 else None,
+        "champion_version": tags.get("gate.champion_version") or None,
+        "deployment": {k.split(".", 1)[1]: tags[k] for k in DEPLOY_TAGS if k in tags},
+        "mlflow": _run_link(settings, client, v.run_id),
+    }
+
+
+def _run_link(settings: Settings, client, run_id: str) -> str | None:
+    experiment = client.get_run(run_id).info.experiment_id
+    return mlflow_run_link(settings, run_id, experiment)
+
+
+def _timeline(versions) -> list[dict]:
+    """Promotions, deployments, rollbacks and rejections before traffic, newest first."""
+    events = []
+    for v in versions:
+        t = v.tags
+        if "gate.promoted_at" in t:
+            events.append({"at": t["gate.promoted_at"], "event": "promoted", "version": v.version})
+        if "deploy.deployed_at" in t:
+            events.append(
+                {"at": t["deploy.deployed_at"], "event": f"100% traffic (slot {t.get('deploy.slot', '?')})", "version": v.version}
+            )
+        if "deploy.rolled_back" in t:
+            events.append(
+                {
+                    "at": t.get("deploy.rolled_back_at", ""),
+                    "event": f"rolled back: {t['deploy.rolled_back']}",
+                    "version": v.version,
+                }
+            )
+        if "deploy.rejected" in t:
+            events.append(
+                {
+                    "at": t.get("deploy.rejected_at", ""),
+                    "event": f"rejected before traffic: {t['deploy.rejected']}",
+                    "version": v.version,
+                }
+            )
+    return sorted(events, key=lambda e: e["at"], reverse=True)
+
+
+def _windows(client, model_name: str) -> list[dict]:
+    """One row per monitored window and kind (the newest check of it), oldest first: estimated and
+    realised ROC AUC, the drift share, each feature's PSI, the decision."""
+    exp = client.get_experiment_by_name(monitoring_experiment(model_name))
+    if exp is None:
+        return []
+    newest: dict[tuple, object] = {}
+    for r in sorted(client.search_runs([exp.experiment_id], max_results=5000), key=lambda r: r.info.start_time):
+        t = r.data.tags
+        if "decision.action" in t and "monitor.window_start" in t:
+            newest[(t["monitor.window_start"], t["monitor.window_end"], t.get("monitor.kind", "labelled"))] = r
+    rows = []
+    for (start, end, kind), r in sorted(newest.items()):
+        m, t = r.data.metrics, r.data.tags
+        rows.append(
+            {
+                "start": start,
+                "end": end,
+                "kind": kind,
+                "version": t.get("monitor.model_version"),
+                "estimated_roc_auc": m.get("estimated.roc_auc"),
+                "realised_roc_auc": m.get("live.roc_auc"),
+                "cbpe_bias": m.get("estimated.bias.roc_auc"),
+                "drift_share": m.get("drift.share"),
+                "psi": {k.removeprefix("psi."): v for k, v in m.items() if k.startswith("psi.")},
+                "action": t["decision.action"],
+                "cause": t.get("decision.cause", ""),
+                "reason": t.get("decision.reason", ""),
+            }
+        )
+    return rows
+
+
+def as_json(doc: dict) -> str:
+    return json.dumps(doc, default=lambda o: o.isoformat() if isinstance(o, datetime) else str(o))
