@@ -7,9 +7,17 @@ export PYTHONPATH := $(CURDIR)
 
 # Local settings: .env at the project root (see .env.example) is read by the settings class itself.
 
-.PHONY: install demo up stop status test test-fast lint graph settings-docs lock clean bench backtest rerun secrets image
+.PHONY: help install demo up stop status test test-fast lint graph settings-docs lock clean bench backtest rerun secrets image
+.DEFAULT_GOAL := help
 
-install: $(VENV)/.installed
+help:  ## this list (a bare `make` prints it)
+	@echo "On a fresh machine: make demo (the whole loop, ~8 minutes), make test (every test, ~12 minutes). Targets:"
+	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# What a target that runs the project's Python says on a fresh clone, instead of failing.
+NEEDS_VENV = @test -x $(BIN)/python || { echo "no .venv here yet: \`make demo\` installs it and starts the services (\`make install\` only installs)"; exit 1; }
+
+install: $(VENV)/.installed  ## the venv from requirements.txt (the other targets do it when needed)
 
 # The libraries' bytecode is compiled here, once (50 s): where PYTHONDONTWRITEBYTECODE is set (as on
 # the machine this was measured on), every process would otherwise compile them again at each start,
@@ -24,12 +32,14 @@ demo: install  ## the whole first half of the loop on embedded defaults; service
 	$(BIN)/python -m include.local.demo
 
 rerun:  ## trigger a DAG run through the REST API: make rerun DAG=train REASON="alert 1234: drift" [CONF='{"n_estimators": 200}']
+	$(NEEDS_VENV)
 	$(BIN)/python -m include.local.rerun $(DAG) --reason "$(REASON)" --conf '$(or $(CONF),{})'
 
 stop:  ## stop the services `make demo` started
-	$(BIN)/python -m include.local.stack stop
+	@if test -x $(BIN)/python; then $(BIN)/python -m include.local.stack stop; else echo "nothing to stop: no .venv here yet, so nothing was started"; fi
 
-status:
+status:  ## each service's health (scheduler, dag-processor, API, MLflow, serving entry, live slot, guard), the live version and the last monitor decision; non-zero if any is down
+	$(NEEDS_VENV)
 	$(BIN)/python -m include.local.stack status
 
 # Test processes: three pytest-xdist workers by default, each test module on one of them so its
@@ -57,7 +67,7 @@ bench: install  ## benchmarks against baselines measured in the same run (ratios
 backtest: install  ## every retrain policy replayed on the use case's history week by week, no servers: backtest/results.{json,md}, served_quality.png [ARGS="--weeks 13 --window-weeks 4"]
 	$(BIN)/python -m include.backtest --sweep $(ARGS)
 
-lint: install
+lint: install  ## ruff and the layer contracts
 	$(BIN)/ruff check dags include plugins tests
 	$(BIN)/lint-imports --no-logo
 
@@ -68,10 +78,11 @@ settings-docs: install  ## regenerate .env.example and the README's configuratio
 	$(BIN)/python tests/tools/settings_docs.py
 
 lock:  ## re-resolve requirements.txt from requirements.in, then the bentos' lock against it
+	$(NEEDS_VENV)
 	$(BIN)/uv pip compile requirements.in -o requirements.txt --python-version 3.11
 	$(BIN)/uv pip compile include/serving/requirements.in -c requirements.txt -o include/serving/requirements.txt --python-version 3.11
 
-clean: stop
+clean: stop  ## stop the services and delete .state (data zones, MLflow, Airflow's database, logs)
 	rm -rf .state
 
 # The production stack (docker-compose.yaml; README, "Production").

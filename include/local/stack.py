@@ -243,6 +243,69 @@ def serving_problems(settings: Settings, running: dict[str, int]) -> list[str]:
     return problems
 
 
+def health(settings: Settings, ports: Ports, running: dict[str, int]) -> tuple[list[str], list[str]]:
+    """`make status`: each service's health as (lines, problems). The scheduler's and the
+    dag-processor's heartbeats from the API server's health endpoint, MLflow's, serving as a client
+    and the guard see it (`serving_problems`); then the live version and the monitor's last
+    decision. A problem is a service down; `make status` exits non-zero on any."""
+    import requests
+
+    lines, problems = [], []
+    airflow = f"http://127.0.0.1:{ports.airflow}"
+    try:
+        doc = requests.get(f"{airflow}/api/v2/monitor/health", timeout=5).json()
+        lines.append(f"api server: {airflow} answers")
+        for part in ("metadatabase", "scheduler", "dag_processor", "triggerer"):
+            info = doc.get(part) or {}
+            status, beat = info.get("status"), info.get(f"latest_{part}_heartbeat") or info.get("latest_scheduler_heartbeat")
+            if part == "triggerer" and status is None:
+                continue  # no deferrable task here: the embedded runtime starts no triggerer
+            lines.append(f"{part}: {status}" + (f" (heartbeat {beat})" if beat else ""))
+            if status != "healthy":
+                problems.append(f"{part} is {status or 'unknown'}: see {settings.state_dir / 'logs'}")
+    except (requests.RequestException, ValueError) as exc:
+        problems.append(f"the Airflow API server at {airflow} does not answer ({type(exc).__name__}): `make demo` starts it")
+    try:
+        ok = requests.get(f"{settings.mlflow_tracking_uri.rstrip('/')}/health", timeout=5).status_code == 200
+        lines.append(f"mlflow: {settings.mlflow_tracking_uri} {'answers' if ok else 'is unhealthy'}")
+        if not ok:
+            problems.append(f"MLflow at {settings.mlflow_tracking_uri} is unhealthy")
+    except requests.RequestException as exc:
+        problems.append(f"MLflow at {settings.mlflow_tracking_uri} does not answer ({type(exc).__name__})")
+        return lines, problems
+    problems += serving_problems(settings, running)
+    lines += _live_and_last_decision(settings)
+    return lines, problems
+
+
+def _live_and_last_decision(settings: Settings) -> list[str]:
+    from include.model.registry import connect
+    from include.monitoring.monitor import monitoring_experiment
+    from include.rollout.records import read_live
+    from include.usecases import registered_model_name
+
+    name = registered_model_name(settings)
+    try:
+        live = read_live(settings, name)
+        client = connect(settings.mlflow_tracking_uri, attempts=1)
+        exp = client.get_experiment_by_name(monitoring_experiment(name))
+        runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1) if exp else []
+    except Exception as exc:  # a status report never fails on what it reports
+        return [f"live version / last decision: unreadable ({type(exc).__name__})"]
+    out = [
+        f"live: {name} v{live['model_version']} in slot {live['slot']} since {live.get('deployed_at', '?')}"
+        if live
+        else "live: nothing deployed yet"
+    ]
+    if runs:
+        t = runs[0].data.tags
+        out.append(
+            f"last monitor decision: {t.get('decision.action')} for {t.get('monitor.window_start', '?')[:10]}…"
+            f"{t.get('monitor.window_end', '?')[:10]} ({t.get('decision.reason', '')[:100]})"
+        )
+    return out
+
+
 def _cli(argv: list[str]) -> int:
     stack = Stack(get_settings().state_dir)
     if argv[:1] == ["stop"]:
@@ -251,10 +314,11 @@ def _cli(argv: list[str]) -> int:
         return 0
     if argv[:1] == ["status"]:
         running = stack.running()
-        print("\n".join(f"{k}: pid {v}" for k, v in running.items()) or "nothing is running")
-        problems = serving_problems(get_settings(), running)
+        print("\n".join(f"{k}: pid {v}" for k, v in running.items()) or "no process of `make demo` is running here")
+        lines, problems = health(get_settings(), Ports(), running)
+        print("\n".join(lines))
         for problem in problems:
-            print(f"PROBLEM: {problem}")
+            print(f"DOWN: {problem}")
         return 1 if problems else 0
     print("usage: python -m include.local.stack stop|status", file=sys.stderr)
     return 2

@@ -354,3 +354,24 @@ def test_the_model_health_view_is_in_the_ui_behind_its_login_and_agrees_with_the
     page = client.session.get(f"{client.base}/model-health/", timeout=30)
     assert page.status_code == 200 and f"Serving <b>v{live.version}</b>" in page.text
     assert "<svg id='auc'" in page.text and "<table id='drift'>" in page.text
+
+
+def test_make_status_reports_every_service_healthy_and_what_serves_then_a_dead_one_down(loop):
+    """`make status` (`include/local/stack.py health`) on the running loop: the scheduler's and the
+    dag-processor's heartbeats, MLflow, serving, the live version, the last monitor decision."""
+    from include.local.stack import health
+    from include.model.registry import LIVE
+
+    settings, client, _, stack = loop
+    ports = Ports(airflow=urlparse(client.base).port, mlflow=urlparse(settings.mlflow_tracking_uri).port)
+    lines, problems = health(settings, ports, stack.running())
+    assert problems == [], problems
+    text = "\n".join(lines)
+    for part in ("metadatabase: healthy", "scheduler: healthy", "dag_processor: healthy", f"mlflow: {settings.mlflow_tracking_uri} answers"):
+        assert part in text, text
+    live = alias_version(connect(settings.mlflow_tracking_uri), settings.model_name, LIVE)
+    assert f"live: {settings.model_name} v{live.version} in slot" in text and "last monitor decision: " in text
+    # a service that does not answer is reported down by name (here: nothing listens on the port given for MLflow)
+    elsewhere = settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}"})
+    _, problems = health(elsewhere, ports, stack.running())
+    assert any(p.startswith(f"MLflow at {elsewhere.mlflow_tracking_uri} does not answer") for p in problems), problems
