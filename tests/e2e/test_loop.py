@@ -338,6 +338,7 @@ def test_the_model_health_view_is_in_the_ui_behind_its_login_and_agrees_with_the
     assert doc["serving"]["weights"] == {doc["serving"]["slot"]: 100}
     registered = sorted((v.version for v in mlc.search_model_versions(f"name = '{settings.model_name}'")), key=int, reverse=True)
     assert [v["version"] for v in doc["versions"]] == registered
+    assert {"champion", "live"} <= set(next(v for v in doc["versions"] if v["version"] == live.version)["aliases"])
     promoted = [v for v in doc["versions"] if v["decision"] == "promote" and not v["refit_of"] and v["champion_version"]]
     assert all(v["interval"] and v["interval"][0] <= v["interval"][1] for v in promoted)
     # every monitored window, with the realised ROC AUC its labelled check logged
