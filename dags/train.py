@@ -127,8 +127,9 @@ def train():
     @task
     def serve_refit(refitted: dict) -> dict:
         from include.model.refit import serve_accepted
+        from include.usecases import get_usecase
 
-        return serve_accepted(get_settings(), refitted)
+        return serve_accepted(get_settings(), refitted, get_usecase())
 
     @task(outlets=[CHAMPION_MODEL], trigger_rule="none_failed_min_one_success")
     def announce_champion(decision: dict, served: dict | None = None, outlet_events=None) -> dict:

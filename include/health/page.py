@@ -36,7 +36,7 @@ def render(doc: dict, links: dict[str, str] | None = None) -> str:
                     "" if v["interval"] is None else f"{v['interval'][0]:+.3f}…{v['interval'][1]:+.3f}",
                     v["gate_reason"] or "",
                     "; ".join(f"{k} {val}" for k, val in v["deployment"].items()),
-                    _link(v["mlflow"], "run"),
+                    " ".join(x for x in (_link(v["mlflow"], "run"), _link(v.get("card"), "model card")) if x),
                 ]
                 for v in doc["versions"]
             ],

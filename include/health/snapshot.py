@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from include.alerting.alerts import mlflow_run_link, read_alerts
+from include.alerting.alerts import mlflow_artifact_link, mlflow_run_link, read_alerts
 from include.data.partitions import quarantined_batches
+from include.model.card import CARD_ARTIFACT
 from include.model.registry import CHAMPION, connect
 from include.monitoring.monitor import monitoring_experiment
 from include.rollout.proxy import Proxy
@@ -85,6 +86,7 @@ def _version(settings: Settings, experiment_id: str | None, v, aliases: dict[str
         "champion_version": tags.get("gate.champion_version") or None,
         "deployment": {k.split(".", 1)[1]: tags[k] for k in DEPLOY_TAGS if k in tags},
         "mlflow": mlflow_run_link(settings, v.run_id, experiment_id) if experiment_id else None,
+        "card": mlflow_artifact_link(settings, v.run_id, CARD_ARTIFACT),
     }
 
 

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 
 from include.alerting.alerts import mlflow_run_link, send_alert
 from include.data.partitions import read_validated
+from include.model.card import write_model_card
 from include.model.dataset import LINEAGE_ARTIFACT, labelled
 from include.model.metrics import HIGHER_IS_BETTER, metric_value, slice_masks
 from include.model.registry import CHAMPION, alias_version, connect, load_judged_model, naming_the_server, tag_version, timestamp
@@ -357,6 +358,7 @@ def _run_gate(usecase, settings, model_name: str, version: str, storage, move_al
     )
     # The decision itself, last: a version carries it only once everything above is recorded.
     tag_version(client, model_name, version, {"gate.decision": verdict})
+    write_model_card(client, settings, usecase, model_name, version)  # the card carries the decision
     if decision.promote:
         if move_alias:
             promote_version(client, model_name, version)

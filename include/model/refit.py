@@ -24,6 +24,7 @@ import logging
 
 from include.alerting.alerts import mlflow_run_link, send_alert
 from include.data.storage import Storage, get_storage
+from include.model.card import write_model_card
 from include.model.dataset import LINEAGE_ARTIFACT
 from include.model.gate import LABELS, GateConfig, promote_version
 from include.model.params import TrainParams
@@ -91,10 +92,11 @@ def refit_accepted(
             )  # fmt: skip
             run = client.get_run(run_id)
         registered = register_run(client, model_name, run, alias=None, tags_extra={REFIT_OF: gated_version})
+        write_model_card(client, settings, usecase, model_name, registered["version"])
     return registered | {"gated_version": gated_version, "previous_champion": decision.get("previous_champion"), "reused": reused}
 
 
-def serve_accepted(settings: Settings, refit: dict) -> dict:
+def serve_accepted(settings: Settings, refit: dict, usecase: UseCase) -> dict:
     """Apply the guard to `refit` (`refit_accepted`'s result) and move `champion` to the refit, or to
     the challenger it would have replaced when the guard fails (an alert says so). Both versions
     record the outcome. Returns {"model_name", "version" (serving), "run_id", "promoted", "reason",
@@ -132,6 +134,8 @@ def serve_accepted(settings: Settings, refit: dict) -> dict:
         tag_version(
             client, model_name, gated_version, {"refit.version": version, "refit.guard": "passed" if passed else "failed"}
         )
+        for v in (version, gated_version):  # both cards carry the outcome
+            write_model_card(client, settings, usecase, model_name, v)
         serving = version if passed else gated_version
         current = alias_version(client, model_name, "champion")
         if current is None or current.version != serving or current.tags.get("gate.applied") != "true":

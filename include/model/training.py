@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from include.data.partitions import list_validated, read_validated
 from include.data.storage import Storage, get_storage
 from include.integrity import file_hashes, manifest_digest, manifest_text
+from include.model.card import write_model_card
 from include.model.dataset import LINEAGE_ARTIFACT, labelled, lineage, select_partitions
 from include.model.engines import choose_engine, fit, fit_on_dask
 from include.model.metrics import compute_metrics, slice_metrics
@@ -100,6 +101,31 @@ def _importance_figure(model):
     return fig
 
 
+def _calibration_figure(y_true, scores, bins: int = 10):
+    """Reliability on the held-out rows: the observed positive rate against the mean score, per
+    decile of the scores, with the rows in each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    y, s = np.asarray(y_true, dtype=float), np.asarray(scores, dtype=float)
+    edges = np.unique(np.quantile(s, np.linspace(0, 1, bins + 1)))
+    which = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, len(edges) - 2)
+    mean_score = [s[which == b].mean() for b in range(len(edges) - 1) if (which == b).any()]
+    observed = [y[which == b].mean() for b in range(len(edges) - 1) if (which == b).any()]
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="#999", linestyle="--", linewidth=1, label="perfectly calibrated")
+    ax.plot(mean_score, observed, marker="o", color="#3b75af", label="held-out deciles")
+    ax.set_xlabel("mean score")
+    ax.set_ylabel("observed positive rate")
+    ax.set_title("Reliability on the held-out rows")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
 def train_candidate(
     usecase: UseCase,
     params: TrainParams,
@@ -134,7 +160,9 @@ def train_candidate(
         run = finished_run(client, exp_id, identity, fail_unfinished=True)
         if run is not None:
             log.info("DAG run %s already trained MLflow run %s: reusing it", dag_run_id, run.info.run_id)
-            return register_run(client, model_name, run) | {"reused": True}
+            registered = register_run(client, model_name, run)
+            write_model_card(client, settings, usecase, model_name, registered["version"])
+            return registered | {"reused": True}
 
         log.info(
             "training on %d partitions (%s … %s), evaluating on %s",
@@ -158,7 +186,9 @@ def train_candidate(
         run_id = log_training_run(usecase, params, settings, storage, exp_id, tags, train_recs, eval_recs)
         # Registered after the run is FINISHED: a failure in between leaves a finished run without a
         # version, which the rerun above registers, instead of a second run.
-        return register_run(client, model_name, client.get_run(run_id)) | {"reused": False}
+        registered = register_run(client, model_name, client.get_run(run_id))
+        write_model_card(client, settings, usecase, model_name, registered["version"])
+        return registered | {"reused": False}
 
 
 @dataclass(frozen=True)
@@ -255,11 +285,14 @@ def log_training_run(
                 }
             )
 
-        fig = _importance_figure(model)
-        mlflow.log_figure(fig, "plots/feature_importance.png")
         import matplotlib.pyplot as plt
 
-        plt.close(fig)
+        for fig, path in (
+            (_importance_figure(model), "plots/feature_importance.png"),
+            (_calibration_figure(rows.y_eval, score), "plots/calibration.png"),
+        ):
+            mlflow.log_figure(fig, path)
+            plt.close(fig)
 
         from mlflow.models import infer_signature
 

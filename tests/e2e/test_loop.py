@@ -352,6 +352,10 @@ def test_the_model_health_view_is_in_the_ui_behind_its_login_and_agrees_with_the
     assert all(w["realised_roc_auc"] == logged[(w["start"], w["kind"])] for w in doc["windows"])
     assert [q["partition"] for q in doc["quarantined"]] == [q["partition"] for q in quarantined_batches("flights")]
 
+    card = requests.get(next(v for v in doc["versions"] if v["version"] == live.version)["card"], timeout=10)
+    assert card.status_code == 200 and card.text.startswith(
+        f"# {settings.model_name} v{live.version}"
+    )  # the view links each card
     page = client.session.get(f"{client.base}/model-health/", timeout=30)
     assert page.status_code == 200 and f"Serving <b>v{live.version}</b>" in page.text
     assert "<svg id='auc'" in page.text and "<table id='drift'>" in page.text
@@ -368,7 +372,12 @@ def test_make_status_reports_every_service_healthy_and_what_serves_then_a_dead_o
     lines, problems = health(settings, ports, stack.running())
     assert problems == [], problems
     text = "\n".join(lines)
-    for part in ("metadatabase: healthy", "scheduler: healthy", "dag_processor: healthy", f"mlflow: {settings.mlflow_tracking_uri} answers"):
+    for part in (
+        "metadatabase: healthy",
+        "scheduler: healthy",
+        "dag_processor: healthy",
+        f"mlflow: {settings.mlflow_tracking_uri} answers",
+    ):
         assert part in text, text
     live = alias_version(connect(settings.mlflow_tracking_uri), settings.model_name, LIVE)
     assert f"live: {settings.model_name} v{live.version} in slot" in text and "last monitor decision: " in text

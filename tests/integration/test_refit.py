@@ -67,18 +67,27 @@ def test_an_accepted_challenger_is_refitted_on_its_whole_window_and_the_refit_se
     )
     assert carried.pop("carried_from_version") == gated and carried == judged_profile
 
-    served = serve_accepted(env, refit)
+    served = serve_accepted(env, refit, flights)
     assert served["version"] == refit["version"] and served["promoted"]
     champion = alias_version(client, name, CHAMPION)
     assert champion.version == refit["version"] and champion.tags["gate.decision"] == "promote"
     assert champion.tags["refit.guard"] == "passed" and champion.tags["gate.applied"] == "true"
     assert f"refit of v{gated}" in champion.tags["gate.reason"] and "≥" in champion.tags["gate.reason"]
     assert client.get_model_version(name, gated).tags["refit.version"] == refit["version"]
+    # each version's card, as the run's artifact and the version's description, carries the outcome
+    for version, says in (
+        (gated, f"Served as its refit, v{refit['version']} (guard passed)."),
+        (refit["version"], f"A refit of v{gated}"),
+    ):
+        mv = client.get_model_version(name, version)
+        card = mlflow.artifacts.load_text(f"runs:/{mv.run_id}/model_card.md")
+        assert mv.description == card and says in card and "**promote**" in card
+    assert "plots/calibration.png" in {a.path for a in client.list_artifacts(gated_mv.run_id, "plots")}
 
     # a rerun of either step (a retried or cleared task) makes no second version and changes nothing
     again = refit_accepted(flights, PARAMS, env, decision, dag_id="train", dag_run_id="manual__refit")
     assert again == refit | {"reused": True}
-    assert serve_accepted(env, again) == served
+    assert serve_accepted(env, again, flights) == served
     assert len(client.search_model_versions(f"name = '{name}'")) == 2
 
 
@@ -88,7 +97,7 @@ def test_a_refit_that_scores_its_own_week_worse_than_the_challenger_does_not_ser
     # A refit cut short: one stump cannot score even the week it saw as well as the challenger scores it unseen.
     stump = PARAMS.model_copy(update={"n_estimators": 1, "max_depth": 1})
     refit = refit_accepted(flights, stump, env, decision, dag_id="train", dag_run_id="manual__refit_guard")
-    served = serve_accepted(env, refit)
+    served = serve_accepted(env, refit, flights)
     client = connect(env.mlflow_tracking_uri)
     assert served["version"] == gated and alias_version(client, name, CHAMPION).version == gated
     rejected = client.get_model_version(name, refit["version"])

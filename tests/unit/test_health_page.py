@@ -36,6 +36,7 @@ DOC = {
             "champion_version": "2",
             "deployment": {"deployed_at": "2026-12-07T18:33:00+00:00", "slot": "green"},
             "mlflow": "http://mlflow/#/experiments/1/runs/abc",
+            "card": "http://mlflow/get-artifact?path=model_card.md&run_uuid=abc",
         },
         {
             "version": "3",
@@ -80,6 +81,7 @@ def test_the_page_says_what_serves_and_lists_versions_timeline_quarantine_and_al
     # whatever a reason or an alert holds is text, never markup
     assert "<script>" not in html and "&lt;script&gt;" in html and "refit of v3 &lt;b&gt;" in html
     assert "<a href='http://mlflow/#/experiments/1/runs/abc' target='_top'>run</a>" in html
+    assert "<a href='http://mlflow/get-artifact?path=model_card.md&amp;run_uuid=abc' target='_top'>model card</a>" in html
 
 
 def test_the_chart_draws_realised_and_estimated_per_window_end():
