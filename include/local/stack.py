@@ -297,7 +297,9 @@ def _live_and_last_decision(settings: Settings) -> list[str]:
         if live
         else "live: nothing deployed yet"
     ]
-    if runs:
+    if not runs:
+        out.append("last monitor decision: none yet")
+    else:
         t = runs[0].data.tags
         out.append(
             f"last monitor decision: {t.get('decision.action')} for {t.get('monitor.window_start', '?')[:10]}…"
