@@ -15,12 +15,16 @@ def render(doc: dict, links: dict[str, str] | None = None) -> str:
     links = links or {}
     s = doc["serving"]
     weights = ", ".join(f"{slot} {w}%" for slot, w in sorted(s["weights"].items())) or "no traffic routed"
+    if s["version"] is None:
+        serving = "Nothing serves yet" + (f"; champion v{escape(str(s['champion']))}" if s["champion"] else ": no model has passed the gate")
+    else:
+        serving = (
+            f"Serving <b>v{escape(str(s['version']))}</b> from slot {escape(str(s['slot']))} (weights: {escape(weights)}); "
+            f"champion v{escape(str(s['champion']))}" + (f"; 100% since {escape(s['deployed_at'])}" if s.get("deployed_at") else "")
+        )
     parts = [
         f"<h1>Model health: {escape(doc['model_name'])}</h1>",
-        f"<p id='serving'>Serving <b>v{escape(str(s['version']))}</b> from slot {escape(str(s['slot']))} "
-        f"(weights: {escape(weights)}); champion v{escape(str(s['champion']))}"
-        + (f"; 100% since {escape(s['deployed_at'])}" if s.get("deployed_at") else "")
-        + "</p>",
+        f"<p id='serving'>{serving}</p>",
         "<h2>Served ROC AUC per window</h2>",
         chart(doc["windows"]),
         "<h2>Drift per feature (PSI over the window's noise threshold)</h2>",

@@ -385,3 +385,49 @@ def test_make_status_reports_every_service_healthy_and_what_serves_then_a_dead_o
     elsewhere = settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}"})
     _, problems = health(elsewhere, ports, stack.running())
     assert any(p.startswith(f"MLflow at {elsewhere.mlflow_tracking_uri} does not answer") for p in problems), problems
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+
+def test_in_a_browser_sign_in_and_the_model_health_view_shows_what_mlflow_records(loop):
+    """Debian's chromium driven by Playwright: sign in through Airflow's login page, open "Model
+    health" from the navigation, and read the serving version and the chart inside the view against
+    the registry and the monitoring runs; the screenshots are the README's."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"no {CHROMIUM}: `apt-get install chromium` (as root) for the browser tests; .ci/run installs it where it can")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from include.health.snapshot import snapshot
+    from include.model.registry import LIVE
+
+    settings, client, _, _ = loop
+    live = alias_version(connect(settings.mlflow_tracking_uri), settings.model_name, LIVE)
+    doc = snapshot(settings, get_usecase())
+    labelled_ends = {w["end"] for w in doc["windows"] if w["realised_roc_auc"] is not None}
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])  # root in CI: no user namespace sandbox
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{client.base}/", wait_until="networkidle")
+            assert "/auth/login" in page.url  # signed out: the login page
+            page.fill("input[name=username]", client.user)
+            page.fill("input[name=password]", client.password())
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(f"{client.base}/", timeout=30_000)
+            page.screenshot(path=SCREENSHOTS / "airflow-home.png")
+
+            page.get_by_role("link", name="Model health").click()
+            view = page.frame_locator("iframe")
+            sync_api.expect(view.locator("#serving")).to_contain_text(f"Serving v{live.version} from slot", timeout=30_000)
+            realised = view.locator("svg#auc polyline.realised")
+            if labelled_ends:
+                assert len(realised.get_attribute("points").split()) == len(labelled_ends)
+            else:
+                sync_api.expect(view.get_by_text("No window monitored yet.")).to_be_visible()
+            sync_api.expect(view.locator("table").first).to_be_visible()
+            page.screenshot(path=SCREENSHOTS / "model-health.png", full_page=True)
+        finally:
+            browser.close()
+    assert (SCREENSHOTS / "model-health.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -84,6 +84,13 @@ def test_the_page_says_what_serves_and_lists_versions_timeline_quarantine_and_al
     assert "<a href='http://mlflow/get-artifact?path=model_card.md&amp;run_uuid=abc' target='_top'>model card</a>" in html
 
 
+def test_before_anything_serves_the_page_says_so():
+    nothing = DOC | {"serving": {"version": None, "slot": None, "deployed_at": None, "champion": None, "weights": {}}}
+    assert "<p id='serving'>Nothing serves yet: no model has passed the gate</p>" in render(nothing)
+    promoted = nothing | {"serving": nothing["serving"] | {"champion": "2"}}
+    assert "<p id='serving'>Nothing serves yet; champion v2</p>" in render(promoted)
+
+
 def test_the_chart_draws_realised_and_estimated_per_window_end():
     svg = chart(DOC["windows"])
     realised = re.search(r"class='realised'[^>]*points='([^']*)'", svg).group(1).split()
