@@ -4,10 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 export PYTHONPATH := $(CURDIR)
+export NO_MKDOCS_2_WARNING := 1
 
 # Local settings: .env at the project root (see .env.example) is read by the settings class itself.
 
-.PHONY: help install demo up stop status test test-fast lint graph settings-docs lock clean bench backtest rerun secrets image
+.PHONY: help docs install demo up stop status test test-fast lint graph settings-docs lock clean bench backtest rerun secrets image
 .DEFAULT_GOAL := help
 
 help:  ## this list (a bare `make` prints it)
@@ -48,10 +49,11 @@ status:  ## each service's health (scheduler, dag-processor, API, MLflow, servin
 TEST_WORKERS ?= 3
 PYTEST_PARALLEL = $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
-test: install  ## lint and the layer contracts, then every test: DAG integrity, unit, integration (real MLflow, GX, dag.test), e2e, production
+test: install  ## lint, the layer contracts and the docs build, then every test: DAG integrity, unit, integration (real MLflow, GX, dag.test), e2e, production, browser
 	$(BIN)/ruff check dags include plugins tests
 	$(BIN)/lint-imports --no-logo
 	$(BIN)/python tests/tools/import_graph.py
+	$(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 test-fast: install  ## the tests that need no server
@@ -64,8 +66,12 @@ bench: install  ## benchmarks against baselines measured in the same run (ratios
 	$(BIN)/python tests/bench/bench_dask.py
 	$(BIN)/python tests/bench/bench_executors.py
 
+docs: install  ## the docs site (MkDocs Material) into .state/site/, with --strict: a broken link or anchor fails
+	$(BIN)/mkdocs build --strict
+
 backtest: install  ## every retrain policy replayed on the use case's history week by week, no servers: backtest/results.{json,md}, served_quality.png [ARGS="--weeks 13 --window-weeks 4"]
 	$(BIN)/python -m include.backtest --sweep $(ARGS)
+	cp backtest/served_quality.png docs/img/served_quality.png
 
 lint: install  ## ruff and the layer contracts
 	$(BIN)/ruff check dags include plugins tests
