@@ -80,7 +80,7 @@ lint: install  ## ruff and the layer contracts
 graph: install  ## the import graph of include/ (stages; MODULES=1 for every module); fails on a cycle
 	$(BIN)/python tests/tools/import_graph.py $(if $(MODULES),--modules)
 
-settings-docs: install  ## regenerate .env.example and the README's configuration reference from include/settings.py
+settings-docs: install  ## regenerate .env.example and docs/configuration.md from include/settings.py
 	$(BIN)/python tests/tools/settings_docs.py
 
 lock:  ## re-resolve requirements.txt from requirements.in, then the bentos' lock against it
@@ -91,7 +91,7 @@ lock:  ## re-resolve requirements.txt from requirements.in, then the bentos' loc
 clean: stop  ## stop the services and delete .state (data zones, MLflow, Airflow's database, logs)
 	rm -rf .state
 
-# The production stack (docker-compose.yaml; README, "Production").
+# The production stack (docker-compose.yaml; docs/production.md).
 secrets:  ## generate the stack's credentials into .env (mode 0600); adds missing ones, never changes a set one
 	$(PYTHON) -m include.credentials generate
 

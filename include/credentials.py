@@ -7,7 +7,7 @@
 0600): passwords, the Airflow keys shared by all its components, the S3 keys of the loop and of
 MLflow, the webhook token. It never changes a value that is set: a missing or empty one is added,
 so it is safe to rerun after an upgrade that needs a new secret. Rotating a secret means deleting
-its line and running it again (the README says which services to restart).
+its line and running it again (docs/production.md says which services to restart).
 
 `mlflow-user` runs inside the stack once the MLflow server is up: as MLflow's admin it creates the
 loop's own, non-admin MLflow user, or sets its password to the current one.
@@ -76,7 +76,7 @@ SECRETS = (
         lambda: f"mlflow-{secrets.token_hex(6)}",
     ),
     Secret("MINIO_MLFLOW_SECRET_KEY", "Secret of that key."),
-    Secret("MLFLOW_ADMIN_PASSWORD", "MLflow user `admin`, created on the server's first start (later changes: see the README)."),
+    Secret("MLFLOW_ADMIN_PASSWORD", "MLflow user `admin`, created on the server's first start (later changes: see docs/production.md)."),
     Secret("MLFLOW_LOOP_PASSWORD", "MLflow user `loop` (not an admin), what the Airflow tasks log in as; set by `mlflow-init`."),
     Secret("MLFLOW_SECRET_KEY", "MLflow server's Flask key (CSRF of its login forms); the same in every MLflow worker."),
     Secret("LOOP_WEBHOOK_TOKEN", "Bearer token of the alert webhook on the Airflow API server."),

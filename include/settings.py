@@ -6,7 +6,7 @@ its name in capitals, except where a tool has its own (`MLFLOW_TRACKING_URI`, `B
 empty variable means its default. A wrong value fails with the variable, the value and what it
 accepts. Reading settings has no side effects: no directories are created, nothing is logged.
 
-`.env.example` and the README's configuration reference are generated from this class
+`.env.example` and the configuration reference (docs/configuration.md) are generated from this class
 (`make settings-docs`); a test fails when they disagree with it.
 """
 

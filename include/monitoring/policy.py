@@ -70,7 +70,7 @@ class PolicyConfig:
     drift_share: float = _DEFAULTS["drift_share"]
     """attribution: drift when the features beyond their noise threshold carry at least this share
     of the model's attributions (mean |SHAP| on held-out rows); the default is chosen from the
-    backtest's sweep (README, "The retrain policy on a year of history")."""
+    backtest's sweep (docs/backtest.md)."""
     estimate_margin: float = _DEFAULTS["estimate_margin"]
     """attribution: the ROC AUC estimated without labels is below the model's evaluation number by
     more than this."""
@@ -90,7 +90,7 @@ class PolicyConfig:
     max_model_age: timedelta | None = _DEFAULTS["max_model_age"]
     """Retrain (cause `age`) once the serving model's data ends this long before the newest data
     seen, whatever the signals say: a model's served quality falls with its age faster than any one
-    week's drift shows (README, "The retrain policy on a year of history"). None: off."""
+    week's drift shows (docs/backtest.md). None: off."""
     cooldown: timedelta = _DEFAULTS["cooldown"]
     """No retrain request this soon after the last training finished."""
     max_per_day: int = _DEFAULTS["max_per_day"]
