@@ -59,3 +59,19 @@ def test_every_relative_link_resolves(page: Path):
         if not (page.parent / target.split("#")[0]).exists():
             broken.append(target)
     assert not broken, broken
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_table_row_has_as_many_cells_as_its_header(page: Path):
+    """An unescaped `|` inside a cell (say `|Δ|`) splits it, and the rest of the row drops out."""
+    bad, columns = [], None
+    for number, line in enumerate(page.read_text().splitlines(), 1):
+        if not line.startswith("|"):
+            columns = None
+            continue
+        cells = len(re.findall(r"(?<!\\)\|", line)) - 1
+        if columns is None:
+            columns = cells
+        elif cells != columns:
+            bad.append(f"line {number}: {cells} cells, the header has {columns}")
+    assert not bad, bad
