@@ -76,7 +76,10 @@ SECRETS = (
         lambda: f"mlflow-{secrets.token_hex(6)}",
     ),
     Secret("MINIO_MLFLOW_SECRET_KEY", "Secret of that key."),
-    Secret("MLFLOW_ADMIN_PASSWORD", "MLflow user `admin`, created on the server's first start (later changes: see docs/production.md)."),
+    Secret(
+        "MLFLOW_ADMIN_PASSWORD",
+        "MLflow user `admin`, created on the server's first start (later changes: see docs/production.md).",
+    ),
     Secret("MLFLOW_LOOP_PASSWORD", "MLflow user `loop` (not an admin), what the Airflow tasks log in as; set by `mlflow-init`."),
     Secret("MLFLOW_SECRET_KEY", "MLflow server's Flask key (CSRF of its login forms); the same in every MLflow worker."),
     Secret("LOOP_WEBHOOK_TOKEN", "Bearer token of the alert webhook on the Airflow API server."),

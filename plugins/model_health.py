@@ -42,6 +42,20 @@ def page() -> str:
     return render(_snapshot(), {"airflow": base, "mlflow": get_settings().mlflow_tracking_uri})
 
 
+@app.get("/data-docs/{partition}", response_class=HTMLResponse)
+def data_docs(partition: str) -> HTMLResponse:
+    """GX's Data Docs page of a partition's validation, from the data zones (local or S3)."""
+    from fastapi import HTTPException
+
+    from include.health.snapshot import data_docs_page
+    from include.usecases import get_usecase
+
+    page = data_docs_page(get_usecase(), partition)
+    if page is None:
+        raise HTTPException(404, f"no Data Docs for partition {partition!r}: not validated since Data Docs were kept")
+    return HTMLResponse(page)
+
+
 @app.get("/api")
 def api() -> JSONResponse:
     return JSONResponse(_snapshot())

@@ -49,7 +49,7 @@ from include.data.storage import (
     parse_parquet,
     write_parquet,
 )
-from include.data.suite import BATCH, Failure, assess, build_suite, result_json, row_count_bounds, run_suite
+from include.data.suite import BATCH, Failure, assess, build_suite, data_docs, result_json, row_count_bounds, run_suite
 from include.outcomes import FailNow
 from include.settings import get_settings
 from include.usecases import UseCase
@@ -58,6 +58,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
+
+DATA_DOCS = "data_docs.html"
+"""GX's Data Docs page of a validation, beside its GX result (validated zone) or its quarantine record."""
 
 
 class BatchQuarantined(FailNow):
@@ -174,6 +177,8 @@ class _Findings:
     suite: str = ""
     history: dict | None = None
     """{"partitions", "note"}; None when the batch never reached the suite."""
+    docs: str | None = None
+    """GX's Data Docs page of the validation; None when the batch never reached the suite."""
 
     @property
     def n_rows(self) -> int:
@@ -261,6 +266,7 @@ def _check(usecase: UseCase, delivery: _Delivery, df: pd.DataFrame, max_bad_row_
     gx_result = run_suite(df, suite)
     gx_json = result_json(gx_result)
     failures, bad_rows = assess(df, gx_result, max_bad_row_share)
+    docs = data_docs(gx_result)
     return _Findings(
         failures=_duplicates(validated, delivery) + failures,
         rows=df,
@@ -268,6 +274,7 @@ def _check(usecase: UseCase, delivery: _Delivery, df: pd.DataFrame, max_bad_row_
         gx_json=gx_json,
         suite=suite.name,
         history={"partitions": list(history.partitions) if history else [], "note": history_note},
+        docs=docs,
     )
 
 
@@ -286,6 +293,9 @@ def _quarantine(storage: Storage, delivery: _Delivery, found: _Findings) -> Batc
     storage.write_bytes(f"{qprefix}/data.parquet", delivery.data)
     _withdraw_replaced(storage, delivery)
     record = delivery.record() | ({"history": found.history} if found.history is not None else {})
+    if found.docs is not None:
+        record["data_docs_key"] = f"{qprefix}/{DATA_DOCS}"
+        record["data_docs_uri"] = storage.write_bytes(record["data_docs_key"], found.docs.encode())
     result_uri = write_json(
         storage,
         f"{qprefix}/validation.json",
@@ -300,7 +310,7 @@ def _quarantine(storage: Storage, delivery: _Delivery, found: _Findings) -> Batc
         "quarantined",
         f"partition {partition.id} quarantined: {summary}",
         {"partition": partition.id, "landing_uri": delivery.uri, "gx_result": result_uri},
-        links={"report": report_uri},
+        links={"report": report_uri, "data_docs": record.get("data_docs_uri")},
     )
     return BatchQuarantined(
         f"partition {partition.id} ({delivery.uri}) quarantined: {summary}. "
@@ -325,11 +335,15 @@ def _publish_batch(storage: Storage, delivery: _Delivery, found: _Findings) -> t
     good = found.rows.drop(index=bad_index).reset_index(drop=True)
     key = _write_validated(storage, delivery.partition, delivery.sha, good)
     gx_uri = write_json(storage, f"{key.rsplit('/', 1)[0]}/gx_result.json", found.gx_json)
+    docs_key = f"{key.rsplit('/', 1)[0]}/{DATA_DOCS}"
+    docs_uri = storage.write_bytes(docs_key, found.docs.encode())
     return good, {
         "validated_key": key,
         "validated_uri": storage.uri(key),
         "validated_sha256": sha256(storage.read_bytes(key)),
         "gx_result_uri": gx_uri,
+        "data_docs_key": docs_key,
+        "data_docs_uri": docs_uri,
         "quarantine_uri": storage.uri(f"{delivery.quarantine_prefix}/rows.parquet") if bad_index else None,
     }
 

@@ -128,6 +128,20 @@ def run_suite(df: pd.DataFrame, suite: gx.ExpectationSuite):
     return batch.validate(suite, result_format={"result_format": "COMPLETE"})
 
 
+def data_docs(gx_result) -> str:
+    """The validation result as GX's own Data Docs page (the renderer and view a Data Docs site
+    builds its validation pages with), one self-contained HTML file; its styles load from GX's CDNs."""
+    import numpy as np
+    from great_expectations.render.renderer import ValidationResultsPageRenderer
+    from great_expectations.render.view import DefaultJinjaPageView
+
+    # GX's number formatting parses repr(value): under NumPy 2 a float64 reprs as `np.float64(0.83)`,
+    # which it cannot parse (it logs a traceback per value and leaves the cell empty). NumPy 1.25's
+    # repr, for the time of the rendering only, gives it `0.83`.
+    with np.printoptions(legacy="1.25"):
+        return DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(gx_result))
+
+
 ROW_LISTS = ("unexpected_list", "unexpected_index_list", "partial_unexpected_index_list", "unexpected_index_query")
 
 

@@ -16,11 +16,14 @@ def render(doc: dict, links: dict[str, str] | None = None) -> str:
     s = doc["serving"]
     weights = ", ".join(f"{slot} {w}%" for slot, w in sorted(s["weights"].items())) or "no traffic routed"
     if s["version"] is None:
-        serving = "Nothing serves yet" + (f"; champion v{escape(str(s['champion']))}" if s["champion"] else ": no model has passed the gate")
+        serving = "Nothing serves yet" + (
+            f"; champion v{escape(str(s['champion']))}" if s["champion"] else ": no model has passed the gate"
+        )
     else:
         serving = (
             f"Serving <b>v{escape(str(s['version']))}</b> from slot {escape(str(s['slot']))} (weights: {escape(weights)}); "
-            f"champion v{escape(str(s['champion']))}" + (f"; 100% since {escape(s['deployed_at'])}" if s.get("deployed_at") else "")
+            f"champion v{escape(str(s['champion']))}"
+            + (f"; 100% since {escape(s['deployed_at'])}" if s.get("deployed_at") else "")
         )
     parts = [
         f"<h1>Model health: {escape(doc['model_name'])}</h1>",
@@ -50,13 +53,20 @@ def render(doc: dict, links: dict[str, str] | None = None) -> str:
         table(["at", "version", "event"], [[e["at"], f"v{e['version']}", e["event"]] for e in doc["timeline"]]),
         "<h2>Quarantined partitions</h2>",
         table(
-            ["partition", "interval", "why", "re-validate"],
+            ["partition", "interval", "why", "evidence and re-validation"],
             [
                 [
                     q["partition"],
                     f"{q['interval_start']} … {q['interval_end']}",
                     "; ".join(q.get("failures") or [])[:400],
-                    _link(f"{links['airflow']}/dags/revalidate/trigger" if links.get("airflow") else None, "revalidate"),
+                    " ".join(
+                        x
+                        for x in (
+                            _link(f"data-docs/{q['partition']}" if q.get("data_docs_uri") else None, "GX Data Docs", "_blank"),
+                            _link(f"{links['airflow']}/dags/revalidate/trigger" if links.get("airflow") else None, "revalidate"),
+                        )
+                        if x
+                    ),
                 ]
                 for q in doc["quarantined"]
             ],
@@ -138,5 +148,7 @@ def table(header: list[str], rows: list[list], raw: set[int] = frozenset()) -> s
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _link(url: str | None, text: str) -> str:
-    return f"<a href='{escape(url)}' target='_top'>{escape(text)}</a>" if url else ""
+def _link(url: str | None, text: str, target: str = "_top") -> str:
+    """A link out of the view's iframe: to the whole window (`_top`), or a new tab (`_blank`: a page
+    of this app, relative to it)."""
+    return f"<a href='{escape(url)}' target='{target}'>{escape(text)}</a>" if url else ""

@@ -53,7 +53,7 @@ def snapshot(settings: Settings, usecase: UseCase, storage=None) -> dict:
         "timeline": _timeline(versions),
         "windows": _windows(client, name),
         "quarantined": [
-            {k: q.get(k) for k in ("partition", "interval_start", "interval_end", "landing_uri", "failures")}
+            {k: q.get(k) for k in ("partition", "interval_start", "interval_end", "landing_uri", "failures", "data_docs_uri")}
             for q in quarantined_batches(usecase.name, storage)
         ],
         "alerts": read_alerts(settings)[-RECENT_ALERTS:][::-1],
@@ -155,3 +155,19 @@ def _windows(client, model_name: str) -> list[dict]:
 
 def as_json(doc: dict) -> str:
     return json.dumps(doc, default=lambda o: o.isoformat() if isinstance(o, datetime) else str(o))
+
+
+def data_docs_page(usecase: UseCase, partition: str, storage=None) -> bytes | None:
+    """GX's Data Docs page of `partition`'s newest validation (quarantined or validated), read from
+    the storage the gate wrote it to (local or S3); None when it has none."""
+    from include.data.partitions import list_validated
+    from include.data.storage import get_storage
+
+    storage = storage or get_storage()
+    records = [
+        r
+        for r in quarantined_batches(usecase.name, storage) + list_validated(usecase.name, storage)
+        if r["partition"] == partition
+    ]
+    keys = [r["data_docs_key"] for r in records if r.get("data_docs_key")]
+    return storage.read_bytes(keys[-1]) if keys else None

@@ -351,6 +351,12 @@ def test_the_model_health_view_is_in_the_ui_behind_its_login_and_agrees_with_the
     assert {(w["start"], w["kind"]) for w in doc["windows"]} == set(logged)
     assert all(w["realised_roc_auc"] == logged[(w["start"], w["kind"])] for w in doc["windows"])
     assert [q["partition"] for q in doc["quarantined"]] == [q["partition"] for q in quarantined_batches("flights")]
+    # each quarantined partition's GX Data Docs page, through the view (the zones may be S3), behind the same login
+    for q in doc["quarantined"]:
+        docs = client.session.get(f"{client.base}/model-health/data-docs/{q['partition']}", timeout=30)
+        assert docs.status_code == 200 and "Unsuccessful Expectations" in docs.text, docs.text[:300]
+        assert requests.get(f"{client.base}/model-health/data-docs/{q['partition']}", timeout=10).status_code in (401, 403)
+    assert client.session.get(f"{client.base}/model-health/data-docs/dt=1999-01-01T0000Z", timeout=30).status_code == 404
 
     card = requests.get(next(v for v in doc["versions"] if v["version"] == live.version)["card"], timeout=10)
     assert card.status_code == 200 and card.text.startswith(

@@ -56,6 +56,9 @@ def test_a_good_partition_passes_and_is_published(storage_root, flights):
     gx = json.loads(storage.read_bytes(rec["gx_result_uri"].split("/zones/", 1)[1]))
     assert gx["success"] is True
     assert [r["partition"] for r in list_validated("flights")] == [p.id]
+    # GX's own Data Docs page of the validation, beside its result
+    docs = storage.read_bytes(rec["data_docs_key"]).decode()
+    assert rec["data_docs_uri"] == storage.uri(rec["data_docs_key"]) and "<html" in docs and "flights.landing" in docs
 
 
 def test_rerunning_validation_is_idempotent(storage_root, flights):
@@ -117,6 +120,12 @@ def assert_quarantined_whole(usecase, p: Partition, expected: str) -> dict:
     record = json.loads(storage.read_bytes(f"{prefix}/validation.json"))
     assert record["status"] == "quarantined" and any(expected in f for f in record["failures"])
     assert "QUARANTINED" in storage.read_bytes(f"{prefix}/report.md").decode()
+    if record["gx_result"] is not None:  # GX's Data Docs page of the failed validation, with its statistics
+        docs = storage.read_bytes(record["data_docs_key"]).decode()
+        assert record["data_docs_key"] == f"{prefix}/data_docs.html" and "<html" in docs
+        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", docs))
+        failed = record["gx_result"]["statistics"]["unsuccessful_expectations"]
+        assert failed > 0 and f"Unsuccessful Expectations {failed} " in text
     # nothing was published for training
     assert not storage.exists(p.validated_key) and list_validated("flights") == []
     return record
