@@ -69,7 +69,7 @@ def test_rerunning_validation_is_idempotent(storage_root, flights):
     assert first == again
     assert len(list_validated("flights")) == 1
     assert get_storage().list("validated/flights/") == [
-        f"validated/flights/{p.id}/{name}" for name in ("data.parquet", "gx_result.json", "validation.json")
+        f"validated/flights/{p.id}/{name}" for name in ("data.parquet", "data_docs.html", "gx_result.json", "validation.json")
     ]
 
 
