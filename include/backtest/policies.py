@@ -37,9 +37,6 @@ class Policy:
     config: PolicyConfig | None = None
     gate: GateConfig | None = None
     refit: bool = False
-    against_judged: bool = False
-    """The gate compares the challenger with the fit the gate judged for a refitted champion (both
-    fitted without their newest week) instead of with the refit itself."""
 
 
 def default_policies(default: PolicyConfig) -> list[Policy]:
@@ -177,7 +174,7 @@ def _judge(replayed: Replay, policy: Policy, number: int, champion: Key, last: i
     (the model the loop would serve) against the champion, whichever the gate chose."""
     outcome: dict = {"promoted": True}
     if policy.gate is not None:
-        d = replayed.gate(number, (champion[0], False) if policy.against_judged else champion, policy.gate)
+        d = replayed.gate(number, champion, policy.gate)
         outcome = {
             "promoted": d.promote,
             "gate": {
@@ -193,21 +190,18 @@ def _judge(replayed: Replay, policy: Policy, number: int, champion: Key, last: i
         outcome["refit_guard"] = replayed.refit_guard(number)
         candidate = candidate if outcome["refit_guard"] else (number, False)
     following = range(number + 1, min(number + FOLLOWING_WEEKS, last) + 1)
-    new = mean([replayed.served(candidate, n).roc_auc for n in following])
-    old = mean([replayed.served(champion, n).roc_auc for n in following])
-    gain = None if new is None or old is None else new - old
     outcome["following"] = {
         "weeks": list(following),
-        "gain": gain,
-        "next_week_gain": _next_gain(replayed, candidate, champion, number),
+        "gain": _gain(replayed, candidate, champion, following),
+        "next_week_gain": _gain(replayed, candidate, champion, following[:1]),
     }
     return outcome, candidate if outcome["promoted"] else champion
 
 
-def _next_gain(replayed: Replay, candidate: Key, champion: Key, number: int) -> float | None:
-    if number + 1 > len(replayed.weeks):
-        return None
-    new, old = replayed.served(candidate, number + 1).roc_auc, replayed.served(champion, number + 1).roc_auc
+def _gain(replayed: Replay, candidate: Key, champion: Key, weeks: range) -> float | None:
+    """The candidate's mean served ROC AUC over `weeks` less the champion's (None: no week scored)."""
+    new = mean([replayed.served(candidate, n).roc_auc for n in weeks])
+    old = mean([replayed.served(champion, n).roc_auc for n in weeks])
     return None if new is None or old is None else new - old
 
 

@@ -204,6 +204,7 @@ class Replay:
                 rows.eval_slices,
                 self.threshold,
                 (gain_shares(judged.model), gain_shares(serving.model)),
+                judged.reference.get(config.metric),  # what its evaluation recorded, as the loop's training run does
             )
         return self._gated[key]
 
@@ -227,10 +228,8 @@ class Replay:
         partial.replace(path)  # whole or absent: a run killed while saving leaves no half model
         return model
 
-    def served(self, model: Key | int, number: int) -> Served:
-        """Week `number` served by `model` (a key, or the week of a challenger): its score, CBPE's
-        estimate and the monitor's report."""
-        model = (model, False) if isinstance(model, int) else model
+    def served(self, model: Key, number: int) -> Served:
+        """Week `number` served by `model`: its score, CBPE's estimate and the monitor's report."""
         key = (model, number)
         if key not in self._served:
             import numpy as np

@@ -33,7 +33,8 @@ def summarize(policy: Policy, records: list[dict], max_age: timedelta | None = N
     retrained = [r["week"] for r in records if r["retrained"]]
     promoted = [r["week"] for r in records if r["retrained"] and r.get("promoted", True)]  # without a gate every retrain serves
     rejected = [r for r in records if r["retrained"] and not r.get("promoted", True)]
-    limit = (policy.config.max_model_age if policy.config and policy.config.max_model_age else None) or max_age
+    limit = (policy.config and policy.config.max_model_age) or max_age
+    limit_days = None if limit is None else limit.total_seconds() / 86400
     scored = [(r["cbpe_roc_auc"], r["roc_auc"]) for r in records if r["roc_auc"] is not None and r["cbpe_roc_auc"] is not None]
     hits = [abs(est - real) <= CBPE_TOLERANCE for est, real in scored]
     out = {
@@ -56,8 +57,8 @@ def summarize(policy: Policy, records: list[dict], max_age: timedelta | None = N
         ],
         "refit_guard_failures": [r["week"] for r in records if r.get("refit_guard") is False],
         "stale_weeks": {
-            "max_age_days": None if limit is None else limit.total_seconds() / 86400,
-            "count": 0 if limit is None else sum(r.get("model_age_days", 0) >= limit.total_seconds() / 86400 for r in records),
+            "max_age_days": limit_days,
+            "count": 0 if limit_days is None else sum(r.get("model_age_days", 0) >= limit_days for r in records),
         },
         "roc_auc": {"mean": mean(aucs), "weeks": aucs},
         "log_loss": {"mean": mean(losses), "weeks": losses},

@@ -334,8 +334,9 @@ def _publish_batch(storage: Storage, delivery: _Delivery, found: _Findings) -> t
         _quarantine_rows(storage, delivery, found, bad_index)
     good = found.rows.drop(index=bad_index).reset_index(drop=True)
     key = _write_validated(storage, delivery.partition, delivery.sha, good)
-    gx_uri = write_json(storage, f"{key.rsplit('/', 1)[0]}/gx_result.json", found.gx_json)
-    docs_key = f"{key.rsplit('/', 1)[0]}/{DATA_DOCS}"
+    folder = key.rsplit("/", 1)[0]
+    gx_uri = write_json(storage, f"{folder}/gx_result.json", found.gx_json)
+    docs_key = f"{folder}/{DATA_DOCS}"
     docs_uri = storage.write_bytes(docs_key, found.docs.encode())
     return good, {
         "validated_key": key,

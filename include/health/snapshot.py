@@ -24,7 +24,6 @@ from include.settings import Settings
 from include.usecases import UseCase, registered_model_name
 
 RECENT_ALERTS = 20
-GATE_TAGS = ("gate.decision", "gate.reason", "gate.interval", "gate.champion_version", "gate.challenger", "gate.champion")
 DEPLOY_TAGS = (
     "deploy.deployed_at",
     "deploy.slot",

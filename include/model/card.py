@@ -13,13 +13,12 @@ from __future__ import annotations
 import math
 
 from include.alerting.alerts import mlflow_artifact_link
-from include.model.stats import hanley_mcneil_se
+from include.model.stats import hanley_mcneil_se, z_value
 from include.usecases import UseCase
 
 CARD_ARTIFACT = "model_card.md"
 CALIBRATION_PLOT = "plots/calibration.png"
 IMPORTANCE_PLOT = "plots/feature_importance.png"
-Z95 = 1.959963984540054
 
 LIMITATIONS = (
     "One held-out week cannot rank two recent models: on 2013 its difference between two sound weekly "
@@ -37,8 +36,8 @@ def auc_interval(auc: float | None, n: float | None, positive_rate: float | None
     if auc is None or not n or positive_rate is None or auc != auc:
         return None
     positives = round(n * positive_rate)
-    se = hanley_mcneil_se(auc, positives, round(n) - positives)
-    return None if se != se else (max(auc - Z95 * se, 0.0), min(auc + Z95 * se, 1.0))
+    se, z = hanley_mcneil_se(auc, positives, round(n) - positives), z_value(0.95)
+    return None if se != se else (max(auc - z * se, 0.0), min(auc + z * se, 1.0))
 
 
 def model_card(

@@ -27,7 +27,7 @@ challenger's held-out rows. A challenger is rejected when
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from include.alerting.alerts import mlflow_run_link, send_alert
 from include.data.partitions import read_validated
@@ -64,17 +64,7 @@ class GateConfig:
     @classmethod
     def from_settings(cls, settings=None) -> GateConfig:
         s = settings or get_settings()
-        return cls(
-            s.gate_metric,
-            s.gate_margin,
-            s.gate_slice_margin,
-            s.gate_confidence,
-            s.gate_floor,
-            s.gate_ceiling,
-            s.gate_calibration_ratio,
-            s.gate_abandoned_share,
-            s.gate_resolution_ratio,
-        )
+        return cls(**{f.name: getattr(s, f"gate_{f.name}") for f in fields(cls)})  # each knob is setting gate_<knob>
 
 
 @dataclass

@@ -28,7 +28,7 @@ from include.model.card import write_model_card
 from include.model.dataset import LINEAGE_ARTIFACT
 from include.model.gate import LABELS, GateConfig, promote_version
 from include.model.params import TrainParams
-from include.model.registry import alias_version, connect, finished_run, naming_the_server, tag_version
+from include.model.registry import CHAMPION, alias_version, connect, finished_run, naming_the_server, tag_version
 from include.model.training import STAGE, git_commit, log_training_run, register_run
 from include.settings import Settings
 from include.usecases import UseCase
@@ -118,7 +118,7 @@ def serve_accepted(settings: Settings, refit: dict, usecase: UseCase) -> dict:
             reason = f"refit of v{gated_version} on its whole window, which the gate accepted; {comparison}"
         else:
             reason = f"refit of v{gated_version} failed its guard: {comparison}; v{gated_version} serves as the gate accepted it"
-        previous = refit.get("previous_champion") or ""
+        previous, outcome = refit.get("previous_champion") or "", "passed" if passed else "failed"
         tag_version(
             client,
             model_name,
@@ -127,17 +127,15 @@ def serve_accepted(settings: Settings, refit: dict, usecase: UseCase) -> dict:
                 "gate.reason": reason,
                 "gate.metric": metric,
                 "gate.champion_version": previous,
-                "refit.guard": "passed" if passed else "failed",
+                "refit.guard": outcome,
             },
         )
         tag_version(client, model_name, version, {"gate.decision": "promote" if passed else "reject"})
-        tag_version(
-            client, model_name, gated_version, {"refit.version": version, "refit.guard": "passed" if passed else "failed"}
-        )
+        tag_version(client, model_name, gated_version, {"refit.version": version, "refit.guard": outcome})
         for v in (version, gated_version):  # both cards carry the outcome
             write_model_card(client, settings, usecase, model_name, v)
         serving = version if passed else gated_version
-        current = alias_version(client, model_name, "champion")
+        current = alias_version(client, model_name, CHAMPION)
         if current is None or current.version != serving or current.tags.get("gate.applied") != "true":
             promote_version(client, model_name, serving)
         if not passed:

@@ -113,8 +113,8 @@ def _calibration_figure(y_true, scores, bins: int = 10):
     y, s = np.asarray(y_true, dtype=float), np.asarray(scores, dtype=float)
     edges = np.unique(np.quantile(s, np.linspace(0, 1, bins + 1)))
     which = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, len(edges) - 2)
-    mean_score = [s[which == b].mean() for b in range(len(edges) - 1) if (which == b).any()]
-    observed = [y[which == b].mean() for b in range(len(edges) - 1) if (which == b).any()]
+    present = [which == b for b in range(len(edges) - 1) if (which == b).any()]
+    mean_score, observed = [s[rows].mean() for rows in present], [y[rows].mean() for rows in present]
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], color="#999", linestyle="--", linewidth=1, label="perfectly calibrated")
     ax.plot(mean_score, observed, marker="o", color="#3b75af", label="held-out deciles")
@@ -158,37 +158,35 @@ def train_candidate(
         exp_id = experiment_id(client, model_name)
         # An interrupted attempt (a killed task, a server that stopped answering) is marked FAILED: train afresh.
         run = finished_run(client, exp_id, identity, fail_unfinished=True)
-        if run is not None:
+        reused = run is not None
+        if reused:
             log.info("DAG run %s already trained MLflow run %s: reusing it", dag_run_id, run.info.run_id)
-            registered = register_run(client, model_name, run)
-            write_model_card(client, settings, usecase, model_name, registered["version"])
-            return registered | {"reused": True}
-
-        log.info(
-            "training on %d partitions (%s … %s), evaluating on %s",
-            len(train_recs),
-            train_recs[0]["partition"],
-            train_recs[-1]["partition"],
-            [r["partition"] for r in eval_recs],
-        )
-        digest = hashlib.sha256("".join(r["validated_sha256"] for r in train_recs + eval_recs).encode()).hexdigest()
-        tags = {
-            **identity,
-            "mlflow.source.git.commit": git_commit(settings),
-            "loop.usecase": usecase.name,
-            # Why this version exists (the registered version carries it too: VERSION_TAGS).
-            "loop.reason": params.reason or "(none given)",
-            **({"loop.monitor_report": params.report_uri} if params.report_uri else {}),
-            "loop.data_window": f"{train_recs[0]['interval_start']} … {eval_recs[-1]['interval_end']}",
-            "loop.partitions_sha256": digest,
-            "loop.eval_partitions": ",".join(r["partition"] for r in eval_recs),
-        }
-        run_id = log_training_run(usecase, params, settings, storage, exp_id, tags, train_recs, eval_recs)
+        else:
+            log.info(
+                "training on %d partitions (%s … %s), evaluating on %s",
+                len(train_recs),
+                train_recs[0]["partition"],
+                train_recs[-1]["partition"],
+                [r["partition"] for r in eval_recs],
+            )
+            digest = hashlib.sha256("".join(r["validated_sha256"] for r in train_recs + eval_recs).encode()).hexdigest()
+            tags = {
+                **identity,
+                "mlflow.source.git.commit": git_commit(settings),
+                "loop.usecase": usecase.name,
+                # Why this version exists (the registered version carries it too: VERSION_TAGS).
+                "loop.reason": params.reason or "(none given)",
+                **({"loop.monitor_report": params.report_uri} if params.report_uri else {}),
+                "loop.data_window": f"{train_recs[0]['interval_start']} … {eval_recs[-1]['interval_end']}",
+                "loop.partitions_sha256": digest,
+                "loop.eval_partitions": ",".join(r["partition"] for r in eval_recs),
+            }
+            run = client.get_run(log_training_run(usecase, params, settings, storage, exp_id, tags, train_recs, eval_recs))
         # Registered after the run is FINISHED: a failure in between leaves a finished run without a
-        # version, which the rerun above registers, instead of a second run.
-        registered = register_run(client, model_name, client.get_run(run_id))
+        # version, which a rerun registers, instead of a second run.
+        registered = register_run(client, model_name, run)
         write_model_card(client, settings, usecase, model_name, registered["version"])
-        return registered | {"reused": False}
+        return registered | {"reused": reused}
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,13 @@ def states(dag_run) -> dict[str, str]:
     return {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
 
 
+def trained(refit: str) -> dict:
+    """The task states of a `train` run whose challenger was trained and judged; the refit's tasks and
+    the announcement in state `refit`: success when the gate accepted it, skipped when it rejected it."""
+    judged = dict.fromkeys(("admit", "train_challenger", "profile_reference", "champion_gate"), "success")
+    return judged | dict.fromkeys(("refit", "profile_refit", "serve_refit", "announce_champion"), refit)
+
+
 def test_ingest_then_train_then_gate_end_to_end(dags, flights):
     for i in range(4):
         dr = run_ingest(dags, i)
@@ -83,13 +90,7 @@ def test_ingest_then_train_then_gate_end_to_end(dags, flights):
     train = dags.get_dag("train")
     dr = train.test(run_conf={"reason": "integration test", "n_estimators": 100})
     assert dr.state == "success", states(dr)
-    judged = {"admit": "success", "train_challenger": "success", "profile_reference": "success", "champion_gate": "success"}
-    assert states(dr) == judged | {
-        "refit": "success",
-        "profile_refit": "success",
-        "serve_refit": "success",
-        "announce_champion": "success",
-    }
+    assert states(dr) == trained("success")
     settings = get_settings()
     client = connect(settings.mlflow_tracking_uri)
     champion = alias_version(client, settings.model_name, CHAMPION)
@@ -108,12 +109,7 @@ def test_ingest_then_train_then_gate_end_to_end(dags, flights):
     # a worse challenger from the form is gated out: the champion-model Asset is not emitted (no new
     # data since the last training: inside the cooldown, so only a forced run trains)
     dr = train.test(run_conf={"n_estimators": 10, "max_depth": 1, "learning_rate": 0.01, "force": True})
-    assert states(dr) == judged | {
-        "refit": "skipped",
-        "profile_refit": "skipped",
-        "serve_refit": "skipped",
-        "announce_champion": "skipped",
-    }
+    assert states(dr) == trained("skipped")
     assert alias_version(client, settings.model_name, CHAMPION).version == champion.version
 
 
@@ -178,13 +174,7 @@ def test_monitor_checks_a_window_of_the_live_model_and_requests_retraining_on_dr
     # here by hand on the champion's own data, i.e. inside the cooldown: forced.)
     weak = requested.conf | {"n_estimators": 10, "max_depth": 1, "learning_rate": 0.05, "force": True}
     retrain = dags.get_dag("train").test(run_conf=weak)
-    judged = {"admit": "success", "train_challenger": "success", "profile_reference": "success", "champion_gate": "success"}
-    assert states(retrain) == judged | {
-        "refit": "skipped",
-        "profile_refit": "skipped",
-        "serve_refit": "skipped",
-        "announce_champion": "skipped",
-    }
+    assert states(retrain) == trained("skipped")
     mlc = connect(settings.mlflow_tracking_uri)
     assert alias_version(mlc, settings.model_name, CHAMPION).version == champion.version
     newest = max(mlc.search_model_versions(f"name = '{settings.model_name}'"), key=lambda v: int(v.version))
