@@ -422,8 +422,8 @@ def test_in_a_browser_sign_in_and_the_model_health_view_shows_what_mlflow_record
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])  # root in CI: no user namespace sandbox
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"{client.base}/", wait_until="networkidle")
-            assert "/auth/login" in page.url  # signed out: the login page
+            page.goto(f"{client.base}/")
+            page.wait_for_url("**/auth/login**", timeout=30_000)  # signed out: the UI sends the browser to the login page
             page.fill("input[name=username]", client.user)
             page.fill("input[name=password]", client.password())
             page.get_by_role("button", name="Sign in").click()
