@@ -41,7 +41,12 @@ calendar = get_calendar()
             description="A registered version of the model (see MLflow), e.g. 3.",
         ),
         "reason": Param(
-            "", type="string", maxLength=500, pattern=PLAIN_TEXT, title="Reason", description="Recorded on the model version."
+            None,
+            type=["null", "string"],
+            maxLength=500,
+            pattern=PLAIN_TEXT,
+            title="Reason (optional)",
+            description="Recorded on the model version.",
         ),
     },
 )
@@ -53,7 +58,7 @@ def rollback():
 
         # Waits while another deploy or rollback holds the slots; None: already live, skip the rest.
         return plan_rollout(
-            get_settings(), get_usecase(), params["version"], restore_reason=params["reason"], **rollout_claim(dag_run)
+            get_settings(), get_usecase(), params["version"], restore_reason=params["reason"] or "", **rollout_claim(dag_run)
         )
 
     rollout_steps(claim_serving_slots() >> plan())

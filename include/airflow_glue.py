@@ -133,9 +133,17 @@ def _notify_inside_a_task(settings, alert: dict) -> None:
 add_sink("airflow-notifiers", _notify_inside_a_task)
 
 
+NUMBER_BOUNDS = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
+
+
 def form_params(model, defaults: dict | None = None) -> dict:
     """A DAG's `params` form generated from a pydantic model: the same bounds, titles and
-    descriptions the model enforces (`defaults` overrides the model's defaults, e.g. from settings)."""
+    descriptions the model enforces (`defaults` overrides the model's defaults, e.g. from settings).
+
+    A number's bounds go under `allOf`, and its description states them: Airflow's UI sets a
+    top-level `minimum`/`maximum` on its number input, which clamps 100 to 16 without a word. Under
+    `allOf` the schema refuses the same values, so the form submits what was typed and shows the
+    API's refusal with the bound ("100 is greater than the maximum of 16")."""
     from airflow.sdk import Param
 
     params = {}
@@ -146,8 +154,19 @@ def form_params(model, defaults: dict | None = None) -> dict:
             variants = prop.pop("anyOf")
             prop = {k: v for v in variants for k, v in v.items() if k != "type"} | prop
             prop["type"] = [v["type"] for v in variants]
+        bounds = {key: prop.pop(key) for key in NUMBER_BOUNDS if key in prop}
+        if bounds:
+            prop["allOf"] = [bounds]
+            prop["description"] = f"{prop.get('description', '')} {describe_bounds(bounds)}".strip()
         params[name] = Param((defaults or {}).get(name, default), **prop)
     return params
+
+
+def describe_bounds(bounds: dict) -> str:
+    """`{"exclusiveMinimum": 0, "maximum": 1}` → "Above 0, at most 1." (what a form field admits)."""
+    words = {"minimum": "at least", "exclusiveMinimum": "above", "maximum": "at most", "exclusiveMaximum": "below"}
+    text = ", ".join(f"{words[key]} {bounds[key]:g}" for key in NUMBER_BOUNDS if key in bounds)
+    return f"{text[0].upper()}{text[1:]}."
 
 
 def rollout_claim(dag_run) -> dict:

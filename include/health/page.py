@@ -30,6 +30,7 @@ def render(doc: dict, links: dict[str, str] | None = None) -> str:
         f"<p id='serving'>{serving}</p>",
         "<h2>Served ROC AUC per window</h2>",
         chart(doc["windows"]),
+        windows_table(doc["windows"], links),
         "<h2>Drift per feature (PSI over the window's noise threshold)</h2>",
         heat_map(doc["windows"]),
         "<h2>Versions and gate decisions</h2>",
@@ -43,14 +44,25 @@ def render(doc: dict, links: dict[str, str] | None = None) -> str:
                     "" if v["interval"] is None else f"{v['interval'][0]:+.3f}…{v['interval'][1]:+.3f}",
                     v["gate_reason"] or "",
                     "; ".join(f"{k} {val}" for k, val in v["deployment"].items()),
-                    " ".join(x for x in (_link(v["mlflow"], "run"), _link(v.get("card"), "model card")) if x),
+                    " ".join(
+                        x
+                        for x in (
+                            _link(v["mlflow"], "run"),
+                            _link(v.get("card"), "model card"),
+                            _link(_airflow(links, v.get("airflow_run")), "Airflow run"),
+                        )
+                        if x
+                    ),
                 ]
                 for v in doc["versions"]
             ],
             raw={6},
         ),
         "<h2>Deployment timeline</h2>",
-        table(["at", "version", "event"], [[e["at"], f"v{e['version']}", e["event"]] for e in doc["timeline"]]),
+        table(
+            ["at", "version", "event"],
+            [[e["at"], f"v{e['version']}" if e["version"] else "", e["event"]] for e in doc["timeline"]],
+        ),
         "<h2>Quarantined partitions</h2>",
         table(
             ["partition", "interval", "why", "evidence and re-validation"],
@@ -80,6 +92,39 @@ def render(doc: dict, links: dict[str, str] | None = None) -> str:
         "td,th{border:1px solid #ddd;padding:3px 6px;vertical-align:top}th{background:#f4f4f4}"
     )
     return f"<!doctype html><html><head><meta charset='utf-8'><title>Model health</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
+
+
+RECENT_WINDOWS = 12
+
+
+def windows_table(windows: list[dict], links: dict[str, str]) -> str:
+    """The newest checks, one row per window and kind: the version, the ROC AUC estimated and
+    realised, the drift share, the decision, links to its MLflow and Airflow runs."""
+    if not windows:
+        return ""
+
+    def number(value) -> str:
+        return "" if value is None else f"{value:.3f}"
+
+    rows = [
+        [
+            f"{w['start'][:10]} … {w['end'][:10]}",
+            w["kind"],
+            f"v{w['version']}" if w.get("version") else "",
+            number(w["estimated_roc_auc"]),
+            number(w["realised_roc_auc"]),
+            "" if w["drift_share"] is None else f"{w['drift_share']:.0%}",
+            f"{w['action']}" + (f" ({w['cause']})" if w.get("cause") else ""),
+            " ".join(
+                x
+                for x in (_link(w.get("mlflow"), "MLflow run"), _link(_airflow(links, w.get("airflow_run")), "Airflow run"))
+                if x
+            ),
+        ]
+        for w in windows[::-1][:RECENT_WINDOWS]
+    ]
+    header = ["window", "check", "model", "estimated ROC AUC", "realised ROC AUC", "drift share", "decision", "runs"]
+    return f"<h3>Newest checks</h3>{table(header, rows, raw={7})}"
 
 
 def chart(windows: list[dict]) -> str:
@@ -146,6 +191,12 @@ def table(header: list[str], rows: list[list], raw: set[int] = frozenset()) -> s
         for row in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _airflow(links: dict[str, str], path: str | None) -> str | None:
+    """A page of the Airflow UI: under its public base URL when known, else from the server's root
+    (the view is served by the same API server)."""
+    return f"{links.get('airflow', '')}/{path}" if path else None
 
 
 def _link(url: str | None, text: str, target: str = "_top") -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from urllib.parse import quote
 
 from include.alerting.alerts import mlflow_artifact_link, mlflow_run_link, read_alerts
 from include.data.partitions import quarantined_batches
@@ -24,6 +25,8 @@ from include.settings import Settings
 from include.usecases import UseCase, registered_model_name
 
 RECENT_ALERTS = 20
+SELF_HEALS = ("serving_restarted", "proxy_restarted", "canary_abandoned", "routing_restored")
+"""The serving guard's repairs (`include/rollout/guard.py`): on the deployment timeline."""
 DEPLOY_TAGS = (
     "deploy.deployed_at",
     "deploy.slot",
@@ -44,18 +47,19 @@ def snapshot(settings: Settings, usecase: UseCase, storage=None) -> dict:
     champion = aliases.get(CHAMPION)
     live = read_live(settings, name) if versions else None
     trained = client.get_experiment_by_name(name)  # every version's run is in the model's experiment
+    alerts = read_alerts(settings)
     return {
         "usecase": usecase.name,
         "model_name": name,
         "serving": _serving(settings, live, champion),
         "versions": [_version(settings, trained.experiment_id if trained else None, v, aliases) for v in reversed(versions)],
-        "timeline": _timeline(versions),
-        "windows": _windows(client, name),
+        "timeline": _timeline(versions, alerts),
+        "windows": _windows(settings, client, name),
         "quarantined": [
             {k: q.get(k) for k in ("partition", "interval_start", "interval_end", "landing_uri", "failures", "data_docs_uri")}
             for q in quarantined_batches(usecase.name, storage)
         ],
-        "alerts": read_alerts(settings)[-RECENT_ALERTS:][::-1],
+        "alerts": alerts[-RECENT_ALERTS:][::-1],
     }
 
 
@@ -85,13 +89,25 @@ def _version(settings: Settings, experiment_id: str | None, v, aliases: dict[str
         "champion_version": tags.get("gate.champion_version") or None,
         "deployment": {k.split(".", 1)[1]: tags[k] for k in DEPLOY_TAGS if k in tags},
         "mlflow": mlflow_run_link(settings, v.run_id, experiment_id) if experiment_id else None,
+        "airflow_run": airflow_run_path(tags),
         "card": mlflow_artifact_link(settings, v.run_id, CARD_ARTIFACT),
     }
 
 
-def _timeline(versions) -> list[dict]:
-    """Promotions, deployments, rollbacks and rejections before traffic, newest first."""
-    events = []
+def airflow_run_path(tags: dict) -> str | None:
+    """The Airflow UI's page of the DAG run that made a version or a check, relative to the UI's base."""
+    dag_id, run_id = tags.get("airflow.dag_id"), tags.get("airflow.dag_run_id")
+    return f"dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}" if dag_id and run_id else None
+
+
+def _timeline(versions, alerts: list[dict]) -> list[dict]:
+    """Promotions, deployments, rollbacks, rejections before traffic and the serving guard's
+    repairs (its alerts), newest first."""
+    events = [
+        {"at": a["time"], "event": f"self-heal: {a['message']}", "version": str(a["details"].get("model_version", ""))}
+        for a in alerts
+        if a["kind"] in SELF_HEALS
+    ]
     for v in versions:
         t = v.tags
         if "gate.promoted_at" in t:
@@ -119,7 +135,7 @@ def _timeline(versions) -> list[dict]:
     return sorted(events, key=lambda e: e["at"], reverse=True)
 
 
-def _windows(client, model_name: str) -> list[dict]:
+def _windows(settings: Settings, client, model_name: str) -> list[dict]:
     """One row per monitored window and kind (the newest check of it), oldest first: estimated and
     realised ROC AUC, the drift share, each feature's PSI, the decision."""
     exp = client.get_experiment_by_name(monitoring_experiment(model_name))
@@ -147,6 +163,8 @@ def _windows(client, model_name: str) -> list[dict]:
                 "action": t["decision.action"],
                 "cause": t.get("decision.cause", ""),
                 "reason": t.get("decision.reason", ""),
+                "mlflow": mlflow_run_link(settings, r.info.run_id, exp.experiment_id),
+                "airflow_run": airflow_run_path(t),
             }
         )
     return rows

@@ -51,11 +51,11 @@ class TrainParams(BaseModel):
         description="Train with xgboost.dask on the cluster at LOOP_DASK_ADDRESS whatever the window's size "
         "(windows of LOOP_DASK_MIN_ROWS rows or more go there anyway).",
     )
-    reason: str = Field(
-        "",
+    reason: str | None = Field(
+        None,
         max_length=500,
         pattern=PLAIN_TEXT,
-        title="Reason",
+        title="Reason (optional)",
         description="Why this run: recorded on the MLflow run (e.g. 'alert 1234: drift on temp').",
     )
     report_uri: str | None = Field(

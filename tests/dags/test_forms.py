@@ -2,8 +2,9 @@
 sends as conf), probed at each of its bounds, with wrong types, oversized values and injection
 strings. The schema is read from the DAGs themselves, so a field added later is covered too.
 
-The REST API validates the same schemas (HTTP 400), the UI clamps numbers to them; what passes is
-what the tasks get, unchanged: nothing in a value is evaluated (templates, SQL, shell)."""
+The REST API validates the same schemas (HTTP 400) for the UI's form and for any client; what passes
+is what the tasks get, unchanged: nothing in a value is evaluated (templates, SQL, shell). A number's
+bounds sit under `allOf` so the UI does not clamp it silently (the browser test sees the refusal)."""
 
 from __future__ import annotations
 
@@ -44,10 +45,23 @@ def bag():
     return parsed
 
 
-def fields() -> list[tuple[str, str, dict]]:
+def raw_fields() -> list[tuple[str, str, dict]]:
     return [
         (dag_id, key, dict(dag.params.get_param(key).schema)) for dag_id, dag in sorted(bag().dags.items()) for key in dag.params
     ]
+
+
+def fields() -> list[tuple[str, str, dict]]:
+    """Each field's schema with its `allOf` parts merged in (where the number bounds are)."""
+    return [(dag_id, key, flat(schema)) for dag_id, key, schema in raw_fields()]
+
+
+def flat(schema: dict) -> dict:
+    merged = {k: v for k, v in schema.items() if k != "allOf"}
+    for part in schema.get("allOf", []):
+        assert not part.keys() & merged.keys(), f"{part} repeats a key of {schema}"
+        merged |= part
+    return merged
 
 
 def types(schema: dict) -> set[str]:
@@ -94,6 +108,28 @@ def test_every_field_is_bounded(dag_id, key, schema):
         assert "maximum" in schema or "exclusiveMaximum" in schema, schema
     if "string" in t:
         assert {"maxLength", "pattern", "format", "enum"} & schema.keys(), schema
+
+
+@pytest.mark.parametrize(("dag_id", "key", "schema"), raw_fields(), ids=IDS)
+def test_number_bounds_are_stated_and_out_of_the_ui_clamps_reach(dag_id, key, schema):
+    """Airflow's UI clamps a number input to a top-level minimum/maximum without a word (100 becomes
+    16); under `allOf` the same bounds refuse the value instead, and the description says them."""
+    from include.airflow_glue import NUMBER_BOUNDS, describe_bounds
+
+    if not types(schema) & {"integer", "number"}:
+        return
+    assert not set(NUMBER_BOUNDS) & schema.keys(), schema
+    (bounds,) = schema["allOf"]
+    description = bag().dags[dag_id].params.get_param(key).description
+    assert description.endswith(describe_bounds(bounds)), (description, schema)
+
+
+def test_the_stated_bounds_read_as_words():
+    from include.airflow_glue import describe_bounds
+
+    assert describe_bounds({"minimum": 1, "maximum": 16}) == "At least 1, at most 16."
+    assert describe_bounds({"exclusiveMinimum": 0, "maximum": 1}) == "Above 0, at most 1."
+    assert describe_bounds({"minimum": 0.5, "exclusiveMaximum": 1000}) == "At least 0.5, below 1000."
 
 
 @pytest.mark.parametrize(("dag_id", "key", "schema"), FIELDS, ids=IDS)

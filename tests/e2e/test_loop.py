@@ -19,10 +19,13 @@ import pytest
 import requests
 
 from include.alerting.alerts import read_alerts
+from include.data.inference_log import read_inference_log
 from include.data.partitions import list_validated, quarantined_batches
 from include.local.demo import count_intervals, plant_faults, start_stack, wait_until_idle
 from include.local.stack import Ports, airflow_command, airflow_env, free_port
+from include.local.traffic import interval_records, replay
 from include.model.registry import CHAMPION, alias_version, connect
+from include.monitoring.monitor import monitoring_experiment
 from include.rollout.infra import golden_records
 from include.rollout.processes import Stack, kill_tree
 from include.settings import get_settings
@@ -255,6 +258,42 @@ def test_a_quarantine_alert_reaches_the_configured_webhook_once_with_working_lin
     assert alert in read_alerts(settings), "the local sink holds the same alert"
 
 
+def test_a_week_of_client_traffic_is_served_logged_and_checked_by_the_monitor(loop):
+    """Clients send a week after the replayed data (2013-07-09 … 07-16: newer than the rollouts'
+    golden records, so none is older than the log's lateness bound) to the serving entry, as `make
+    demo`'s replay does: every request is answered, every record reaches the inference log,
+    and the monitor's periodic check (triggered with no dates) scores that traffic, so the
+    model-health view has a window to chart."""
+    settings, client, _, _ = loop
+    usecase = get_usecase()
+    start, end = datetime(2013, 7, 9, tzinfo=UTC), datetime(2013, 7, 16, tzinfo=UTC)
+    records = interval_records(usecase, start, end)
+    sent_from = datetime.now(UTC)
+
+    def logged() -> int:
+        """Rows served since the replay began (the rollouts' golden records, served before, are logged too)."""
+        log = read_inference_log(usecase, start, end)
+        return int((log["served_at"] >= sent_from).sum()) if len(log) else 0
+
+    report = replay(f"http://127.0.0.1:{settings.serving_port}", records, clients=4, batch_size=50)
+    assert len(report.outcomes) == -(-len(records) // 50) and not report.failed, report.summary()
+    deadline = time.monotonic() + 180  # the slots' writers write every LOOP_INFERENCE_LOG_FLUSH_SECONDS
+    while (n := logged()) < len(records) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert n == len(records)
+
+    r = client.trigger("monitor", {})
+    assert r.status_code == 200, r.text
+    run_id = r.json()["dag_run_id"]
+    assert wait_until_idle(client, count_intervals(get_calendar()), timeout=300, poll=5)
+    assert client.get(f"dags/monitor/dagRuns/{run_id}")["state"] == "success"
+    mlc = connect(settings.mlflow_tracking_uri)
+    exp = mlc.get_experiment_by_name(monitoring_experiment(settings.model_name))
+    (check,) = mlc.search_runs([exp.experiment_id], filter_string=f"tags.`airflow.dag_run_id` = '{run_id}'")
+    assert check.data.tags["monitor.kind"] == "served" and check.data.metrics["rows"] > 0
+    assert 0.5 < check.data.metrics["estimated.roc_auc"] < 1
+
+
 def test_the_alert_webhook_starts_the_mapped_dag_once_and_refuses_strangers(loop):
     settings, client, _, _ = loop
     url = f"{client.base}/loop/alerts"
@@ -320,7 +359,6 @@ def test_the_model_health_view_is_in_the_ui_behind_its_login_and_agrees_with_the
     """The plugin's external view is in the UI's navigation; its app refuses an anonymous caller and,
     signed in, shows what serves, every version and every monitored window as MLflow records them."""
     from include.model.registry import LIVE
-    from include.monitoring.monitor import monitoring_experiment
 
     settings, client, _, _ = loop
     plugins = client.get("plugins")["plugins"]
@@ -350,6 +388,9 @@ def test_the_model_health_view_is_in_the_ui_behind_its_login_and_agrees_with_the
     }
     assert {(w["start"], w["kind"]) for w in doc["windows"]} == set(logged)
     assert all(w["realised_roc_auc"] == logged[(w["start"], w["kind"])] for w in doc["windows"])
+    # each version and each check links the Airflow run that made it
+    assert all(v["airflow_run"].startswith("dags/train/runs/") for v in doc["versions"]), doc["versions"]
+    assert all(w["airflow_run"].startswith("dags/monitor/runs/") for w in doc["windows"]), doc["windows"]
     assert [q["partition"] for q in doc["quarantined"]] == [q["partition"] for q in quarantined_batches("flights")]
     # each quarantined partition's GX Data Docs page, through the view (the zones may be S3), behind the same login
     for q in doc["quarantined"]:
@@ -416,30 +457,91 @@ def test_in_a_browser_sign_in_and_the_model_health_view_shows_what_mlflow_record
     settings, client, _, _ = loop
     live = alias_version(connect(settings.mlflow_tracking_uri), settings.model_name, LIVE)
     doc = snapshot(settings, get_usecase())
-    labelled_ends = {w["end"] for w in doc["windows"] if w["realised_roc_auc"] is not None}
+    ends = {line: {w["end"] for w in doc["windows"] if w[f"{line}_roc_auc"] is not None} for line in ("realised", "estimated")}
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])  # root in CI: no user namespace sandbox
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"{client.base}/")
-            page.wait_for_url("**/auth/login**", timeout=30_000)  # signed out: the UI sends the browser to the login page
-            page.fill("input[name=username]", client.user)
-            page.fill("input[name=password]", client.password())
-            page.get_by_role("button", name="Sign in").click()
-            page.wait_for_url(f"{client.base}/", timeout=30_000)
+            sign_in(page, client)
             page.screenshot(path=SCREENSHOTS / "airflow-home.png")
 
             page.get_by_role("link", name="Model health").click()
             view = page.frame_locator("iframe")
             sync_api.expect(view.locator("#serving")).to_contain_text(f"Serving v{live.version} from slot", timeout=30_000)
-            realised = view.locator("svg#auc polyline.realised")
-            if labelled_ends:
-                assert len(realised.get_attribute("points").split()) == len(labelled_ends)
-            else:
-                sync_api.expect(view.get_by_text("No window monitored yet.")).to_be_visible()
+            # one point per window end with that ROC AUC, estimated and realised, as the monitoring runs logged them
+            assert ends["estimated"], "the traffic test's monitor check gave the view a window to chart"
+            for line, window_ends in ends.items():
+                points = view.locator(f"svg#auc polyline.{line}").get_attribute("points").split()
+                assert len(points) == len(window_ends), (line, points, window_ends)
             sync_api.expect(view.locator("table").first).to_be_visible()
             page.screenshot(path=SCREENSHOTS / "model-health.png", full_page=True)
         finally:
             browser.close()
     assert (SCREENSHOTS / "model-health.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_in_a_browser_the_train_form_refuses_an_out_of_bound_value_naming_the_bound_then_a_valid_run_starts(loop):
+    """The `train` form in Airflow's own trigger dialog: max_depth 100 is submitted as typed (not
+    clamped to 16) and refused with the bound in the dialog, and no run is made; with 6 and a
+    reason, the run starts and its first task runs. The refusal's screenshot is the docs'."""
+    if not CHROMIUM.exists():
+        pytest.skip(
+            f"no {CHROMIUM}: `apt-get install chromium` (as root) for the browser tests; .ci/run installs it where it can"
+        )
+    sync_api = pytest.importorskip("playwright.sync_api")
+    expect = sync_api.expect
+
+    _, client, _, _ = loop
+    before = {r["dag_run_id"] for r in client.runs("train")}
+    reason = f"browser: a valid run {secrets.token_hex(4)}"
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            sign_in(page, client)
+            page.goto(f"{client.base}/dags/train")
+            page.get_by_role("button", name="Trigger").first.click()
+            dialog = page.get_by_role("dialog")
+            trigger = dialog.get_by_role("button", name="Trigger")
+            # the form's defaults are a valid run: Trigger is enabled with the optional reason empty
+            expect(dialog.locator("input[name=element_reason]")).to_have_value("")
+            expect(trigger).to_be_enabled()
+            expect(dialog.get_by_text("At least 1, at most 16.")).to_be_visible()  # the bound, stated before typing
+
+            max_depth = dialog.locator("input[name=element_max_depth]")
+            max_depth.fill("100")
+            max_depth.blur()
+            expect(max_depth).to_have_value("100")  # not clamped to 16
+            trigger.click()
+            refusal = dialog.get_by_text("Invalid input for param max_depth: 100 is greater than the maximum of 16")
+            expect(refusal).to_be_visible(timeout=30_000)
+            refusal.scroll_into_view_if_needed()
+            page.screenshot(path=SCREENSHOTS / "train-form-refused.png")
+            assert {r["dag_run_id"] for r in client.runs("train")} == before
+
+            page.mouse.move(0, 0)  # the error toast covers Trigger and stays while the pointer is on it
+            expect(page.locator("[data-scope=toast][data-type=error]")).to_have_count(0, timeout=30_000)
+            max_depth.fill("6")
+            dialog.locator("input[name=element_reason]").fill(reason)
+            trigger.click()
+            page.wait_for_url("**/dags/train/runs/**", timeout=30_000)  # the UI opens the new run
+            run_id = unquote(page.url.rstrip("/").rsplit("/", 1)[-1])
+            expect(page.get_by_text(run_id).first).to_be_visible()
+        finally:
+            browser.close()
+    (created,) = [r for r in client.runs("train") if r["dag_run_id"] not in before]
+    assert created["dag_run_id"] == run_id and created["conf"]["reason"] == reason and created["conf"]["max_depth"] == 6
+    assert wait_until_idle(client, count_intervals(get_calendar()), timeout=300, poll=5)
+    admit = client.get(f"dags/train/dagRuns/{run_id}/taskInstances/admit")
+    assert admit["state"] == "success" and client.get(f"dags/train/dagRuns/{run_id}")["state"] == "success"
+
+
+def sign_in(page, client) -> None:
+    """Through Airflow's login page, as a person would."""
+    page.goto(f"{client.base}/")
+    page.wait_for_url("**/auth/login**", timeout=30_000)  # signed out: the UI sends the browser to the login page
+    page.fill("input[name=username]", client.user)
+    page.fill("input[name=password]", client.password())
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{client.base}/", timeout=30_000)

@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from include.alerting.alerts import read_alerts
+from include.health.snapshot import snapshot
 from include.local.stack import free_port, serving_problems
 from include.model.packaging import build_bento
 from include.model.params import TrainParams
@@ -31,6 +32,7 @@ from include.rollout.processes import Stack, kill_tree
 from include.rollout.rollout import finalize, plan, plan_rollout, rollout_version, shift_traffic
 from include.rollout.slots import Serving, other
 from include.settings import PROJECT_ROOT, get_settings
+from include.usecases import get_usecase
 from tests.support.serving import Load, poll
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -136,6 +138,9 @@ def test_a_dead_live_slot_is_restarted_within_30_s_and_alerted(env, guard, recor
     assert "not running" in alert["message"] and alert["details"]["recovery_seconds"] <= 30
     assert serving.proxy.weights() == {live["slot"]: 100}
     assert serving_problems(env, serving.stack.running()) == []
+    # the model-health view's deployment timeline shows the repair, newest first
+    heal = next(e for e in snapshot(env, get_usecase())["timeline"] if e["event"].startswith("self-heal:"))
+    assert (heal["at"], heal["version"]) == (alert["time"], live["model_version"]) and alert["message"] in heal["event"]
 
 
 def test_a_restarted_traefik_comes_back_with_the_last_routing(env, guard, records):

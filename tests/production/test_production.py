@@ -104,6 +104,36 @@ def test_the_model_registry_and_artifacts(prod):
     assert objects > 0, "the model's artifacts are in the MLflow bucket"
 
 
+def test_the_model_health_view_behind_the_fab_login_reads_mlflow_with_its_credentials_and_the_bucket(prod):
+    """The view on the compose stack: the FAB auth manager's login in front of it, MLflow (behind
+    basic auth) and the data zones in S3 behind it, as the API server's own environment reaches them."""
+    from include.data.partitions import quarantined_batches
+
+    native, client, _ = prod
+    for path in ("model-health/", "model-health/api"):
+        assert requests.get(f"{client.base}/{path}", timeout=10).status_code in (401, 403)
+    client.get("plugins")  # signs the session in (the API token)
+    r = client.session.get(f"{client.base}/model-health/api", timeout=30)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    with native.as_current():
+        settings = get_settings()
+        model_name = registered_model_name(settings)
+        mlc = connect(settings.mlflow_tracking_uri)
+        live, champion = alias_version(mlc, model_name, LIVE), alias_version(mlc, model_name, CHAMPION)
+        registered = sorted((v.version for v in mlc.search_model_versions(f"name = '{model_name}'")), key=int, reverse=True)
+        quarantined = [q["partition"] for q in quarantined_batches(get_usecase().name)]
+    assert doc["model_name"] == model_name
+    assert (doc["serving"]["version"], doc["serving"]["champion"]) == (live.version, champion.version)
+    assert [v["version"] for v in doc["versions"]] == registered
+    assert [q["partition"] for q in doc["quarantined"]] == quarantined and len(quarantined) == 1
+    assert all(q["data_docs_uri"].startswith("s3://") for q in doc["quarantined"]), doc["quarantined"]
+    docs = client.session.get(f"{client.base}/model-health/data-docs/{quarantined[0]}", timeout=30)
+    assert docs.status_code == 200 and "Unsuccessful Expectations" in docs.text, docs.text[:300]
+    page = client.session.get(f"{client.base}/model-health/", timeout=30)
+    assert page.status_code == 200 and f"Serving <b>v{live.version}</b>" in page.text
+
+
 def test_the_served_version_answers_through_traefik_and_logs_to_the_bucket(prod):
     native, client, _ = prod
     with native.as_current():

@@ -85,6 +85,9 @@ def test_the_page_says_what_serves_and_lists_versions_timeline_quarantine_and_al
     assert "<script>" not in html and "&lt;script&gt;" in html and "refit of v3 &lt;b&gt;" in html
     assert "<a href='http://mlflow/#/experiments/1/runs/abc' target='_top'>run</a>" in html
     assert "<a href='http://mlflow/get-artifact?path=model_card.md&amp;run_uuid=abc' target='_top'>model card</a>" in html
+    # a repair of the serving guard without a version (Traefik restarted) has no version cell
+    healed = DOC | {"timeline": [{"at": "2026-12-07T18:40:00+00:00", "event": "self-heal: Traefik was down", "version": ""}]}
+    assert "<td>2026-12-07T18:40:00+00:00</td><td></td><td>self-heal: Traefik was down</td>" in render(healed)
 
 
 def test_before_anything_serves_the_page_says_so():
@@ -110,3 +113,35 @@ def test_the_heat_map_has_a_row_per_feature_most_drifted_first_and_prefers_the_l
     temp = re.findall(r">([0-9.]*)</td>", rows[1][1])
     assert temp == ["0.40", "0.10", "0.05"]  # 02-12: the labelled check's 0.4, not the served 0.3
     assert "rgba(214,39,40,1.00)" in rows[0][1]  # PSI 2.5: full shade
+
+
+def test_the_newest_checks_show_both_roc_aucs_the_drift_share_the_decision_and_their_runs():
+    checked = window(
+        "2013-02-26T05:00:00+00:00",
+        0.61,
+        0.58,
+        {"temp": 0.2},
+        start="2013-02-19T05:00:00+00:00",
+        drift_share=0.25,
+        action="retrain",
+        cause="decay",
+        mlflow="http://mlflow/#/experiments/7/runs/r1",
+        airflow_run="dags/monitor/runs/scheduled__2013-02-26",
+    )
+    html = render(DOC | {"windows": [checked]}, {"airflow": "http://airflow:8080"})
+    assert (
+        "<td>2013-02-19 … 2013-02-26</td><td>labelled</td><td>v2</td><td>0.610</td><td>0.580</td><td>25%</td>"
+        "<td>retrain (decay)</td>" in html
+    )
+    assert "<a href='http://mlflow/#/experiments/7/runs/r1' target='_top'>MLflow run</a>" in html
+    assert "<a href='http://airflow:8080/dags/monitor/runs/scheduled__2013-02-26' target='_top'>Airflow run</a>" in html
+    # without the UI's public base URL the link is from the server's root, where the view is served
+    assert "<a href='/dags/monitor/runs/scheduled__2013-02-26' target='_top'>Airflow run</a>" in render(
+        DOC | {"windows": [checked]}
+    )
+    # only the newest checks are listed, newest first
+    many = [window(f"2013-{m:02d}-01T05:00:00+00:00", 0.6, None, {}, start=f"2013-{m:02d}-01") for m in range(1, 13)]
+    many += [window("2014-01-01T05:00:00+00:00", 0.6, None, {}, start="2013-12-25")]
+    html = render(DOC | {"windows": many})
+    assert "2013-12-25 … 2014-01-01" in html and "2013-01-01 … 2013-01-01" not in html
+    assert html.index("2013-12-25 … 2014-01-01") < html.index("2013-12-01 … 2013-12-01")
