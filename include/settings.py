@@ -217,9 +217,9 @@ class Settings(BaseSettings):
     slot_workers: int = Field(1, ge=1, description="BentoML worker processes per slot.")
     inference_log: bool = Field(True, description="1: every prediction goes to the inference log (the monitor's input); 0: off.")
     inference_log_flush_seconds: float = Field(
-        10,
+        60,
         gt=0,
-        description="How often a serving worker writes its logged predictions (a crash loses at most this much; a clean stop loses nothing).",
+        description="How often a serving worker writes its logged predictions, one part per event day each time (a crash loses at most this much; a clean stop loses nothing).",
     )
     inference_log_max_queued: int = Field(
         200_000,

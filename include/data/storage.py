@@ -75,6 +75,7 @@ class Storage(Protocol):
     def read_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes: ...
     def write_bytes(self, key: str, data: bytes, *, create_only: bool = False) -> str: ...
     def list(self, prefix: str) -> list[str]: ...
+    def delete(self, key: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,10 @@ class LocalStorage:
         path = self._path(key)
         atomic_write(path, data, create_only=create_only)
         return f"file://{path}"
+
+    def delete(self, key: str) -> None:
+        """Remove the object; one already gone is no error."""
+        self._path(key).unlink(missing_ok=True)
 
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix)
@@ -195,6 +200,11 @@ class S3Storage:
         with self._request("writing", key):
             self._client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
         return self.uri(key)
+
+    def delete(self, key: str) -> None:
+        """Remove the object; one already gone is no error (S3 answers 204 either way)."""
+        with self._request("deleting", key):
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     def list(self, prefix: str) -> list[str]:
         strip = len(self.prefix) + 1 if self.prefix else 0

@@ -68,6 +68,24 @@ VERSION_TAGS = (
 )
 """Run tags a registered version carries too (with the commit as `loop.git_commit`)."""
 RUNTIME_PACKAGES = ("xgboost", "pandas", "numpy", "scikit-learn", "pyarrow")
+"""What the logged model needs at run time, by import name or distribution name."""
+
+
+def runtime_requirements() -> list[str]:
+    """The logged model's pip requirements, pinned to what trained it: each package by the
+    distribution installed here (xgboost's module comes from `xgboost-cpu` on Linux, `xgboost`
+    elsewhere)."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions
+
+    providers = packages_distributions()
+    pins = []
+    for package in RUNTIME_PACKAGES:
+        try:
+            pins.append(f"{package}=={installed_version(package)}")
+        except PackageNotFoundError:  # an import name whose distribution is named otherwise
+            (dist,) = set(providers[package])
+            pins.append(f"{dist}=={installed_version(dist)}")
+    return pins
 STAGE = "loop.stage"
 """Which fit of a DAG run a training run is: `challenger` (judged on its held-out week) or `refit`
 (the same configuration on the whole window, `refit.py`); part of the identity a rerun looks up."""
@@ -301,7 +319,7 @@ def log_training_run(
             model_format="ubj",  # XGBoost's own format, what the slot reads: nothing pickled
             signature=infer_signature(example, model.predict_proba(example)[:, 1]),
             input_example=example,
-            pip_requirements=[f"{p}=={installed_version(p)}" for p in RUNTIME_PACKAGES],
+            pip_requirements=runtime_requirements(),
         )
         # Before the run finishes: a finished run, which a rerun registers as it is, has its digest.
         mlflow.set_tags(_digest_tags(info.model_id))

@@ -5,8 +5,11 @@ as `include/data/inference_layout.py` says (by event day); the monitor reads the
 Writing (`InferenceLog`, one per serving worker):
 
 * Off the request path. `append` hands the predictions over (a deque append under a lock: no
-  conversion, no I/O) and returns. A background thread converts them to Arrow column-wise and
-  writes them every `flush_seconds`, sooner when `flush_records` wait, and at `close`.
+  conversion, no I/O) and returns. A background thread converts them to Arrow column-wise every
+  `flush_seconds`, sooner when `flush_records` wait, and writes them at most once per
+  `flush_seconds` (and at `close`): whatever was converted since the last write goes out as one
+  part per event day, so a worker writes at most one part per event day per `flush_seconds`
+  (LOOP_INFERENCE_LOG_FLUSH_SECONDS, a minute by default).
 * Bounded. Records waiting (queued, or built but not yet written) are capped at `max_queued`: a
   prediction beyond it is served but not logged, and counted `dropped`; a request never waits for
   the log, and a storage outage cannot exhaust the worker's memory.
@@ -59,6 +62,8 @@ class _Batch:
     id: str
     stamp: str
     parts: dict[date, Any] = field(default_factory=dict)
+    attempted: bool = False
+    """A write of one of its parts was tried: its parts keep their names (a retry overwrites)."""
 
 
 class InferenceLog:
@@ -100,6 +105,7 @@ class InferenceLog:
         self._queued = 0
         self._waiting = 0  # queued + built but not yet written: what max_queued bounds
         self._pending: list[_Batch] = []
+        self._last_write = float("-inf")  # time.monotonic() of the last write
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
         self._wake = threading.Event()
@@ -143,16 +149,21 @@ class InferenceLog:
 
     def _run(self):
         while not self._stop.is_set():
-            self._wake.wait(self.flush_seconds)
+            # `flush_seconds`, or, with converted records waiting, until their write is due (a wake
+            # by `flush_records` converts them, and writes them only if a write is due)
+            due = self._last_write + self.flush_seconds - time.monotonic()
+            self._wake.wait(max(0.0, min(self.flush_seconds, due)) if self._pending else self.flush_seconds)
             self._wake.clear()
             try:
-                self.flush()
+                self.flush(due_only=True)
             except Exception:  # the thread must outlive any one flush
                 log.exception("inference log: flush failed")
 
-    def flush(self) -> int:
-        """Build what is queued into a batch, then write every part not written yet, oldest batch
-        first; a part that fails stays for the next flush. Returns the records written."""
+    def flush(self, due_only: bool = False) -> int:
+        """Build what is queued into a batch; then (with `due_only`, the background thread's call:
+        only if `flush_seconds` have passed since the last write) write every part not written yet, oldest first, the batches never tried
+        merged into one part per event day; a part that fails stays for the next write. Returns
+        the records written."""
         with self._flushing:
             with self._lock:
                 items = list(self._queue)
@@ -160,7 +171,23 @@ class InferenceLog:
                 self._queued = 0
             if items:
                 self._pending.append(self._batch(items))
+            if not self._pending or (due_only and time.monotonic() - self._last_write < self.flush_seconds):
+                return 0
+            self._last_write = time.monotonic()
+            self._merge_untried()
             return self._write_pending()
+
+    def _merge_untried(self) -> None:
+        """The batches no write has tried, as one batch: one part per event day per write."""
+        import pyarrow as pa
+
+        untried = [b for b in self._pending if not b.attempted]
+        if len(untried) < 2:
+            return
+        merged = _Batch(id=uuid.uuid4().hex[:12], stamp=untried[-1].stamp)
+        for day in sorted({day for b in untried for day in b.parts}):
+            merged.parts[day] = pa.concat_tables([b.parts[day] for b in untried if day in b.parts])
+        self._pending = [b for b in self._pending if b.attempted] + [merged]
 
     def close(self):
         """Stop the thread and write everything handed over (the service calls it on shutdown)."""
@@ -211,6 +238,7 @@ class InferenceLog:
         written = 0
         while self._pending:
             batch = self._pending[0]
+            batch.attempted = True
             for day, part in list(batch.parts.items()):
                 buf = pa.BufferOutputStream()
                 pq.write_table(part, buf)

@@ -4,7 +4,7 @@ or raced another and a writer; each logged prediction gets the outcome that land
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -13,7 +13,9 @@ import pytest
 from include.data.inference_layout import part_prefix
 from include.data.inference_log import (
     COMPACTED,
+    GRACE,
     MANIFEST,
+    compact_closed_days,
     compact_day,
     compact_window,
     day_parts,
@@ -131,6 +133,100 @@ def test_compactions_racing_each_other_and_a_writer_leave_each_row_once(flights,
     assert slow["parts"] == 4
     assert logged_ids(flights, storage) == sorted(r["request_id"] for r in day_records)
     assert len(day_parts(flights, day, storage)) == 1
+
+
+def write_parts(flights, storage, groups) -> None:
+    """One part per group and event day: each group written by its own worker."""
+    for group in groups:
+        sink = InferenceLog(flights, "1", "blue", storage=storage, flush_seconds=3600)
+        hand_over(sink, flights, group)
+        sink.close()
+
+
+def clock(at: datetime):
+    return lambda: at
+
+
+def test_what_a_manifest_replaced_is_deleted_once_the_manifest_is_grace_old(flights, records, storage):
+    day = START.date()
+    day_records = [r for r in records if r["time_hour"].astimezone(UTC).date() == day]
+    prefix = part_prefix(flights.name, day)
+    write_parts(flights, storage, [day_records[i::5] for i in range(4)])
+    t0 = datetime(2026, 12, 7, 12, tzinfo=UTC)
+    first = compact_day(flights, day, storage, now=clock(t0))
+    assert first["changed"] and first["deleted"] == 0 and len(storage.list(prefix)) == 4 + 2  # parts, merged, manifest
+    assert compact_day(flights, day, storage, now=clock(t0 + GRACE / 2))["deleted"] == 0, "too recent to delete"
+    later = compact_day(flights, day, storage, now=clock(t0 + GRACE))
+    assert later["deleted"] == 4 and not later["changed"]
+    assert sorted(storage.list(prefix)) == sorted([prefix + first["compacted"], prefix + MANIFEST])
+    assert logged_ids(flights, storage) == sorted(r["request_id"] for i in range(4) for r in day_records[i::5])
+
+    # a part written later is merged; the merged part it supersedes goes a grace later, with it
+    write_parts(flights, storage, [day_records[4::5]])
+    t1 = t0 + 2 * GRACE
+    second = compact_day(flights, day, storage, now=clock(t1))
+    assert second["changed"] and second["parts"] == 5 and len(storage.list(prefix)) == 4  # old and new merged, the part
+    assert compact_day(flights, day, storage, now=clock(t1 + GRACE))["deleted"] == 2
+    assert sorted(storage.list(prefix)) == sorted([prefix + second["compacted"], prefix + MANIFEST])
+    assert logged_ids(flights, storage) == sorted(r["request_id"] for r in day_records)
+
+
+def test_a_compaction_slower_than_half_the_grace_writes_no_manifest(flights, records, storage):
+    """Its manifest could overwrite a newer one that a rival wrote meanwhile (and whose replaced
+    parts may be gone by the time it writes): it stops, and readers see what they saw."""
+    day = START.date()
+    day_records = [r for r in records if r["time_hour"].astimezone(UTC).date() == day]
+    write_parts(flights, storage, [day_records[0::2], day_records[1::2]])
+    ticks = iter([datetime(2026, 12, 7, tzinfo=UTC), datetime(2026, 12, 7, tzinfo=UTC) + GRACE / 2 + timedelta(seconds=1)])
+    with pytest.raises(TimeoutError, match="manifest is not written"):
+        compact_day(flights, day, storage, now=lambda: next(ticks))
+    assert not storage.exists(part_prefix(flights.name, day) + MANIFEST)
+    assert len(day_parts(flights, day, storage)) == 2
+    assert logged_ids(flights, storage) == sorted(r["request_id"] for r in day_records)
+
+
+def test_a_reader_whose_part_is_deleted_under_it_reads_the_day_again(flights, records, storage):
+    day = START.date()
+    day_records = [r for r in records if r["time_hour"].astimezone(UTC).date() == day]
+    write_parts(flights, storage, [day_records[0::2], day_records[1::2]])
+
+    class StalledReader:
+        """The storage as a reader sees it that stalls past two compactions after its listing."""
+
+        stalled = False
+
+        def __getattr__(self, name):
+            return getattr(storage, name)
+
+        def read_bytes(self, key, **kw):
+            if not self.stalled and not key.endswith(MANIFEST):
+                self.stalled = True
+                t = datetime(2026, 12, 7, tzinfo=UTC)
+                compact_day(flights, day, storage, now=clock(t))
+                assert compact_day(flights, day, storage, now=clock(t + GRACE))["deleted"] == 2
+            return storage.read_bytes(key, **kw)
+
+    reader = StalledReader()
+    assert sorted(read_inference_log(flights, START, END, reader)["request_id"]) == sorted(r["request_id"] for r in day_records)
+    assert reader.stalled
+
+
+def test_every_closed_day_is_compacted_and_the_open_ones_are_left_to_their_writers(flights, records, storage):
+    write_parts(flights, storage, [records[i::3] for i in range(3)])  # three parts on each day of the week
+    days = sorted(event_days(flights, records))
+    lateness = timedelta(days=2)
+    newest = max(r["time_hour"] for r in records).astimezone(UTC)
+    closed = [d for d in days if datetime.combine(d + timedelta(days=1), datetime.min.time(), UTC) + lateness <= newest]
+    assert 0 < len(closed) < len(days)
+    t0 = datetime(2026, 12, 7, tzinfo=UTC)
+    done = compact_closed_days(flights, lateness, storage, now=clock(t0))
+    assert [d["event_day"] for d in done] == [d.isoformat() for d in closed] and all(d["changed"] for d in done)
+    assert [len(day_parts(flights, d, storage)) for d in days] == [1] * len(closed) + [3] * (len(days) - len(closed))
+    assert compact_closed_days(flights, lateness, storage, now=clock(t0)) == [], "nothing new, nothing old enough"
+    deleted = compact_closed_days(flights, lateness, storage, now=clock(t0 + GRACE))
+    assert [d["deleted"] for d in deleted] == [3] * len(closed)
+    assert len(storage.list("inference/")) == 2 * len(closed) + 3 * (len(days) - len(closed))
+    assert logged_ids(flights, storage) == sorted(r["request_id"] for r in records)
 
 
 def test_join_labels_attaches_the_outcome_of_each_logged_prediction(flights, storage_root):

@@ -108,3 +108,21 @@ def test_the_lowest_admitted_release_is_read_from_the_lower_bounds(line, lowest)
 def test_the_floor_check_refuses_the_old_mlflow_requirement():
     floor = Version(FLOORS["mlflow"][0])
     assert lowest_admitted(Requirement("mlflow[auth]>=3.10,<4")) < floor
+
+
+def test_the_lock_installs_xgboost_without_nvidias_nccl_on_linux():
+    """`xgboost` pulls NVIDIA's NCCL (469 MB) on Linux; `xgboost-cpu` is the same package for CPUs."""
+    pinned = pins(ROOT / "requirements.txt")
+    assert "xgboost-cpu" in pinned and "xgboost" not in pinned and not any(n.startswith("nvidia-nccl") for n in pinned)
+
+
+def test_a_logged_model_pins_the_xgboost_distribution_that_trained_it():
+    import sys
+
+    import xgboost
+
+    from include.model.training import runtime_requirements
+
+    pinned = dict(pin.split("==") for pin in runtime_requirements())
+    assert pinned["xgboost-cpu" if sys.platform == "linux" else "xgboost"] == xgboost.__version__
+    assert {"pandas", "numpy", "scikit-learn", "pyarrow"} <= set(pinned)

@@ -161,6 +161,24 @@ def test_a_worker_writes_one_part_per_event_day_per_flush(flights, records, stor
     assert len(storage.list("inference/")) == len(event_days(flights, week))
 
 
+def test_a_worker_writes_at_most_one_part_per_event_day_per_flush_interval(flights, records, storage):
+    """Within `flush_seconds` of its last write, a worker's background flushes convert what waits
+    but write nothing; the next write merges all of it into one part per event day."""
+    week = records[:3000]
+    days = event_days(flights, week)
+    sink = InferenceLog(flights, "1", "blue", storage=storage, flush_seconds=3600)
+    hand_over(sink, flights, week[:1000])
+    assert sink.flush(due_only=True) == 1000  # the first write is due at once
+    first = len(storage.list("inference/"))
+    for waiting in (1000, 2000):
+        hand_over(sink, flights, week[waiting : waiting + 1000])
+        assert sink.flush(due_only=True) == 0 and sink.waiting == waiting
+    assert len(storage.list("inference/")) == first
+    sink.close()  # the last write: both conversions in one part per day
+    assert len(storage.list("inference/")) == first + len(event_days(flights, week[1000:]))
+    assert len(logged_ids(flights, storage)) == len(week) and first <= len(days)
+
+
 def test_a_flush_writes_a_part_per_event_day_with_the_model_version_slot_and_features(flights, storage_root):
     df = flights.load_interval(START, END).iloc[[0, 1, 2, -1]].reset_index(drop=True)
     records = served_records(flights, df)
