@@ -26,6 +26,9 @@ def test_s3_roundtrip_listing_and_create_only(s3):
     assert s3.list("a/") == ["a/b.bin", "a/c.bin"]
     with pytest.raises(FileNotFoundError, match="s3://loop-test/zones/nope"):
         s3.read_bytes("nope")
+    s3.delete("a/b.bin")
+    s3.delete("a/b.bin")  # already gone: no error
+    assert s3.list("a/") == ["a/c.bin"] and not s3.exists("a/b.bin")
 
 
 def test_the_data_gate_runs_unchanged_on_s3(s3, flights):
@@ -54,3 +57,16 @@ def test_the_inference_log_goes_to_s3_too(s3, flights):
     assert all(k.startswith("inference/flights/dt=2013-03-04/") for k in s3.list("inference/"))
     log = read_inference_log(flights, start, start + timedelta(days=1))
     assert len(log) == 20 and set(log["model_version"]) == {"4"}
+
+    # a second worker's part, then compaction: one merged part; the replaced ones go once it is old enough
+    from include.data.inference_log import GRACE, compact_day
+
+    sink = InferenceLog(flights, "4", "blue", flush_seconds=3600)
+    sink.append(records[:5], flights.encode_records(records[:5]), [0.5] * 5, [True] * 5)
+    sink.close()
+    t = datetime(2026, 12, 7, tzinfo=ZoneInfo("UTC"))
+    day = start.date()
+    assert compact_day(flights, day, s3, now=lambda: t)["parts"] == 2
+    assert compact_day(flights, day, s3, now=lambda: t + GRACE)["deleted"] == 2
+    assert [k.rsplit("/", 1)[1][:10] for k in s3.list("inference/")] == ["_compacted", "compacted-"]
+    assert len(read_inference_log(flights, start, start + timedelta(days=1))) == 25
