@@ -143,10 +143,14 @@ def chart(windows: list[dict]) -> str:
 
     def line(key: str, dash: str, colour: str, cls: str) -> str:
         best = {w["end"]: w[key] for w in points if w[key] is not None}
-        pts = " ".join(xy(e, best[e]) for e in ends if e in best)
-        return (
-            f"<polyline class='{cls}' fill='none' stroke='{colour}' stroke-width='2' stroke-dasharray='{dash}' points='{pts}'/>"
+        pts = [xy(e, best[e]) for e in ends if e in best]
+        dots = "".join(
+            f"<circle class='{cls}' cx='{p.split(',')[0]}' cy='{p.split(',')[1]}' r='3' fill='{colour}'/>" for p in pts
         )
+        return (
+            f"<polyline class='{cls}' fill='none' stroke='{colour}' stroke-width='2' stroke-dasharray='{dash}' "
+            f"points='{' '.join(pts)}'/>{dots}"
+        )  # a dot per window: a single window is visible too
 
     axis = f"<text x='2' y='{PAD}' font-size='11'>{high:.2f}</text><text x='2' y='{HEIGHT - PAD}' font-size='11'>{low:.2f}</text>"
     legend = f"<text x='{WIDTH - 230}' y='14' font-size='11'>— realised  - - estimated (CBPE)</text>"

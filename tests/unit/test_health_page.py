@@ -102,6 +102,10 @@ def test_the_chart_draws_realised_and_estimated_per_window_end():
     realised = re.search(r"class='realised'[^>]*points='([^']*)'", svg).group(1).split()
     estimated = re.search(r"class='estimated'[^>]*points='([^']*)'", svg).group(1).split()
     assert len(realised) == 2 and len(estimated) == 3  # three window ends; labels landed on two
+    # a dot on each point, so a single window shows too
+    dots = re.findall(r"<circle class='realised' cx='([^']*)' cy='([^']*)'", svg)
+    assert [f"{x},{y}" for x, y in dots] == realised
+    assert len(re.findall(r"<circle class='realised'", chart(DOC["windows"][:1]))) == 1
     assert "3 windows, 2013-02-12 … 2013-02-26" in svg
     assert chart([]) == "<p>No window monitored yet.</p>"
 
