@@ -65,6 +65,7 @@ bench: install  ## benchmarks against baselines measured in the same run (ratios
 	$(BIN)/python tests/bench/bench_bento.py
 	$(BIN)/python tests/bench/bench_dask.py
 	$(BIN)/python tests/bench/bench_executors.py
+	$(BIN)/python tests/bench/bench_health.py
 
 docs: install  ## the docs site (MkDocs Material) into .state/site/, with --strict: a broken link or anchor fails
 	$(BIN)/mkdocs build --strict

@@ -75,7 +75,7 @@ def render(doc: dict, links: dict[str, str] | None = None) -> str:
                         x
                         for x in (
                             _link(f"data-docs/{q['partition']}" if q.get("data_docs_uri") else None, "GX Data Docs", "_blank"),
-                            _link(f"{links['airflow']}/dags/revalidate/trigger" if links.get("airflow") else None, "revalidate"),
+                            _link(_airflow(links, "dags/revalidate"), "revalidate"),  # the DAG's page: its Trigger form
                         )
                         if x
                     ),

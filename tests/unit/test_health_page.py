@@ -77,7 +77,9 @@ def test_the_page_says_what_serves_and_lists_versions_timeline_quarantine_and_al
     html = render(DOC, {"airflow": "http://airflow:8080"})
     assert "Serving <b>v4</b> from slot green (weights: green 100%); champion v4; 100% since 2026-12-07T18:33:00+00:00" in html
     assert "v4 (refit of v3)" in html and "-0.003…+0.021" in html and "100% traffic (slot green)" in html
-    assert "row count 2428 &lt; 3850" in html and "href='http://airflow:8080/dags/revalidate/trigger'" in html
+    assert (
+        "row count 2428 &lt; 3850" in html and "href='http://airflow:8080/dags/revalidate' target='_top'>revalidate</a>" in html
+    )
     assert "GX Data Docs" not in html  # a quarantine record from before Data Docs were kept links none
     documented = DOC | {"quarantined": [DOC["quarantined"][0] | {"data_docs_uri": "file:///zones/quarantine/x/data_docs.html"}]}
     assert "<a href='data-docs/dt=2013-01-29T0500Z' target='_blank'>GX Data Docs</a>" in render(documented)
