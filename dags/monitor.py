@@ -31,9 +31,9 @@ Windows are on the event clock (the records' event time, days in the use case's 
    "training active" read above only spares a pointless request; the train run's own first task
    applies the guards again, one run at a time, where it cannot race.
 
-Beside them, **compact_log** merges each closed day of the inference log (older than the newest
-logged event by more than the writers' lateness bound) into one part, and deletes the parts a
-merge replaced once it is old enough (`include/data/inference_log.py`).
+The check also compacts the inference log: the window's days, and every closed day (older than the
+newest logged event by more than the writers' lateness bound), deleting the parts a merge replaced
+once it is old enough (`include/data/inference_log.py`).
 """
 
 from datetime import timedelta
@@ -92,17 +92,6 @@ def monitor():
         print(f"decision: {result['action']} ({result['reason']})")
         return result["action"] == "retrain"
 
-    @task
-    def compact_log() -> int:
-        from include.data.inference_log import compact_closed_days, log_lateness
-        from include.usecases import get_usecase
-
-        usecase = get_usecase()
-        done = compact_closed_days(usecase, log_lateness(get_settings(), usecase))
-        print(f"inference log: {len(done)} closed day(s) merged or pruned: {[d['event_day'] for d in done]}")
-        return len(done)
-
-    compact_log()
     result = check()
     request_retrain = TriggerDagRunOperator(
         task_id="request_retrain",

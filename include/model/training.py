@@ -86,6 +86,8 @@ def runtime_requirements() -> list[str]:
             (dist,) = set(providers[package])
             pins.append(f"{dist}=={installed_version(dist)}")
     return pins
+
+
 STAGE = "loop.stage"
 """Which fit of a DAG run a training run is: `challenger` (judged on its held-out week) or `refit`
 (the same configuration on the whole window, `refit.py`); part of the identity a rerun looks up."""

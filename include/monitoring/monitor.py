@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from include.data.inference_log import compact_window, newest_event
+from include.data.inference_log import compact_closed_days, compact_window, log_lateness, newest_event
 from include.data.partitions import list_validated
 from include.model.registry import CHAMPION, alias_version, connect, experiment_id, finished_run
 from include.monitoring.notify import Bias, alert_group, alert_tags, estimate_bias, notify, previous_causes, transition
@@ -137,10 +137,15 @@ def run_monitor(settings, usecase, window: MonitorWindow, *, training_active: bo
 def check_window(settings, usecase, window: MonitorWindow, reference: Reference, history: History, storage=None) -> Findings:
     """Compact the window's inference log, report its drift and decay against `reference`, and
     decide with the retrain policy. Records nothing: `_record` does."""
-    # The window's inference log, one part per day from here on (idempotent, safe beside writers).
+    # The window's inference log, one part per day from here on (idempotent, safe beside writers),
+    # and every closed day's, with the parts earlier merges replaced deleted once they are old enough.
     compacted = [d for d in compact_window(usecase, window.start, window.end, storage) if d["changed"]]
+    closed = compact_closed_days(usecase, log_lateness(settings, usecase), storage)
     log.info(
-        "inference log: %d day(s) of the window compacted (%d parts merged)", len(compacted), sum(d["parts"] for d in compacted)
+        "inference log: %d day(s) of the window compacted (%d parts merged); %d closed day(s) merged or pruned",
+        len(compacted),
+        sum(d["parts"] for d in compacted),
+        len(closed),
     )
     labels = window.kind == "labelled"
     report = window_report(usecase, reference.profile, window.start, window.end, storage, labels=labels)

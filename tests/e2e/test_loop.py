@@ -95,6 +95,7 @@ def loop(tmp_path_factory, alert_receiver):
             "LOOP_TRAEFIK_METRICS_PORT": str(free_port()),
             "LOOP_SLOT_PORTS": f"{free_port()},{free_port()}",
             "LOOP_CANARY_BAKE_SECONDS": "3",
+            "LOOP_INFERENCE_LOG_FLUSH_SECONDS": "5",  # the traffic test waits for the log, not a minute
             "LOOP_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
             "LOOP_ALERT_HTTP_CONN_ID": "loop_alerts",
             "LOOP_ALERT_HTTP_ENDPOINT": "/hooks/loop",
@@ -277,7 +278,7 @@ def test_a_week_of_client_traffic_is_served_logged_and_checked_by_the_monitor(lo
 
     report = replay(f"http://127.0.0.1:{settings.serving_port}", records, clients=4, batch_size=50)
     assert len(report.outcomes) == -(-len(records) // 50) and not report.failed, report.summary()
-    deadline = time.monotonic() + 180  # the slots' writers write every LOOP_INFERENCE_LOG_FLUSH_SECONDS
+    deadline = time.monotonic() + 120  # the slots' writers write every LOOP_INFERENCE_LOG_FLUSH_SECONDS
     while (n := logged()) < len(records) and time.monotonic() < deadline:
         time.sleep(2)
     assert n == len(records)

@@ -155,12 +155,7 @@ def test_monitor_checks_a_window_of_the_live_model_and_requests_retraining_on_dr
     monitor = dags.get_dag("monitor")
     before = len(DagRun.find(dag_id="train"))
     drifted = monitor.test(run_conf={"window_start": "2013-12-02", "window_end": "2013-12-09"})
-    assert states(drifted) == {
-        "check": "success",
-        "needs_retraining": "success",
-        "request_retrain": "success",
-        "compact_log": "success",
-    }, states(drifted)
+    assert states(drifted) == {"check": "success", "needs_retraining": "success", "request_retrain": "success"}, states(drifted)
     [requested] = [r for r in DagRun.find(dag_id="train")][before:]
     assert requested.conf["report_uri"].startswith("runs:/") and "drifted" in requested.conf["reason"]
 
@@ -213,12 +208,7 @@ def test_a_cleared_monitor_run_and_an_alert_storm_start_one_training(dags, monke
     at = datetime(2013, 6, 25, 12, tzinfo=NY)
     before = {r.run_id for r in DagRun.find(dag_id="train")}
     first = monitor.test(logical_date=at, run_conf=window)
-    assert states(first) == {
-        "check": "success",
-        "needs_retraining": "success",
-        "request_retrain": "success",
-        "compact_log": "success",
-    }
+    assert states(first) == {"check": "success", "needs_retraining": "success", "request_retrain": "success"}
     requested = retrain_run_id(datetime(2013, 6, 18, tzinfo=NY).isoformat(), datetime(2013, 6, 25, tzinfo=NY).isoformat(), None)
     [run] = DagRun.find(dag_id="train", run_id=requested)
     assert run.run_type == "operator_triggered" and run.conf["reason"].startswith("monitor: no model")
@@ -228,12 +218,7 @@ def test_a_cleared_monitor_run_and_an_alert_storm_start_one_training(dags, monke
     # The same monitor run cleared (dag.test of the same logical date recreates the run, same id),
     # and a second monitor run over the same window: both decide `retrain` again, find the run.
     for again in (monitor.test(logical_date=at, run_conf=window), monitor.test(run_conf=window)):
-        assert states(again) == {
-            "check": "success",
-            "needs_retraining": "success",
-            "request_retrain": "skipped",
-            "compact_log": "success",
-        }
+        assert states(again) == {"check": "success", "needs_retraining": "success", "request_retrain": "skipped"}
     assert [r.run_id for r in DagRun.find(dag_id="train") if r.run_id not in before] == [requested]
 
     train = dags.get_dag("train")

@@ -33,6 +33,7 @@ def prod(tmp_path_factory):
             "LOOP_START_DATE": "2013-06-04",
             "LOOP_END_DATE": "2013-07-02",
             "LOOP_CANARY_BAKE_SECONDS": "3",
+            "LOOP_INFERENCE_LOG_FLUSH_SECONDS": "5",  # compose's minute, shortened: a test waits for the parts
             # compose's 120 s, shortened so the worker-loss test waits less for the retry: on one
             # quiet host the tasks' supervisors heartbeat every few seconds
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "45",
