@@ -1,7 +1,14 @@
-"""The model-health page: `snapshot`'s document as one HTML page (no script, no external asset), so it
-renders inside the Airflow UI's iframe and behind any proxy: the serving version, the served ROC AUC
-over windows (estimated and realised) as an SVG chart, per-feature drift as a heat map, the versions
-with their gate decisions, the deployment timeline, quarantined partitions and recent alerts."""
+"""The model-health page: `snapshot`'s document as one HTML page (no external asset), so it renders
+inside the Airflow UI's iframe and behind any proxy: the serving version, the served ROC AUC over
+windows (estimated and realised) as an SVG chart, per-feature drift as a heat map, the versions with
+their gate decisions, the deployment timeline, quarantined partitions and recent alerts.
+
+Airflow 3.3 frames an external view with `sandbox="allow-scripts allow-same-origin allow-forms
+allow-downloads"`: no top-level navigation and no popups, so a plain link out of the frame does
+nothing. The page's one script (`LEAVE_FRAME`) takes such a click to the parent page, which is on
+the same origin: an Airflow UI page through the UI's own router (history.pushState and a popstate
+event), anything else (MLflow) in a new tab opened by the parent. Opened on its own, the page's
+links work as they are."""
 
 from __future__ import annotations
 
@@ -49,7 +56,7 @@ def render(doc: dict, links: dict[str, str] | None = None) -> str:
                         for x in (
                             _link(v["mlflow"], "run"),
                             _link(v.get("card"), "model card"),
-                            _link(_airflow(links, v.get("airflow_run")), "Airflow run"),
+                            _link(_airflow(links, v.get("airflow_run")), "Airflow run", "ui"),
                         )
                         if x
                     ),
@@ -74,8 +81,8 @@ def render(doc: dict, links: dict[str, str] | None = None) -> str:
                     " ".join(
                         x
                         for x in (
-                            _link(f"data-docs/{q['partition']}" if q.get("data_docs_uri") else None, "GX Data Docs", "_blank"),
-                            _link(_airflow(links, "dags/revalidate"), "revalidate"),  # the DAG's page: its Trigger form
+                            _link(f"data-docs/{q['partition']}" if q.get("data_docs_uri") else None, "GX Data Docs", "here"),
+                            _link(_airflow(links, "dags/revalidate"), "revalidate", "ui"),  # the DAG's page: its Trigger form
                         )
                         if x
                     ),
@@ -91,7 +98,22 @@ def render(doc: dict, links: dict[str, str] | None = None) -> str:
         "body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;font-size:13px}"
         "td,th{border:1px solid #ddd;padding:3px 6px;vertical-align:top}th{background:#f4f4f4}"
     )
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>Model health</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Model health</title><style>{style}</style></head>"
+        f"<body>{''.join(parts)}<script>{LEAVE_FRAME}</script></body></html>"
+    )
+
+
+LEAVE_FRAME = (
+    "document.addEventListener('click',function(e){"
+    "var a=e.target.closest('a[data-out]');var top=window.top;"
+    "if(!a||top===window)return;e.preventDefault();"
+    "if(a.dataset.out==='ui'){top.history.pushState(null,'',a.href);top.dispatchEvent(new PopStateEvent('popstate'));return;}"
+    "var o=top.document.createElement('a');o.href=a.href;o.target='_blank';o.rel='noopener';"
+    "top.document.body.appendChild(o);o.click();o.remove();});"
+)
+"""Links out of the Airflow UI's sandboxed iframe (see the module docstring): `data-out="ui"`
+through the UI's router, `data-out="tab"` in a new tab."""
 
 
 RECENT_WINDOWS = 12
@@ -117,7 +139,7 @@ def windows_table(windows: list[dict], links: dict[str, str]) -> str:
             f"{w['action']}" + (f" ({w['cause']})" if w.get("cause") else ""),
             " ".join(
                 x
-                for x in (_link(w.get("mlflow"), "MLflow run"), _link(_airflow(links, w.get("airflow_run")), "Airflow run"))
+                for x in (_link(w.get("mlflow"), "MLflow run"), _link(_airflow(links, w.get("airflow_run")), "Airflow run", "ui"))
                 if x
             ),
         ]
@@ -203,7 +225,10 @@ def _airflow(links: dict[str, str], path: str | None) -> str | None:
     return f"{links.get('airflow', '')}/{path}" if path else None
 
 
-def _link(url: str | None, text: str, target: str = "_top") -> str:
-    """A link out of the view's iframe: to the whole window (`_top`), or a new tab (`_blank`: a page
-    of this app, relative to it)."""
-    return f"<a href='{escape(url)}' target='{target}'>{escape(text)}</a>" if url else ""
+def _link(url: str | None, text: str, out: str = "tab") -> str:
+    """A link: `tab`, another site (MLflow) in a new tab; `ui`, a page of the Airflow UI in its
+    window; `here`, a page of this app in the view's own frame (relative to it)."""
+    if not url:
+        return ""
+    kind = {"tab": " target='_blank' rel='noopener' data-out='tab'", "ui": " target='_top' data-out='ui'", "here": ""}[out]
+    return f"<a href='{escape(url)}'{kind}>{escape(text)}</a>"

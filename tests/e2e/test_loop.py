@@ -477,10 +477,16 @@ def test_in_a_browser_sign_in_and_the_model_health_view_shows_what_mlflow_record
                 assert len(points) == len(window_ends), (line, points, window_ends)
             sync_api.expect(view.locator("table").first).to_be_visible()
             page.screenshot(path=SCREENSHOTS / "model-health.png", full_page=True)
-            # a quarantined partition's "revalidate" leads out of the view to the DAG's page and its Trigger form
+            # links leave the UI's sandboxed iframe (no top navigation, no popups): MLflow in a new tab...
+            with page.context.expect_page(timeout=30_000) as tab:
+                view.get_by_role("link", name="run", exact=True).first.click()
+            tab.value.wait_for_load_state("commit")
+            assert tab.value.url.startswith(f"{settings.mlflow_tracking_uri}/#/experiments/"), tab.value.url
+            tab.value.close()
+            # ...and a quarantined partition's "revalidate" to the DAG's page, with its Trigger form
             assert doc["quarantined"], "the e2e plants a renamed column"
             view.get_by_role("link", name="revalidate").first.click()
-            page.wait_for_url(f"{client.base}/dags/revalidate", timeout=30_000)
+            page.wait_for_url(f"{client.base}/dags/revalidate", timeout=30_000, wait_until="commit")
             sync_api.expect(page.get_by_role("button", name="Trigger").first).to_be_visible(timeout=30_000)
         finally:
             browser.close()

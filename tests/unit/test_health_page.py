@@ -78,15 +78,21 @@ def test_the_page_says_what_serves_and_lists_versions_timeline_quarantine_and_al
     assert "Serving <b>v4</b> from slot green (weights: green 100%); champion v4; 100% since 2026-12-07T18:33:00+00:00" in html
     assert "v4 (refit of v3)" in html and "-0.003…+0.021" in html and "100% traffic (slot green)" in html
     assert (
-        "row count 2428 &lt; 3850" in html and "href='http://airflow:8080/dags/revalidate' target='_top'>revalidate</a>" in html
+        "row count 2428 &lt; 3850" in html
+        and "href='http://airflow:8080/dags/revalidate' target='_top' data-out='ui'>revalidate</a>" in html
     )
     assert "GX Data Docs" not in html  # a quarantine record from before Data Docs were kept links none
     documented = DOC | {"quarantined": [DOC["quarantined"][0] | {"data_docs_uri": "file:///zones/quarantine/x/data_docs.html"}]}
-    assert "<a href='data-docs/dt=2013-01-29T0500Z' target='_blank'>GX Data Docs</a>" in render(documented)
+    assert "<a href='data-docs/dt=2013-01-29T0500Z'>GX Data Docs</a>" in render(documented)  # in the view's own frame
     # whatever a reason or an alert holds is text, never markup
-    assert "<script>" not in html and "&lt;script&gt;" in html and "refit of v3 &lt;b&gt;" in html
-    assert "<a href='http://mlflow/#/experiments/1/runs/abc' target='_top'>run</a>" in html
-    assert "<a href='http://mlflow/get-artifact?path=model_card.md&amp;run_uuid=abc' target='_top'>model card</a>" in html
+    assert (
+        html.count("<script>") == 1 and "&lt;script&gt;" in html
+    )  # the one script is the page's own and "refit of v3 &lt;b&gt;" in html
+    assert "<a href='http://mlflow/#/experiments/1/runs/abc' target='_blank' rel='noopener' data-out='tab'>run</a>" in html
+    assert (
+        "<a href='http://mlflow/get-artifact?path=model_card.md&amp;run_uuid=abc' target='_blank' rel='noopener' data-out='tab'>model card</a>"
+        in html
+    )
     # a repair of the serving guard without a version (Traefik restarted) has no version cell
     healed = DOC | {"timeline": [{"at": "2026-12-07T18:40:00+00:00", "event": "self-heal: Traefik was down", "version": ""}]}
     assert "<td>2026-12-07T18:40:00+00:00</td><td></td><td>self-heal: Traefik was down</td>" in render(healed)
@@ -139,10 +145,13 @@ def test_the_newest_checks_show_both_roc_aucs_the_drift_share_the_decision_and_t
         "<td>2013-02-19 … 2013-02-26</td><td>labelled</td><td>v2</td><td>0.610</td><td>0.580</td><td>25%</td>"
         "<td>retrain (decay)</td>" in html
     )
-    assert "<a href='http://mlflow/#/experiments/7/runs/r1' target='_top'>MLflow run</a>" in html
-    assert "<a href='http://airflow:8080/dags/monitor/runs/scheduled__2013-02-26' target='_top'>Airflow run</a>" in html
+    assert "<a href='http://mlflow/#/experiments/7/runs/r1' target='_blank' rel='noopener' data-out='tab'>MLflow run</a>" in html
+    assert (
+        "<a href='http://airflow:8080/dags/monitor/runs/scheduled__2013-02-26' target='_top' data-out='ui'>Airflow run</a>"
+        in html
+    )
     # without the UI's public base URL the link is from the server's root, where the view is served
-    assert "<a href='/dags/monitor/runs/scheduled__2013-02-26' target='_top'>Airflow run</a>" in render(
+    assert "<a href='/dags/monitor/runs/scheduled__2013-02-26' target='_top' data-out='ui'>Airflow run</a>" in render(
         DOC | {"windows": [checked]}
     )
     # only the newest checks are listed, newest first
