@@ -9,7 +9,12 @@ sent (the contract key, the event time and every input), the model features comp
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from include.settings import Settings
+    from include.usecases import UseCase
 
 PREFIX = "inference"
 FEATURE_PREFIX = "feature."
@@ -18,3 +23,11 @@ FEATURE_PREFIX = "feature."
 
 def part_prefix(usecase: str, day: date) -> str:
     return f"{PREFIX}/{usecase}/dt={day.isoformat()}/"
+
+
+def log_lateness(settings: Settings, usecase: UseCase) -> timedelta:
+    """How much older than the newest event a record may be and still be logged: the writers'
+    bound (LOOP_INFERENCE_LOG_MAX_LATENESS_HOURS, by default one data interval), which also says
+    when a day is closed to them (`include/data/inference_log.py`)."""
+    hours = settings.inference_log_max_lateness_hours
+    return timedelta(hours=hours) if hours else usecase.calendar.interval

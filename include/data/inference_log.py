@@ -23,7 +23,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from include.data.inference_layout import PREFIX, part_prefix
 from include.data.storage import Storage, get_storage
@@ -31,9 +31,9 @@ from include.data.storage import Storage, get_storage
 if TYPE_CHECKING:
     import pandas as pd
 
-    from include.settings import Settings
     from include.usecases import UseCase
 
+T = TypeVar("T")
 MANIFEST = "_compacted.json"
 GRACE = timedelta(minutes=10)
 """What a day's manifest replaced is deleted once the manifest is this old; a compaction running
@@ -69,13 +69,7 @@ def _read_day(usecase: UseCase, day: date, storage: Storage, attempts: int = 3) 
     no loss: the day is listed again, and its manifest then names the merged part instead."""
     from include.data.storage import read_parquet
 
-    for attempt in range(attempts):
-        try:
-            return [read_parquet(storage, key) for key in day_parts(usecase, day, storage)]
-        except FileNotFoundError:
-            if attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
+    return _again_if_deleted(lambda: [read_parquet(storage, key) for key in day_parts(usecase, day, storage)], attempts)
 
 
 def compact_day(
@@ -90,9 +84,15 @@ def compact_day(
     Parts written meanwhile are covered by the next run; a part deleted under this one is read again
     from the merged part it went into. `now`: the wall clock (a test's own)."""
     storage = storage or get_storage()
+    return _again_if_deleted(lambda: _compact_day(usecase, day, storage, now or (lambda: datetime.now(UTC))), attempts)
+
+
+def _again_if_deleted(call: Callable[[], T], attempts: int) -> T:
+    """`call()`, again (up to `attempts` in all) when a part it listed was deleted before it read
+    it: listed afresh, the day's manifest names the merged part that part went into."""
     for attempt in range(attempts):
         try:
-            return _compact_day(usecase, day, storage, now or (lambda: datetime.now(UTC)))
+            return call()
         except FileNotFoundError:
             if attempt == attempts - 1:
                 raise
@@ -137,13 +137,6 @@ def _compact_day(usecase: UseCase, day: date, storage: Storage, now: Callable[[]
         "changed": bool(new),
         "deleted": len(replaced),
     }
-
-
-def log_lateness(settings: Settings, usecase: UseCase) -> timedelta:
-    """How much older than the newest event a record may be and still be logged: the writers'
-    bound (LOOP_INFERENCE_LOG_MAX_LATENESS_HOURS, by default one data interval)."""
-    hours = settings.inference_log_max_lateness_hours
-    return timedelta(hours=hours) if hours else usecase.calendar.interval
 
 
 def logged_days(usecase: UseCase, storage: Storage | None = None) -> list[date]:

@@ -14,7 +14,8 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from include.data.inference_log import compact_closed_days, compact_window, log_lateness, newest_event
+from include.data.inference_layout import log_lateness
+from include.data.inference_log import compact_closed_days, compact_window, newest_event
 from include.data.partitions import list_validated
 from include.model.registry import CHAMPION, alias_version, connect, experiment_id, finished_run
 from include.monitoring.notify import Bias, alert_group, alert_tags, estimate_bias, notify, previous_causes, transition

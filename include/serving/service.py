@@ -46,7 +46,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from datetime import timedelta
 from typing import Annotated
 
 import bentoml
@@ -88,16 +87,16 @@ class Predictor:
         self.fault, self.fault_after, self.served = fault, int(after or 0), 0
         self.sink = None
         if settings.inference_log:
+            from include.data.inference_layout import log_lateness
             from include.serving.inference_log import InferenceLog
 
-            lateness = settings.inference_log_max_lateness_hours
             self.sink = InferenceLog(
                 USECASE,
                 self.model_version,
                 self.slot,
                 flush_seconds=settings.inference_log_flush_seconds,
                 max_queued=settings.inference_log_max_queued,
-                max_lateness=timedelta(hours=lateness) if lateness else USECASE.calendar.interval,
+                max_lateness=log_lateness(settings, USECASE),
                 on_count=log_counter(),
             )
         log.info("serving %s (version %s) in slot %s", self.model.tag, self.model_version, self.slot)
