@@ -14,8 +14,7 @@ from datetime import timedelta
 
 from airflow.sdk import Param, dag, task
 
-from include.airflow_glue import VALIDATED_DATA, airflow_outcome, task_defaults
-from include.model.params import PLAIN_TEXT
+from include.airflow_glue import VALIDATED_DATA, airflow_outcome, optional_reason, task_defaults
 from include.settings import get_settings
 
 
@@ -38,14 +37,7 @@ from include.settings import get_settings
             title="Re-fetch from the source",
             description="Replace the landing input with a fresh pull of the interval (the quarantined input is kept).",
         ),
-        "reason": Param(
-            None,
-            type=["null", "string"],
-            maxLength=500,
-            pattern=PLAIN_TEXT,
-            title="Reason (optional)",
-            description="What was fixed (kept in the run's note and log).",
-        ),
+        "reason": optional_reason("What was fixed (kept in the run's note and log)."),
     },
 )
 def revalidate():

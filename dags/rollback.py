@@ -15,8 +15,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from include.airflow_glue import claim_serving_slots, rollout_claim, rollout_steps, task_defaults
-from include.model.params import PLAIN_TEXT
+from include.airflow_glue import claim_serving_slots, optional_reason, rollout_claim, rollout_steps, task_defaults
 from include.settings import get_settings
 from include.usecases import get_calendar
 
@@ -40,14 +39,7 @@ calendar = get_calendar()
             title="Model version to restore",
             description="A registered version of the model (see MLflow), e.g. 3.",
         ),
-        "reason": Param(
-            None,
-            type=["null", "string"],
-            maxLength=500,
-            pattern=PLAIN_TEXT,
-            title="Reason (optional)",
-            description="Recorded on the model version.",
-        ),
+        "reason": optional_reason("Recorded on the model version."),
     },
 )
 def rollback():

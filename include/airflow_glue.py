@@ -162,6 +162,18 @@ def form_params(model, defaults: dict | None = None) -> dict:
     return params
 
 
+def optional_reason(description: str):
+    """A form's free-text "Reason (optional)" field: empty by default (the UI's Trigger stays
+    enabled), at most 500 characters, no control characters."""
+    from airflow.sdk import Param
+
+    from include.model.params import PLAIN_TEXT
+
+    return Param(
+        None, type=["null", "string"], maxLength=500, pattern=PLAIN_TEXT, title="Reason (optional)", description=description
+    )
+
+
 def describe_bounds(bounds: dict) -> str:
     """`{"exclusiveMinimum": 0, "maximum": 1}` → "Above 0, at most 1." (what a form field admits)."""
     words = {"minimum": "at least", "exclusiveMinimum": "above", "maximum": "at most", "exclusiveMaximum": "below"}
