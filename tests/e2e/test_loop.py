@@ -447,11 +447,7 @@ def test_in_a_browser_sign_in_and_the_model_health_view_shows_what_mlflow_record
     """Debian's chromium driven by Playwright: sign in through Airflow's login page, open "Model
     health" from the navigation, and read the serving version and the chart inside the view against
     the registry and the monitoring runs; the screenshots are the README's."""
-    if not CHROMIUM.exists():
-        pytest.skip(
-            f"no {CHROMIUM}: `apt-get install chromium` (as root) for the browser tests; .ci/run installs it where it can"
-        )
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = browser_api()
     from include.health.snapshot import snapshot
     from include.model.registry import LIVE
 
@@ -461,7 +457,7 @@ def test_in_a_browser_sign_in_and_the_model_health_view_shows_what_mlflow_record
     ends = {line: {w["end"] for w in doc["windows"] if w[f"{line}_roc_auc"] is not None} for line in ("realised", "estimated")}
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])  # root in CI: no user namespace sandbox
+        browser = chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             sign_in(page, client)
@@ -497,18 +493,14 @@ def test_in_a_browser_the_train_form_refuses_an_out_of_bound_value_naming_the_bo
     """The `train` form in Airflow's own trigger dialog: max_depth 100 is submitted as typed (not
     clamped to 16) and refused with the bound in the dialog, and no run is made; with 6 and a
     reason, the run starts and its first task runs. The refusal's screenshot is the docs'."""
-    if not CHROMIUM.exists():
-        pytest.skip(
-            f"no {CHROMIUM}: `apt-get install chromium` (as root) for the browser tests; .ci/run installs it where it can"
-        )
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = browser_api()
     expect = sync_api.expect
 
     _, client, _, _ = loop
     before = {r["dag_run_id"] for r in client.runs("train")}
     reason = f"browser: a valid run {secrets.token_hex(4)}"
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        browser = chromium(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             sign_in(page, client)
@@ -547,6 +539,21 @@ def test_in_a_browser_the_train_form_refuses_an_out_of_bound_value_naming_the_bo
     assert wait_until_idle(client, count_intervals(get_calendar()), timeout=300, poll=2)
     admit = client.get(f"dags/train/dagRuns/{run_id}/taskInstances/admit")
     assert admit["state"] == "success" and client.get(f"dags/train/dagRuns/{run_id}")["state"] == "success"
+
+
+def browser_api():
+    """Playwright's sync API, to drive Debian's chromium; a machine without it skips, saying how to get it."""
+    if not CHROMIUM.exists():
+        pytest.skip(
+            f"no {CHROMIUM}: `apt-get install chromium` (as root) for the browser tests; .ci/run installs it where it can"
+        )
+    return pytest.importorskip("playwright.sync_api")
+
+
+def chromium(playwright):
+    return playwright.chromium.launch(
+        executable_path=str(CHROMIUM), args=["--no-sandbox"]
+    )  # root in CI: no user namespace sandbox
 
 
 def sign_in(page, client) -> None:
